@@ -1,0 +1,28 @@
+"""Exceptions raised by cnn-aliasing.
+
+Every error a user can cause derives from :class:`CnnAliasingError`; its message names the offending op,
+file or argument and what would be valid. The command line prints such errors as one line.
+"""
+
+
+class CnnAliasingError(Exception):
+    """Base class of all errors caused by user input (bad names, files, shapes or options)."""
+
+
+class UnknownNameError(CnnAliasingError, KeyError):
+    """A name looked up in a registry does not exist; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(CnnAliasingError):
+    """A checkpoint cannot be read, would run code, or does not match the model."""
+
+
+class DataError(CnnAliasingError):
+    """A data folder or archive is missing, incomplete or corrupt."""
+
+
+class ModelInputError(CnnAliasingError):
+    """A model cannot run on the given input (for example an image size it cannot take)."""
