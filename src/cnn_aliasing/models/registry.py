@@ -1,0 +1,55 @@
+"""A timm-style model registry: factories registered by name, each with a one-line description."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from torch import nn
+
+from cnn_aliasing.errors import UnknownNameError
+
+Factory = TypeVar("Factory", bound=Callable[..., nn.Module])
+
+_FACTORIES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(factory: Factory) -> Factory:
+    """Decorator: register ``factory`` under its function name; its docstring's first line describes it."""
+    name = factory.__name__
+    if name in _FACTORIES:
+        raise ValueError(f"a model named {name!r} is already registered")
+    _FACTORIES[name] = factory
+    return factory
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    return sorted(_FACTORIES)
+
+
+def model_descriptions() -> dict[str, str]:
+    """Map each registered model name (sorted) to its one-line description."""
+    return {name: _description(_FACTORIES[name]) for name in list_models()}
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name`` with the factory's keyword arguments ``kwargs``."""
+    if name not in _FACTORIES:
+        raise UnknownNameError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
+    factory = _FACTORIES[name]
+    parameters = inspect.signature(factory).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        unknown = sorted(set(kwargs) - set(parameters))
+        if unknown:
+            raise UnknownNameError(
+                f"model {name!r} takes no argument {', '.join(map(repr, unknown))}; "
+                f"valid arguments: {', '.join(parameters)}"
+            )
+    return factory(**kwargs)
+
+
+def _description(factory: Callable[..., nn.Module]) -> str:
+    doc = inspect.getdoc(factory)
+    return doc.splitlines()[0] if doc else ""
