@@ -1,0 +1,124 @@
+"""Provenance of a run (versions, platform, git state, time) and atomic JSON writing for result files."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+DISTRIBUTION = "cnn-aliasing"
+_GIT_TIMEOUT_S = 5.0
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return str(getattr(sys.modules.get("cnn_aliasing"), "__version__", "unknown"))
+
+
+def _git(folder: Path, *args: str) -> subprocess.CompletedProcess[str] | None:
+    """Run git in `folder`; None if git is missing, hangs or cannot start."""
+    try:
+        return subprocess.run(
+            ["git", "--no-optional-locks", *args],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=_GIT_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _git_state(folder: Path) -> dict[str, Any]:
+    """{"commit": HEAD hash or None, "dirty": tracked changes (bool) or None} of the repo holding `folder`.
+
+    Both are None when `folder` is not in a git checkout, git is missing, or `folder` is git-ignored
+    there (a package installed into a virtualenv inside some repo is not that repo's code).
+    """
+    unknown: dict[str, Any] = {"commit": None, "dirty": None}
+    head = _git(folder, "rev-parse", "--verify", "HEAD")
+    if head is None or head.returncode != 0:
+        return unknown
+    ignored = _git(folder, "check-ignore", "-q", ".")
+    if ignored is None or ignored.returncode == 0:
+        return unknown
+    status = _git(folder, "status", "--porcelain", "--untracked-files=no")
+    dirty = None if status is None or status.returncode != 0 else bool(status.stdout.strip())
+    return {"commit": head.stdout.strip(), "dirty": dirty}
+
+
+def run_metadata() -> dict[str, Any]:
+    """JSON-ready provenance: versions, platform, git commit and dirty flag of this checkout, UTC time."""
+    return {
+        "package": DISTRIBUTION,
+        "version": _package_version(),
+        "torch": str(torch.__version__),
+        "cuda": torch.version.cuda,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git": _git_state(_PACKAGE_DIR),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _json_default(obj: Any) -> Any:
+    """JSON for paths and numpy scalars; anything else is a TypeError as in `json.dumps`."""
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable")
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write `obj` as indented JSON to `path` atomically (temp file in the same folder, fsync, rename).
+
+    Parent folders are created; readers see the old file or the new one, never a partial one. Paths and
+    numpy scalars are converted; other non-JSON objects raise TypeError and leave `path` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2, default=_json_default)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.chmod(0o644)  # mkstemp creates 0600; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable where the platform allows (POSIX); a no-op elsewhere."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
