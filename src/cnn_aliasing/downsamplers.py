@@ -1,0 +1,307 @@
+"""The kinds of down-sampling op cnn-aliasing knows, as registries.
+
+A kind turns one call of an op (a module call or a functional call, with its arguments) into a
+:class:`StridedCall`: the factor (s, t) and a way to compute the op's full-resolution output, the same
+op with stride 1 and everything else unchanged, whose slice ``[..., ::s, ::t]`` is the op's real output.
+
+Functional kinds are keyed by the function object a traced graph calls (``F.conv2d``, ``F.avg_pool2d``,
+``operator.getitem`` for strided slicing, ...); module kinds by module type. A module of any type can
+declare itself a down-sampler through the :class:`DeclaredDownsampler` protocol.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnn_aliasing.spectral import as_factor
+
+Params = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StridedCall:
+    """One call of a down-sampling op: its factor, and its output at full resolution.
+
+    ``full_resolution()`` returns the stride-1 output: a tensor, or a tuple whose first item is the tensor
+    to measure (max-pooling values and indices). ``real_output(full)`` is the op's real output: the slice
+    of the full-resolution output, or, where the two differ (``ceil_mode`` pooling), the op run as it is.
+    """
+
+    kind: str
+    factor: tuple[int, int]
+    full_resolution: Callable[[], Any]
+    original: Callable[[], Any]
+    exact_slice: bool = True
+
+    def real_output(self, full: Any) -> Any:
+        """The op's real output, from its full-resolution output."""
+        if not self.exact_slice:
+            return self.original()
+        if isinstance(full, tuple):
+            return tuple(subsample(item, self.factor) for item in full)
+        return subsample(full, self.factor)
+
+
+def subsample(x: torch.Tensor, factor: tuple[int, int]) -> torch.Tensor:
+    """x[..., ::s, ::t] as a dense tensor in x's memory format (the ops after it run faster on it)."""
+    s, t = factor
+    y = x[..., ::s, ::t]
+    channels_last = (
+        x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    )
+    return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    pair = tuple(value)
+    return (pair[0], pair[0]) if len(pair) == 1 else (pair[0], pair[1])
+
+
+@dataclass(frozen=True)
+class FunctionalKind:
+    """A function with a stride parameter; ``params`` are its parameter names in positional order."""
+
+    name: str
+    function: Callable[..., Any]
+    params: tuple[str, ...]
+    defaults: Params
+    kernel_param: str | None = None  # pooling: a missing stride means stride = kernel size
+
+    def bind(self, args: Sequence[Any], kwargs: Params) -> Params:
+        """Bind a call's arguments to parameter names (builtins have no inspectable signature)."""
+        if len(args) > len(self.params):
+            raise TypeError(f"{self.name}: too many positional arguments ({len(args)})")
+        return {**self.defaults, **dict(zip(self.params, args, strict=False)), **kwargs}
+
+    def factor(self, params: Params) -> tuple[int, int]:
+        """The down-sampling factor (s, t) of a call with these parameters."""
+        stride = params.get("stride")
+        if stride is None or (not isinstance(stride, int) and len(stride) == 0):
+            stride = params[self.kernel_param] if self.kernel_param else 1
+        return _pair(stride)
+
+    def strided_call(self, params: Params) -> StridedCall | None:
+        """The call as a :class:`StridedCall`, or None when it does not reduce resolution."""
+        factor = self.factor(params)
+        if factor == (1, 1) or not isinstance(params.get("input"), torch.Tensor):
+            return None
+        as_factor(factor)
+        ceil_mode = bool(params.get("ceil_mode", False))
+        full_params = {**params, "stride": 1, **({"ceil_mode": False} if ceil_mode else {})}
+        return StridedCall(
+            kind=self.name,
+            factor=factor,
+            full_resolution=lambda: self.call(full_params),
+            original=lambda: self.call(params),
+            exact_slice=not ceil_mode,
+        )
+
+    def call(self, params: Params) -> Any:
+        """Call the function with bound parameters, positionally in declared order."""
+        return self.function(*(params[name] for name in self.params))
+
+
+class SliceKind:
+    """Strided slicing ``x[..., a::s, b::t]`` of the last two (spatial) axes of a tensor."""
+
+    name = "strided_slice"
+
+    @staticmethod
+    def expand_index(ndim: int, index: Any) -> list[Any] | None:
+        """The index as one item per axis, or None for indexing other than ints, slices and one Ellipsis."""
+        items = list(index) if isinstance(index, tuple) else [index]
+        allowed = (slice, int, type(Ellipsis))
+        if any(isinstance(i, bool) or not isinstance(i, allowed) for i in items):
+            return None
+        if items.count(Ellipsis) > 1:
+            return None
+        if Ellipsis in items:
+            at = items.index(Ellipsis)
+            items[at : at + 1] = [slice(None)] * (ndim - len(items) + 1)
+        items += [slice(None)] * (ndim - len(items))
+        return items if len(items) == ndim else None
+
+    def strided_call(self, x: Any, index: Any) -> StridedCall | None:
+        """The slicing as a :class:`StridedCall`, or None when it does not step over spatial axes."""
+        if not isinstance(x, torch.Tensor) or x.dim() < 2:
+            return None
+        items = self.expand_index(x.dim(), index)
+        if items is None or not all(isinstance(i, slice) for i in items[-2:]):
+            return None
+        h, w = items[-2], items[-1]
+        factor = (h.step or 1, w.step or 1)
+        if factor == (1, 1):
+            return None
+        as_factor(factor)
+        items[-2], items[-1] = slice(h.start, h.stop), slice(w.start, w.stop)
+        full_index = tuple(items)
+        return StridedCall(
+            kind=self.name, factor=factor, full_resolution=lambda: x[full_index], original=lambda: x[index]
+        )
+
+
+CONV2D = FunctionalKind(
+    "conv2d",
+    F.conv2d,
+    ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+    {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1},
+)
+MAX_POOL2D = FunctionalKind(
+    "max_pool2d",
+    F.max_pool2d,
+    ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+    {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False},
+    kernel_param="kernel_size",
+)
+AVG_POOL2D = FunctionalKind(
+    "avg_pool2d",
+    F.avg_pool2d,
+    ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+    {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True, "divisor_override": None},
+    kernel_param="kernel_size",
+)
+LP_POOL2D = FunctionalKind(
+    "lp_pool2d",
+    F.lp_pool2d,
+    ("input", "norm_type", "kernel_size", "stride", "ceil_mode"),
+    {"stride": None, "ceil_mode": False},
+    kernel_param="kernel_size",
+)
+STRIDED_SLICE = SliceKind()
+
+FUNCTIONAL_KINDS: dict[Callable[..., Any], FunctionalKind] = {}
+"""Functional kinds by the function object that a traced graph calls."""
+
+
+def register_functional_kind(kind: FunctionalKind, *aliases: Callable[..., Any]) -> None:
+    """Register a functional down-sampling kind under its function and any aliases of it."""
+    for function in (kind.function, *aliases):
+        FUNCTIONAL_KINDS[function] = kind
+
+
+register_functional_kind(CONV2D, torch.conv2d)
+register_functional_kind(MAX_POOL2D, torch.max_pool2d)
+register_functional_kind(AVG_POOL2D)
+register_functional_kind(LP_POOL2D)
+
+
+def functional_strided_call(
+    function: Callable[..., Any], args: Sequence[Any], kwargs: Params
+) -> StridedCall | None:
+    """A call of a registered function (or ``operator.getitem``) as a StridedCall, or None."""
+    if function is operator.getitem:
+        return STRIDED_SLICE.strided_call(*args, **kwargs) if len(args) == 2 and not kwargs else None
+    kind = FUNCTIONAL_KINDS.get(function)
+    return kind.strided_call(kind.bind(args, kwargs)) if kind else None
+
+
+def is_functional_downsampler(function: Any, args: Sequence[Any]) -> bool:
+    """Whether a traced call may down-sample: a registered function, or getitem with a slice step."""
+    if function is operator.getitem:
+        index = args[1] if len(args) == 2 else None
+        items = index if isinstance(index, tuple) else (index,)
+        return any(isinstance(i, slice) and i.step not in (None, 1) for i in items)
+    return function in FUNCTIONAL_KINDS
+
+
+# ---- modules -----------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class DeclaredDownsampler(Protocol):
+    """A module that declares itself a down-sampler (anti-aliasing layers use this).
+
+    ``downsampling_factor`` is s or (s, t); ``full_resolution_forward(*args)`` takes the module's forward
+    arguments and returns x such that ``forward(*args)`` equals ``x[..., ::s, ::t]``. An optional
+    ``downsampling_kind`` string names the kind in reports (default: the class name). The probe does not
+    look inside such a module.
+    """
+
+    downsampling_factor: int | tuple[int, int]
+
+    def full_resolution_forward(self, *args: Any, **kwargs: Any) -> torch.Tensor: ...
+
+
+ModuleParams = Callable[[Any, torch.Tensor], Params]
+"""Reads a module's parameters as the keyword parameters of the functional kind it calls."""
+
+
+def _conv_params(m: nn.Conv2d, x: torch.Tensor) -> Params:
+    padding: Any = m.padding
+    if m.padding_mode != "zeros":
+        x = F.pad(x, m._reversed_padding_repeated_twice, mode=m.padding_mode)
+        padding = 0
+    return {
+        "input": x,
+        "weight": m.weight,
+        "bias": m.bias,
+        "stride": m.stride,
+        "padding": padding,
+        "dilation": m.dilation,
+        "groups": m.groups,
+    }
+
+
+def _attribute_params(kind: FunctionalKind) -> ModuleParams:
+    names = [n for n in kind.params if n != "input"]
+    return lambda m, x: {"input": x, **{n: getattr(m, n) for n in names}}
+
+
+MODULE_KINDS: dict[type[nn.Module], tuple[FunctionalKind, ModuleParams]] = {
+    nn.Conv2d: (CONV2D, _conv_params),
+    nn.MaxPool2d: (MAX_POOL2D, _attribute_params(MAX_POOL2D)),
+    nn.AvgPool2d: (AVG_POOL2D, _attribute_params(AVG_POOL2D)),
+    nn.LPPool2d: (LP_POOL2D, _attribute_params(LP_POOL2D)),
+}
+"""Module kinds: a module type whose forward is exactly one call of a functional kind."""
+
+
+def _module_kind(module: nn.Module) -> tuple[FunctionalKind, ModuleParams] | None:
+    """The registered kind of a module whose class uses the registered type's own forward."""
+    for cls in type(module).__mro__:
+        if cls in MODULE_KINDS:
+            return MODULE_KINDS[cls] if type(module).forward is cls.forward else None
+    return None
+
+
+def is_known_module(module: nn.Module) -> bool:
+    """Whether the probe measures this module as one op (a registered kind or a declared down-sampler)."""
+    return isinstance(module, DeclaredDownsampler) or _module_kind(module) is not None
+
+
+def module_may_downsample(module: nn.Module) -> bool:
+    """Whether a module is a declared down-sampler or a registered kind with a stride above 1."""
+    if isinstance(module, DeclaredDownsampler):
+        return as_factor(module.downsampling_factor) != (1, 1)
+    found = _module_kind(module)
+    if found is None:
+        return False
+    kind, _ = found
+    params = {n: getattr(module, n, None) for n in ("stride", "kernel_size")}
+    return kind.factor(params) != (1, 1)
+
+
+def module_strided_call(module: nn.Module, args: Sequence[Any], kwargs: Params) -> StridedCall | None:
+    """A call of a known module as a StridedCall, or None when it does not reduce resolution."""
+    if isinstance(module, DeclaredDownsampler):
+        factor = as_factor(module.downsampling_factor)
+        return StridedCall(
+            kind=getattr(module, "downsampling_kind", type(module).__name__),
+            factor=factor,
+            full_resolution=lambda: module.full_resolution_forward(*args, **kwargs),
+            original=lambda: None,
+        )
+    found = _module_kind(module)
+    if found is None or len(args) != 1 or kwargs:
+        return None
+    kind, read_params = found
+    return kind.strided_call(read_params(module, args[0]))
