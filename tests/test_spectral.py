@@ -87,7 +87,7 @@ def test_per_map_metrics_match_loop_reference(h, w, s, t, nyquist):
     gen = torch.Generator().manual_seed(h * 100 + w * 10 + s + t)
     x = torch.randn(2, 3, h, w, generator=gen, dtype=torch.float64)
     got = spectral.per_map_metrics(x, (s, t), tuple(spectral.PER_MAP_METRICS), nyquist=nyquist)
-    for name, values in got.items():
+    for values in got.values():
         assert values.shape == (2, 3)
         assert values.dtype == torch.float64
     for i in range(2):

@@ -266,11 +266,12 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _model_dtype(model: nn.Module) -> torch.dtype:
+def _model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the model's first floating-point parameter (None: keep the images' dtype)."""
     for tensor in model.parameters():
         if tensor.is_floating_point():
             return tensor.dtype
-    return torch.get_default_dtype()
+    return None
 
 
 def _check_range(images: torch.Tensor) -> None:
