@@ -42,11 +42,7 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels = self.mean.shape[1]
-        if x.dim() != 4 or x.shape[1] != channels:
-            raise ModelInputError(
-                f"normalize: expected images of shape (N, {channels}, H, W), got {tuple(x.shape)}"
-            )
+        _check_images(x, self.mean)
         return (x - self.mean) / self.std
 
     def extra_repr(self) -> str:
@@ -69,6 +65,30 @@ def make_normalizer(spec: NormalizeSpec) -> nn.Module:
     return Normalize(*spec)
 
 
+# The shape checks below are fx-wrapped: a traced model calls them as opaque functions, so checking
+# shapes in Python does not make the model untraceable (the probe traces models to find functional ops).
+
+
+@torch.fx.wrap
+def _check_images(x: torch.Tensor, mean: torch.Tensor) -> None:
+    channels = mean.shape[1]
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ModelInputError(
+            f"normalize: expected images of shape (N, {channels}, H, W), got {tuple(x.shape)}"
+        )
+
+
+@torch.fx.wrap
+def _check_pooled(pooled: torch.Tensor, out: torch.Tensor, image: torch.Tensor) -> None:
+    if pooled.shape[-2:] != (1, 1):
+        kernel = (out.shape[-2] // max(pooled.shape[-2], 1), out.shape[-1] // max(pooled.shape[-1], 1))
+        raise ModelInputError(
+            f"image size {tuple(image.shape[-2:])} does not suit this model: its final average pool "
+            f"(kernel {kernel[0]}x{kernel[1]}) got a {tuple(out.shape[-2:])} map; it is built for 32x32 "
+            "images (CIFAR-10)"
+        )
+
+
 def pool_to_features(out: torch.Tensor, kernel_size: int, image: torch.Tensor) -> torch.Tensor:
     """Final ``F.avg_pool2d(out, kernel_size)`` flattened to (N, C); raises if the map is not pooled to 1x1.
 
@@ -76,10 +96,5 @@ def pool_to_features(out: torch.Tensor, kernel_size: int, image: torch.Tensor) -
     this names the size instead.
     """
     pooled = F.avg_pool2d(out, kernel_size)
-    if pooled.shape[-2:] != (1, 1):
-        raise ModelInputError(
-            f"image size {tuple(image.shape[-2:])} does not suit this model: its final "
-            f"{kernel_size}x{kernel_size} average pool got a {tuple(out.shape[-2:])} map; "
-            "it is built for 32x32 images (CIFAR-10)"
-        )
+    _check_pooled(pooled, out, image)
     return pooled.flatten(1)
