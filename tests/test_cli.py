@@ -1,0 +1,422 @@
+"""Tests of the `cnn-aliasing` command line, mostly in-process through main(), on a tiny fake CIFAR-10."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import cnn_aliasing
+from cifar_fixtures import make_layout
+from cnn_aliasing import cli, data, find_downsamplers
+from cnn_aliasing import measure as measure_aliasing
+from cnn_aliasing.models import create_model, load_checkpoint, model_descriptions, save_checkpoint
+
+N_TEST = 24
+N_IMAGES = 20
+PREACT = ["--model", "preact_resnet18", "--model-arg", "width=8"]
+WRN = ["--model", "wrn_28_10", "--model-arg", "depth=10", "--model-arg", "widen_factor=1"]
+# forward order: each block runs its shortcut before conv1
+PREACT_OPS = [
+    "layer2.0.shortcut.0",
+    "layer2.0.conv1",
+    "layer3.0.shortcut.0",
+    "layer3.0.conv1",
+    "layer4.0.shortcut.0",
+    "layer4.0.conv1",
+]
+PREACT_CHANNELS = [16, 16, 32, 32, 64, 64]
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fake CIFAR-10 layout with 24 test images."""
+    root = tmp_path_factory.mktemp("cifar")
+    make_layout(root, train_sizes=(2, 2, 2, 2, 2), test_size=N_TEST)
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Weights of a width-8 PreAct ResNet-18 (seed 7, not the CLI's default seed)."""
+    torch.manual_seed(7)
+    path = tmp_path_factory.mktemp("weights") / "preact.pt"
+    save_checkpoint(create_model("preact_resnet18", width=8), path)
+    return path
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """main(argv) in-process: (exit code, stdout, stderr); argparse exits become their code."""
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def measure_args(cifar_dir: Path, out: Path, *extra: str, model: list[str] = PREACT) -> list[str]:
+    """A quiet `measure` on 20 fake images in batches of 8 (the last one partial)."""
+    return [
+        "measure",
+        *model,
+        "--data-dir",
+        str(cifar_dir),
+        "--n-images",
+        str(N_IMAGES),
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def assert_one_error_line(err: str, *needles: str) -> str:
+    """stderr is exactly one `cnn-aliasing: error:` line, without traceback, containing every needle."""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("cnn-aliasing: error: ") and "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0]
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------------------- measure
+def test_measure_writes_report_csv_and_table(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    cifar_dir: Path,
+    checkpoint: Path,
+    device: torch.device,
+) -> None:
+    out, table = tmp_path / "new" / "folder" / "report.json", tmp_path / "other" / "table.csv"
+    argv = measure_args(cifar_dir, out, "--checkpoint", str(checkpoint), "--csv", str(table))
+    argv[argv.index("--device") + 1] = str(device)
+    code, stdout, stderr = run_cli(capsys, *argv)
+    assert (code, stderr) == (0, "")
+
+    report = json.loads(out.read_text())
+    names = [op["name"] for op in report["ops"]]
+    model = load_checkpoint(create_model("preact_resnet18", width=8), checkpoint)
+    assert names == PREACT_OPS == [d.name for d in find_downsamplers(model, torch.rand(1, 3, 32, 32))]
+    assert [op["channels"] for op in report["ops"]] == PREACT_CHANNELS
+    assert [op["count"] for op in report["ops"]] == [N_IMAGES * c for c in PREACT_CHANNELS]
+    assert report["n_images"] == N_IMAGES and report["nyquist"] == "zero"
+
+    images, labels = data.load_cifar10(cifar_dir, n_images=N_IMAGES)
+    direct = measure_aliasing(model, data.iterate_batches(images, labels, 8), device=device, progress=False)
+    assert [op["aliasing"] for op in report["ops"]] == pytest.approx(
+        [o.aliasing for o in direct.ops], rel=1e-4
+    )
+
+    meta = report["meta"]
+    assert meta["run"]["version"] == cnn_aliasing.__version__
+    assert meta["run"]["torch"] == torch.__version__ and "numpy" in meta["run"] and "git" in meta["run"]
+    assert meta["checkpoint"] == {
+        "path": str(checkpoint.resolve()),
+        "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
+    }
+    assert meta["model"] == {"name": "preact_resnet18", "args": {"width": 8}}
+    assert meta["data"] == {"dir": str(cifar_dir.resolve()), "split": "test", "n_images": N_IMAGES}
+    assert meta["config"]["n_images"] == N_IMAGES and meta["config"]["batch_size"] == 8
+    assert meta["config"]["out"] == str(out) and meta["device"] == str(device)
+    assert 0 < meta["measure_s"] <= meta["elapsed_s"]
+
+    with table.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["op"] for r in rows] == PREACT_OPS
+    assert [int(r["count"]) for r in rows] == [op["count"] for op in report["ops"]]
+
+    lines = stdout.splitlines()
+    assert lines[0].startswith("aliasing of 6 down-sampling ops of preact_resnet18 over 20 CIFAR-10 test")
+    assert lines[1].split()[:4] == ["op", "kind", "factor", "aliasing"]
+    assert [line.split()[0] for line in lines[2:8]] == PREACT_OPS
+    assert str(out) in lines[-1] and str(table) in lines[-1]
+
+
+def test_wide_resnet_ops_match_find_downsamplers(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cifar_dir: Path
+) -> None:
+    out = tmp_path / "wrn.json"
+    code, _, _ = run_cli(capsys, *measure_args(cifar_dir, out, model=WRN))
+    assert code == 0
+    ops = json.loads(out.read_text())["ops"]
+    model = create_model("wrn_28_10", depth=10, widen_factor=1)
+    found = find_downsamplers(model, torch.rand(1, 3, 32, 32))
+    assert [op["name"] for op in ops] == [d.name for d in found]
+    assert [op["count"] for op in ops] == [N_IMAGES * d.channels for d in found]
+
+
+def test_selection_metrics_per_channel_and_nyquist(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cifar_dir: Path
+) -> None:
+    out = tmp_path / "r.json"
+    extra = ["--include", "layer2.*", "layer3.*", "--exclude", "*shortcut*", "--nyquist", "keep_negative"]
+    extra += ["--metric", "relative_aliasing", "--metric", "alias_energy_fraction", "--per-channel"]
+    code, _, _ = run_cli(capsys, *measure_args(cifar_dir, out, *extra))
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert [op["name"] for op in report["ops"]] == ["layer2.0.conv1", "layer3.0.conv1"]
+    assert report["nyquist"] == "keep_negative"
+    assert report["metrics"] == ["aliasing", "relative_aliasing", "alias_energy_fraction"]
+    for op in report["ops"]:
+        assert set(op["metrics"]) == set(report["metrics"])
+        assert len(op["metrics"]["aliasing"]["per_channel"]) == op["channels"]
+
+
+def test_same_seed_gives_the_same_random_model(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cifar_dir: Path
+) -> None:
+    results = []
+    for name in ("a.json", "b.json"):
+        assert run_cli(capsys, *measure_args(cifar_dir, tmp_path / name, "--seed", "3"))[0] == 0
+        results.append([op["aliasing"] for op in json.loads((tmp_path / name).read_text())["ops"]])
+    assert results[0] == results[1]
+
+
+def test_progress_bar_unless_quiet(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cifar_dir: Path
+) -> None:
+    argv = measure_args(cifar_dir, tmp_path / "r.json")
+    argv.remove("--quiet")
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 0 and "measuring aliasing" in err
+
+
+def test_models_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "models")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == len(model_descriptions())
+    for line, (name, description) in zip(lines, model_descriptions().items(), strict=True):
+        assert line.split()[0] == name and line.endswith(description)
+
+
+# ---------------------------------------------------------------------------------------------- help, parse
+@pytest.mark.parametrize("command", [[], *([name] for name in cli.SUBCOMMANDS)])
+def test_help_explains_with_an_example(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    code, out, _ = run_cli(capsys, *command, "--help")
+    assert code == 0 and "example" in out and "--debug" in out and "--quiet" in out
+    if not command:
+        assert all(name in out for name in cli.SUBCOMMANDS)
+
+
+def test_measure_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    flat = " ".join(run_cli(capsys, "measure", "--help")[1].split())
+    for text in ("(default: 1000)", "(default: 250)", "(default: test)", "(default: zero)", "(default: 0)"):
+        assert text in flat
+    assert "(default: cuda if available, else cpu)" in flat
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and out.strip() == f"cnn-aliasing {cnn_aliasing.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "quiet", "debug"),
+    [
+        (["models"], False, False),
+        (["--quiet", "--debug", "models"], True, True),
+        (["models", "--quiet"], True, False),
+        (["--debug", "models", "--quiet"], True, True),
+    ],
+)
+def test_global_options_before_or_after_the_subcommand(argv: list[str], quiet: bool, debug: bool) -> None:
+    args = cli.build_parser().parse_args(argv)
+    assert (args.quiet, args.debug) == (quiet, debug)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("16", 16),
+        ("-2", -2),
+        ("0.5", 0.5),
+        ("1e-3", 1e-3),
+        ("true", True),
+        ("False", False),
+        ("none", None),
+        ("cifar10", "cifar10"),
+        ("(1, 2)", (1, 2)),
+        ("[[0.5, 0.5], [0.2, 0.2]]", [[0.5, 0.5], [0.2, 0.2]]),
+    ],
+)
+def test_model_arg_values_are_parsed(text: str, value: Any) -> None:
+    assert cli.parse_model_arg(f"key={text}") == ("key", value)
+
+
+@pytest.mark.parametrize(
+    ("model_args", "needle"),
+    [
+        (["width"], "KEY=VALUE"),
+        (["=3"], "KEY=VALUE"),
+        (["width="], "KEY=VALUE"),
+        (["9x=1"], "KEY=VALUE"),
+        (["normalize=(1,"], "cannot parse"),
+        (["width=8", "width=4"], "'width' is given twice"),
+    ],
+)
+def test_bad_model_arg_syntax_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cifar_dir: Path, model_args: list[str], needle: str
+) -> None:
+    pairs = [token for arg in model_args for token in ("--model-arg", arg)]
+    code, _, err = run_cli(
+        capsys, *measure_args(cifar_dir, tmp_path / "r.json", *pairs, model=["--model", "preact_resnet18"])
+    )
+    assert code == 2 and needle in err and "--model-arg" in err and "Traceback" not in err
+
+
+def test_one_line_joins_a_multi_line_message() -> None:
+    assert cli.one_line("checkpoint x does not match:\n  2 missing keys: a, b\n  1 unexpected key: c\n") == (
+        "checkpoint x does not match: 2 missing keys: a, b; 1 unexpected key: c"
+    )
+
+
+# ----------------------------------------------------------------------------------------------- errors
+def _garbage_checkpoint(tmp_path: Path) -> list[str]:
+    path = tmp_path / "broken.pt"
+    path.write_bytes(b"\x80\x02 this is no checkpoint")
+    return ["--checkpoint", str(path)]
+
+
+def _file_as_folder(tmp_path: Path) -> list[str]:
+    (tmp_path / "plain").write_text("x")
+    return ["--out", str(tmp_path / "plain" / "r.json")]
+
+
+ERROR_CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
+    "unknown model": (
+        lambda _: ["--model", "resnet9000"],
+        ("'resnet9000'", "preact_resnet18", "wrn_28_10"),
+    ),
+    "unknown model argument": (lambda _: ["--model-arg", "depth=3"], ("'depth'", "width")),
+    "bad model argument value": (
+        lambda _: ["--model", "preact_resnet18", "--model-arg", "width=0"],
+        ("cannot build model", "width=0"),
+    ),
+    "missing data folder": (
+        lambda tmp: ["--data-dir", str(tmp / "nowhere")],
+        ("nowhere", "--download", "make_cifar10.py"),
+    ),
+    "corrupt checkpoint": (_garbage_checkpoint, ("broken.pt",)),
+    "missing checkpoint": (lambda tmp: ["--checkpoint", str(tmp / "gone.pt")], ("gone.pt",)),
+    "too many images": (lambda _: ["--n-images", "1000"], ("n_images=1000", "24")),
+    "output is a folder": (lambda tmp: ["--out", str(tmp)], ("is a folder",)),
+    "output folder is a file": (_file_as_folder, ("plain",)),
+    "bad device": (lambda _: ["--device", "nonsense"], ("'nonsense'", "not a device")),
+    "include matches nothing": (lambda _: ["--include", "nothing*"], ("nothing*", "layer2.0.conv1")),
+}
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_user_errors_are_one_line_with_exit_code_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cifar_dir: Path, case: str, debug: bool
+) -> None:
+    make_args, needles = ERROR_CASES[case]
+    extra = make_args(tmp_path)
+    model = [] if "--model" in extra else PREACT  # a case naming the model replaces the default one
+    argv = measure_args(cifar_dir, tmp_path / "out" / "r.json", *extra, model=model)
+    code, out, err = run_cli(capsys, *(["--debug"] if debug else []), *argv)
+    assert code == 2 and out == ""
+    if debug:
+        assert "Traceback (most recent call last)" in err
+        err = err.splitlines()[-1]
+    assert_one_error_line(err, *needles)
+
+
+def test_image_size_the_model_cannot_take(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cifar_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def load_64x64(*args: Any, n_images: int, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        n = n_images
+        return torch.randint(0, 256, (n, 3, 64, 64), dtype=torch.uint8), torch.zeros(n, dtype=torch.int64)
+
+    monkeypatch.setattr(data, "load_cifar10", load_64x64)
+    argv = measure_args(cifar_dir, tmp_path / "r.json")
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert_one_error_line(err, "(64, 64)", "32x32")
+    code, _, err = run_cli(capsys, "--debug", *argv)
+    assert code == 2 and "Traceback" in err and "ModelInputError" in err
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cifar_dir: Path
+) -> None:
+    argv = measure_args(cifar_dir, tmp_path / "r.json", "--device", "cuda")
+    assert_one_error_line(run_cli(capsys, *argv)[2], "CUDA is not available", "--device cpu")
+
+
+def test_keyboard_interrupt_exits_130(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cifar_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "measure", interrupted)
+    code, _, err = run_cli(capsys, *measure_args(cifar_dir, tmp_path / "r.json"))
+    assert (code, err) == (130, "cnn-aliasing: interrupted\n")
+
+
+def test_warnings_are_shown_as_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cifar_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def warning_measure(*args: Any, **kwargs: Any) -> cnn_aliasing.AliasingReport:
+        warnings.warn("first part\n  second part", UserWarning, stacklevel=1)
+        return measure_aliasing(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "measure", warning_measure)
+    code, _, err = run_cli(capsys, *measure_args(cifar_dir, tmp_path / "r.json"))
+    assert (code, err) == (0, "cnn-aliasing: warning: first part; second part\n")
+
+
+def test_missing_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys)
+    assert code == 2 and "COMMAND" in err
+
+
+def test_registering_a_name_twice_is_refused() -> None:
+    class Again(cli.Subcommand):
+        name = "models"
+        help = description = example = ""
+
+        def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+            """Nothing."""
+
+        def run(self, args: argparse.Namespace) -> int:
+            return 0
+
+    with pytest.raises(ValueError, match="already registered"):
+        cli.register_subcommand(Again)
+
+
+# ------------------------------------------------------------------------------------------- installed
+@pytest.mark.parametrize(
+    "command",
+    [[str(Path(sys.executable).with_name("cnn-aliasing"))], [sys.executable, "-m", "cnn_aliasing"]],
+    ids=["entry point", "python -m"],
+)
+def test_installed_command_help(command: list[str]) -> None:
+    if not Path(command[0]).exists():
+        pytest.fail(f"{command[0]} is missing: install the package (pip install -e .)")
+    done = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: cnn-aliasing") and "measure" in done.stdout
