@@ -435,13 +435,14 @@ def test_iterate_batches_rejects_mismatched_labels() -> None:
 
 # ---------------------------------------------------------------------------------------------- shared copy
 def _shared_copy() -> Path | None:
-    root = os.environ.get("CNN_ALIASING_DATA")
-    if not root or data._find_folder(Path(root)) is None:
-        return None
-    return Path(root)
+    """CIFAR-10 from CNN_ALIASING_DATA, or the data/ folder scripts/setup.sh makes in the checkout."""
+    root = Path(os.environ.get("CNN_ALIASING_DATA") or Path(__file__).resolve().parents[1] / "data")
+    return root if data._find_folder(root) is not None else None
 
 
-@pytest.mark.skipif(_shared_copy() is None, reason="set CNN_ALIASING_DATA to a folder from make_cifar10.py")
+@pytest.mark.skipif(
+    _shared_copy() is None, reason="no CIFAR-10 copy: run scripts/setup.sh or set CNN_ALIASING_DATA"
+)
 def test_real_shared_copy() -> None:
     root = _shared_copy()
     test_images, test_labels = load_cifar10(root, "test", progress=False)
