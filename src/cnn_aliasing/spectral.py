@@ -167,7 +167,9 @@ def _small_spectra(x: torch.Tensor, factor: tuple[int, int], nyquist: Nyquist) -
 
 
 def _magnitude(z: torch.Tensor) -> torch.Tensor:
-    return z.abs()
+    """|z| of a contiguous complex tensor (hypot of the parts: faster than complex abs on the CPU)."""
+    parts = torch.view_as_real(z)
+    return torch.hypot(parts[..., 0], parts[..., 1])
 
 
 def _aliasing(sp: _SmallSpectra) -> torch.Tensor:
