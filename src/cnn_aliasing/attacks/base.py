@@ -16,7 +16,7 @@ from typing import Literal, Protocol
 import torch
 from torch import nn
 
-from cnn_aliasing.errors import UnknownNameError
+from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
 
 Norm = Literal["Linf", "L2"]
 NORMS: tuple[Norm, ...] = ("Linf", "L2")
@@ -73,6 +73,14 @@ def list_attacks() -> list[str]:
     return sorted(_ATTACKS)
 
 
+def per_example_norm(delta: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """The ``norm`` of each example of ``delta`` (N, ...) as an (N,) tensor."""
+    flat = delta.flatten(1)
+    if norm == "Linf":
+        return flat.abs().amax(dim=1)
+    return flat.square().sum(dim=1).sqrt()
+
+
 def project(adv: torch.Tensor, images: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
     """Project ``adv`` onto the eps-ball around ``images`` (per example) and then onto [0, 1].
 
@@ -87,3 +95,73 @@ def project(adv: torch.Tensor, images: torch.Tensor, threat: ThreatModel) -> tor
         factor = (threat.eps / norms).clamp(max=1.0)
         delta = delta * factor.view(-1, *([1] * (delta.dim() - 1)))
     return (images + delta).clamp(0.0, 1.0)
+
+
+class AttackInvariantError(RuntimeError):
+    """An attack broke its contract: a point outside the eps-ball or [0, 1], or a wrong shape."""
+
+
+def check_adversarial(
+    adv: torch.Tensor, images: torch.Tensor, threat: ThreatModel, *, name: str, atol: float = 1e-5
+) -> None:
+    """Raise :class:`AttackInvariantError` unless ``adv`` has the images' shape, is finite, lies in [0, 1]
+    and within ``threat.eps`` (+ ``atol`` for float32 rounding) of ``images`` per example.
+
+    One host synchronisation; meant once per batch, never inside an attack's iterations.
+    """
+    if adv.shape != images.shape:
+        raise AttackInvariantError(
+            f"attack {name!r} returned shape {tuple(adv.shape)}, not {tuple(images.shape)}"
+        )
+    dist = per_example_norm(adv - images, threat.norm).amax()
+    low, high = torch.aminmax(adv)
+    stats = torch.stack([dist, low, high, (~torch.isfinite(adv)).sum().to(dist.dtype)]).tolist()
+    dist_v, low_v, high_v, n_bad = stats
+    if n_bad or low_v < 0.0 or high_v > 1.0 or not dist_v <= threat.eps + atol:
+        raise AttackInvariantError(
+            f"attack {name!r} left the threat model ({threat.norm}, eps={threat.eps:.6g}): largest "
+            f"{threat.norm} distance {dist_v:.6g}, values in [{low_v:.6g}, {high_v:.6g}], "
+            f"{int(n_bad)} not finite"
+        )
+
+
+def random_tensor(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device, *, normal: bool = False
+) -> torch.Tensor:
+    """Uniform [0, 1) (or standard normal) float32 noise drawn from ``generator`` on its own device, then
+    moved to ``device``; ``generator=None`` draws from torch's global generator on ``device``."""
+    draw = torch.randn if normal else torch.rand
+    if generator is None:
+        return draw(shape, device=device)
+    return draw(shape, generator=generator, device=generator.device).to(device)
+
+
+def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``z_y - max_{j != y} z_j`` per example: positive where the label wins."""
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.scatter(1, labels[:, None], float("-inf"))
+    return true - others.amax(dim=1)
+
+
+def _need_classes(logits: torch.Tensor, n: int, loss: str) -> None:
+    if logits.shape[1] < n:
+        raise CnnAliasingError(
+            f"the {loss} loss needs at least {n} classes, the model has {logits.shape[1]}; "
+            "use the cross-entropy attacks (apgd-ce, pgd, fgsm) for it"
+        )
+
+
+def dlr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Difference of logits ratio (Croce and Hein 2020), per example: ``-margin / (z_pi1 - z_pi3)``."""
+    _need_classes(logits, 3, "DLR")
+    top = logits.sort(dim=1).values
+    return -margin(logits, labels) / (top[:, -1] - top[:, -3] + 1e-12)
+
+
+def targeted_dlr_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR, per example: ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``."""
+    _need_classes(logits, 4, "targeted DLR")
+    top = logits.sort(dim=1).values
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    target = logits.gather(1, targets[:, None]).squeeze(1)
+    return -(true - target) / (top[:, -1] - 0.5 * (top[:, -3] + top[:, -4]) + 1e-12)
