@@ -22,7 +22,9 @@ NormalizeSpec: TypeAlias = str | MeanStd | None
 
 NORMALIZATION_PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    "pm1": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
+"""Named (mean, std) pairs. ``pm1`` maps [0, 1] to [-1, 1], i.e. ``2x - 1`` (bit for bit in float32/64)."""
 
 
 class Normalize(nn.Module):
