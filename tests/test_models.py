@@ -142,7 +142,7 @@ def test_registry_lists_both_models_sorted_with_descriptions() -> None:
 
 
 def test_unknown_model_lists_valid_names() -> None:
-    with pytest.raises(UnknownNameError, match=r"unknown model 'resnet9000'.*preact_resnet18, wrn_28_10"):
+    with pytest.raises(UnknownNameError, match=r"unknown model 'resnet9000'.*preact_resnet18.*wrn_28_10"):
         create_model("resnet9000")
 
 
