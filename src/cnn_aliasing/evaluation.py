@@ -1,0 +1,69 @@
+"""Accuracy of a classifier over a stream of labelled batches (clean accuracy; attacks add theirs beside)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.probe import evaluation_mode, run_model
+
+
+@dataclass(frozen=True)
+class AccuracyResult:
+    """How many of ``total`` images a model classified correctly."""
+
+    correct: int
+    total: int
+
+    @property
+    def accuracy(self) -> float:
+        """The fraction classified correctly, in [0, 1]."""
+        return self.correct / self.total
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: correct, total, accuracy."""
+        return {"correct": self.correct, "total": self.total, "accuracy": self.accuracy}
+
+    def __str__(self) -> str:
+        return f"{100 * self.accuracy:.2f}% ({self.correct}/{self.total})"
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def clean_accuracy(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    progress: bool = True,
+    total_images: int | None = None,
+) -> AccuracyResult:
+    """Top-1 accuracy of ``model`` on (images in [0, 1], labels) batches, on the model's device.
+
+    Runs in eval mode under ``torch.inference_mode`` and gives every module its training flag back.
+    ``total_images`` sizes the progress bar when ``batches`` has no length.
+    """
+    device = _device_of(model)
+    correct = total = 0
+    with (
+        tqdm(total=total_images, disable=not progress, unit="img", desc="clean accuracy", leave=False) as bar,
+        torch.inference_mode(),
+        evaluation_mode(model),
+    ):
+        for images, labels in batches:
+            logits = run_model(model, images.to(device))
+            correct += int((logits.argmax(dim=1) == labels.to(device)).sum())
+            total += len(labels)
+            bar.update(len(labels))
+    if total == 0:
+        raise CnnAliasingError("clean_accuracy() got no images: the batches iterable was empty")
+    return AccuracyResult(correct, total)
