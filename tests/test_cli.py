@@ -8,6 +8,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import types
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +19,9 @@ import torch
 
 import cnn_aliasing
 from cifar_fixtures import make_layout
-from cnn_aliasing import cli, data, find_downsamplers
+from cnn_aliasing import cli, data, find_downsamplers, zoo
 from cnn_aliasing import measure as measure_aliasing
+from cnn_aliasing.evaluation import clean_accuracy
 from cnn_aliasing.models import create_model, load_checkpoint, model_descriptions, save_checkpoint
 
 N_TEST = 24
@@ -53,6 +55,18 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "preact.pt"
     save_checkpoint(create_model("preact_resnet18", width=8), path)
     return path
+
+
+ZOO_MODEL = "Sehwag2021Proxy_R18"  # a full-size ResNet-18: the cheapest zoo architecture to run
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A RobustBench model folder holding only ZOO_MODEL's checkpoint (seed 5)."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(5)
+    save_checkpoint(zoo.zoo_entry(ZOO_MODEL).build(), zoo.checkpoint_path(ZOO_MODEL, root))
+    return root
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -197,13 +211,137 @@ def test_progress_bar_unless_quiet(
     assert code == 0 and "measuring aliasing" in err
 
 
-def test_models_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(capsys, "models")
+def test_models_lists_architectures_and_the_zoo(capsys: pytest.CaptureFixture[str], zoo_dir: Path) -> None:
+    code, out, _ = run_cli(capsys, "models", "--model-dir", str(zoo_dir))
     assert code == 0
     lines = out.splitlines()
-    assert len(lines) == len(model_descriptions())
-    for line, (name, description) in zip(lines, model_descriptions().items(), strict=True):
+    descriptions = model_descriptions()
+    assert lines[0] == "architectures:"
+    for line, (name, description) in zip(lines[1:], descriptions.items(), strict=False):
         assert line.split()[0] == name and line.endswith(description)
+    table = lines[len(descriptions) + 2 :]
+    assert table[0].startswith("zoo (RobustBench CIFAR-10 Linf") and str(zoo_dir) in table[0]
+    assert table[1].split() == [
+        "name",
+        "architecture",
+        "training",
+        "family",
+        "clean",
+        "autoattack",
+        "checkpoint",
+    ]
+    rows = {row.split()[0]: row.split() for row in table[2:]}
+    assert list(rows) == list(zoo.ZOO)
+    assert rows["Carmon2019Unlabeled"] == [
+        "Carmon2019Unlabeled",
+        "wrn_28_10",
+        "robust",
+        "wrn-28-10",
+        "89.69",
+        "59.53",
+        "missing",
+    ]
+    assert rows["Standard"][2] == "standard" and rows[ZOO_MODEL][-1] == "present"
+
+
+def test_models_tag_filters_the_zoo(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run_cli(
+        capsys, "models", "--tag", "resnet-18", "--tag", "robust", "--model-dir", str(tmp_path)
+    )
+    assert code == 0
+    zoo_rows = out.split("zoo (")[1].splitlines()[2:]
+    assert [row.split()[0] for row in zoo_rows] == [e.name for e in zoo.select("resnet-18")]
+    code, out, err = run_cli(capsys, "models", "--tag", "wrn-34-10")
+    assert code == 2 and out == ""
+    assert_one_error_line(err, "'wrn-34-10'", "wrn-28-10")
+
+
+# ------------------------------------------------------------------------------------------------ the zoo
+def test_evaluate_a_zoo_model_beside_its_reported_accuracies(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cifar_dir: Path, zoo_dir: Path
+) -> None:
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", "--model", ZOO_MODEL, "--model-dir", str(zoo_dir), "--data-dir", str(cifar_dir)]
+    argv += ["--n-images", "4", "--batch-size", "3", "--device", "cpu", "--quiet", "--out", str(out)]
+    code, stdout, stderr = run_cli(capsys, *argv)
+    assert (code, stderr) == (0, "")
+
+    images, labels = data.load_cifar10(cifar_dir, n_images=4)
+    model = zoo.load_zoo_model(ZOO_MODEL, zoo_dir)
+    expected = clean_accuracy(model, data.iterate_batches(images, labels, 4), progress=False)
+    lines = stdout.splitlines()
+    assert lines[0].startswith(
+        f"clean accuracy of {ZOO_MODEL} on 4 CIFAR-10 test images: {expected} (device=cpu"
+    )
+    assert lines[1] == (
+        "reported by RobustBench (full test set): clean 84.59%, AutoAttack 55.54% (Linf, eps 8/255)"
+    )
+    assert lines[2] == f"wrote {out}"
+    result = json.loads(out.read_text())
+    assert result["clean"] == expected.to_dict()
+    assert result["reported"] == {"clean_acc": 84.59, "autoattack_acc": 55.54}
+    meta = result["meta"]
+    assert meta["model"]["name"] == ZOO_MODEL and meta["model"]["arch"] == "resnet18"
+    checkpoint = zoo.checkpoint_path(ZOO_MODEL, zoo_dir)
+    assert meta["checkpoint"] == {
+        "path": str(checkpoint.resolve()),
+        "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
+    }
+    assert meta["data"]["n_images"] == 4 and meta["command"] == "evaluate"
+
+
+def test_evaluate_an_architecture_with_a_checkpoint(
+    capsys: pytest.CaptureFixture[str], cifar_dir: Path, checkpoint: Path
+) -> None:
+    argv = ["evaluate", *PREACT, "--checkpoint", str(checkpoint), "--data-dir", str(cifar_dir)]
+    code, stdout, _ = run_cli(capsys, *argv, "--n-images", "3", "--quiet")
+    assert code == 0
+    [line] = stdout.splitlines()  # no reported accuracies, no file written
+    assert line.startswith("clean accuracy of preact_resnet18 on 3 CIFAR-10 test images: ")
+
+
+def test_evaluate_shows_progress_unless_quiet(
+    capsys: pytest.CaptureFixture[str], cifar_dir: Path, zoo_dir: Path
+) -> None:
+    argv = ["evaluate", "--model", ZOO_MODEL, "--model-dir", str(zoo_dir), "--data-dir", str(cifar_dir)]
+    code, _, err = run_cli(capsys, *argv, "--n-images", "1")
+    assert code == 0 and "clean accuracy" in err
+
+
+def test_measure_a_zoo_model(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cifar_dir: Path, zoo_dir: Path
+) -> None:
+    out = tmp_path / "zoo.json"
+    argv = measure_args(
+        cifar_dir, out, "--n-images", "2", model=["--model", ZOO_MODEL, "--model-dir", str(zoo_dir)]
+    )
+    code, _, stderr = run_cli(capsys, *argv)
+    assert (code, stderr) == (0, "")
+    report = json.loads(out.read_text())
+    found = find_downsamplers(zoo.load_zoo_model(ZOO_MODEL, zoo_dir), torch.rand(1, 3, 32, 32))
+    assert [op["name"] for op in report["ops"]] == [d.name for d in found]
+    assert report["meta"]["model"]["zoo"]["name"] == ZOO_MODEL
+    assert report["meta"]["checkpoint"]["path"] == str(zoo.checkpoint_path(ZOO_MODEL, zoo_dir).resolve())
+
+
+def test_download_weights_fetches_a_missing_zoo_checkpoint(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    cifar_dir: Path,
+    zoo_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def download(*, id: str, output: str, quiet: bool) -> str:
+        assert id == zoo.zoo_entry(ZOO_MODEL).gdrive_id and quiet
+        Path(output).write_bytes(zoo.checkpoint_path(ZOO_MODEL, zoo_dir).read_bytes())
+        return output
+
+    monkeypatch.setitem(sys.modules, "gdown", types.SimpleNamespace(download=download))  # no network
+    models_dir = tmp_path / "models"
+    argv = ["evaluate", "--model", ZOO_MODEL, "--model-dir", str(models_dir), "--data-dir", str(cifar_dir)]
+    code, stdout, _ = run_cli(capsys, *argv, "--n-images", "1", "--quiet", "--download-weights")
+    assert code == 0 and stdout.startswith(f"clean accuracy of {ZOO_MODEL}")
+    assert zoo.checkpoint_path(ZOO_MODEL, models_dir).is_file()
 
 
 # ---------------------------------------------------------------------------------------------- help, parse
@@ -302,7 +440,15 @@ def _file_as_folder(tmp_path: Path) -> list[str]:
 ERROR_CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
     "unknown model": (
         lambda _: ["--model", "resnet9000"],
-        ("'resnet9000'", "preact_resnet18", "wrn_28_10"),
+        ("'resnet9000'", "preact_resnet18", "wrn_28_10", "zoo models: Standard, Carmon2019Unlabeled"),
+    ),
+    "zoo checkpoint missing": (
+        lambda tmp: ["--model", "Carmon2019Unlabeled", "--model-dir", str(tmp / "zoo")],
+        (str(Path("zoo", "cifar10", "Linf", "Carmon2019Unlabeled.pt")), "--download-weights"),
+    ),
+    "model argument for a zoo model": (
+        lambda _: ["--model", "Standard", "--model-arg", "depth=16"],
+        ("zoo model Standard", "--model wrn_28_10 with --checkpoint"),
     ),
     "unknown model argument": (lambda _: ["--model-arg", "depth=3"], ("'depth'", "width")),
     "bad model argument value": (

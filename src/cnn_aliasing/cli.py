@@ -27,8 +27,9 @@ from typing import Any, ClassVar, TextIO
 
 import torch
 
-from cnn_aliasing import __version__, data, models, spectral
-from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing import __version__, data, models, spectral, zoo
+from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
+from cnn_aliasing.evaluation import clean_accuracy
 from cnn_aliasing.measure import AliasingReport, measure
 from cnn_aliasing.probe import find_downsamplers
 from cnn_aliasing.provenance import run_metadata, write_json_atomic
@@ -177,6 +178,109 @@ def build_model(name: str, model_args: dict[str, Any]) -> torch.nn.Module:
         raise CnnAliasingError(f"cannot build model {name!r} with {given}: {_first_line(error)}") from error
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The "model" argument group: an architecture with arguments and weights, or a zoo model."""
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        required=True,
+        metavar="NAME",
+        help=f"a registered architecture ({', '.join(models.list_models())}) or a zoo model "
+        "(e.g. Carmon2019Unlabeled, Standard); see `cnn-aliasing models`",
+    )
+    model.add_argument(
+        "--model-arg",
+        dest="model_args",
+        type=parse_model_arg,
+        action=_ModelArgsAction,
+        metavar="KEY=VALUE",
+        help="keyword argument of the model factory, repeatable (e.g. width=16, normalize=cifar10); "
+        "true/false/none, numbers, (tuples) and [lists] are parsed, anything else is a string",
+    )
+    model.add_argument(
+        "--checkpoint", type=Path, metavar="FILE", help="weights of an architecture (.pt or .safetensors)"
+    )
+    model.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the random initialisation, used when no --checkpoint is given",
+    )
+    model.add_argument(
+        "--model-dir",
+        type=Path,
+        default=zoo.DEFAULT_MODEL_DIR,
+        metavar="DIR",
+        help="zoo checkpoints in RobustBench's layout, DIR/cifar10/Linf/NAME.pt (a RobustBench model "
+        "folder works as it is)",
+    )
+    model.add_argument(
+        "--download-weights",
+        action="store_true",
+        help="download a missing zoo checkpoint from Google Drive into --model-dir (needs internet and "
+        "pip install 'cnn-aliasing[zoo]')",
+    )
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The "data" argument group: which CIFAR-10 images, in which batches."""
+    source = parser.add_argument_group("data")
+    source.add_argument(
+        "--data-dir",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder holding cifar-10-batches-py/ (the CIFAR-10 python layout)",
+    )
+    source.add_argument("--split", default="test", choices=tuple(data.SPLIT_FILES), help="CIFAR-10 split")
+    source.add_argument(
+        "--n-images", type=positive_int, default=1000, metavar="N", help="first N images of the split"
+    )
+    source.add_argument("--batch-size", type=positive_int, default=250, metavar="B", help="batch size")
+    source.add_argument(
+        "--download",
+        action="store_true",
+        help="download CIFAR-10 (md5-checked) into --data-dir if it is missing",
+    )
+
+
+def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model named by ``--model`` (an architecture or a zoo model) and its "model"/"checkpoint" meta."""
+    torch.manual_seed(args.seed)
+    model_args = args.model_args or {}
+    if args.model in zoo.ZOO:
+        entry = zoo.zoo_entry(args.model)
+        if model_args or args.checkpoint is not None:
+            raise CnnAliasingError(
+                f"--model-arg and --checkpoint do not apply to zoo model {entry.name}: it is {entry.arch} "
+                f"with {dict(entry.arch_args) or 'default arguments'} and reads its weights from "
+                f"--model-dir; for other weights give --model {entry.arch} with --checkpoint"
+            )
+        model = zoo.load_zoo_model(
+            entry.name, args.model_dir, download=args.download_weights, progress=not args.quiet
+        )
+        path: Path | None = zoo.checkpoint_path(entry.name, args.model_dir)
+        described = {
+            "name": entry.name,
+            "args": dict(entry.arch_args),
+            "arch": entry.arch,
+            "zoo": entry.to_dict(),
+        }
+    elif args.model in models.list_models():
+        model = build_model(args.model, model_args)
+        path = args.checkpoint
+        if path is not None:
+            models.load_checkpoint(model, path)
+        described = {"name": args.model, "args": model_args}
+    else:
+        raise UnknownNameError(
+            f"unknown model {args.model!r}; valid architectures: {', '.join(models.list_models())}; "
+            f"zoo models: {', '.join(zoo.ZOO)}"
+        )
+    checkpoint = None if path is None else {"path": os.fspath(path.resolve()), "sha256": sha256_of(path)}
+    return model, {"model": described, "checkpoint": checkpoint}
+
+
 def sha256_of(path: Path) -> str:
     """Hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()
@@ -245,8 +349,8 @@ class MeasureCommand(Subcommand):
         "every down-sampling op (strided convolution, pooling, strided slicing) of a model on CIFAR-10 "
         "images. Prints one row per op in forward order and writes a JSON report (results, all arguments, "
         "versions, git commit, checkpoint SHA-256, timing), optionally a CSV table.\n\n"
-        "Global pooling to one pixel is not measured. Without --checkpoint the model keeps its random "
-        "initialisation (seeded with --seed)."
+        "Global pooling to one pixel is not measured. An architecture without --checkpoint keeps its random "
+        "initialisation (seeded with --seed); a zoo model reads its RobustBench checkpoint from --model-dir."
     )
     example = (
         "examples:\n"
@@ -254,51 +358,14 @@ class MeasureCommand(Subcommand):
         "      --out results/preact.json --csv results/preact.csv\n"
         "  cnn-aliasing measure --model wrn_28_10 --model-arg depth=16 --model-arg widen_factor=4 \\\n"
         "      --data-dir ./data --n-images 200 --include 'block2.*' --metric relative_aliasing \\\n"
-        "      --out wrn.json"
+        "      --out wrn.json\n"
+        "  cnn-aliasing measure --model Carmon2019Unlabeled --model-dir ./models --data-dir ./data \\\n"
+        "      --out carmon.json"
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        model = parser.add_argument_group("model")
-        model.add_argument(
-            "--model",
-            required=True,
-            metavar="NAME",
-            help=f"registered model name ({', '.join(models.list_models())}; see `cnn-aliasing models`)",
-        )
-        model.add_argument(
-            "--model-arg",
-            dest="model_args",
-            type=parse_model_arg,
-            action=_ModelArgsAction,
-            metavar="KEY=VALUE",
-            help="keyword argument of the model factory, repeatable (e.g. width=16, normalize=cifar10); "
-            "true/false/none, numbers, (tuples) and [lists] are parsed, anything else is a string",
-        )
-        model.add_argument("--checkpoint", type=Path, metavar="FILE", help="weights (.pt or .safetensors)")
-        model.add_argument(
-            "--seed",
-            type=int,
-            default=0,
-            help="seed of the random initialisation, used when no --checkpoint is given",
-        )
-        source = parser.add_argument_group("data")
-        source.add_argument(
-            "--data-dir",
-            type=Path,
-            required=True,
-            metavar="DIR",
-            help="folder holding cifar-10-batches-py/ (the CIFAR-10 python layout)",
-        )
-        source.add_argument("--split", default="test", choices=tuple(data.SPLIT_FILES), help="CIFAR-10 split")
-        source.add_argument(
-            "--n-images", type=positive_int, default=1000, metavar="N", help="first N images of the split"
-        )
-        source.add_argument("--batch-size", type=positive_int, default=250, metavar="B", help="batch size")
-        source.add_argument(
-            "--download",
-            action="store_true",
-            help="download CIFAR-10 (md5-checked) into --data-dir if it is missing",
-        )
+        add_model_arguments(parser)
+        add_data_arguments(parser)
         run = parser.add_argument_group("measurement")
         run.add_argument(
             "--device", metavar="DEVICE", help="torch device (default: cuda if available, else cpu)"
@@ -347,13 +414,7 @@ class MeasureCommand(Subcommand):
         if args.csv is not None:
             _prepare_output(args.csv, "--csv")
         device = resolve_device(args.device)
-        model_args = args.model_args or {}
-        torch.manual_seed(args.seed)
-        model = build_model(args.model, model_args)
-        checkpoint = None
-        if args.checkpoint is not None:
-            models.load_checkpoint(model, args.checkpoint)
-            checkpoint = {"path": os.fspath(args.checkpoint.resolve()), "sha256": sha256_of(args.checkpoint)}
+        model, model_meta = load_model(args)
         images, labels = data.load_cifar10(
             args.data_dir, args.split, n_images=args.n_images, download=args.download, progress=not args.quiet
         )
@@ -387,8 +448,7 @@ class MeasureCommand(Subcommand):
                 "command": self.name,
                 "config": _config(args),
                 "run": run_metadata(),
-                "model": {"name": args.model, "args": model_args},
-                "checkpoint": checkpoint,
+                **model_meta,
                 "data": {
                     "dir": os.fspath(args.data_dir.expanduser().resolve()),
                     "split": args.split,
@@ -420,23 +480,146 @@ def _print_report(
 
 
 @register_subcommand
-class ModelsCommand(Subcommand):
-    """``cnn-aliasing models``: the model registry."""
+class EvaluateCommand(Subcommand):
+    """``cnn-aliasing evaluate``: clean accuracy on CIFAR-10, beside the zoo's reported accuracies."""
 
-    name = "models"
-    help = "list the registered models with a one-line description each"
-    description = "List the registered model names (for measure --model) with a one-line description each."
-    example = "example:\n  cnn-aliasing models"
+    name = "evaluate"
+    help = "clean accuracy of a model on CIFAR-10 images (zoo models: beside RobustBench's reported ones)"
+    description = (
+        "Classify CIFAR-10 images with a model and report its clean (top-1) accuracy. For a zoo model the "
+        "accuracies RobustBench reports (clean and AutoAttack, full test set) are shown beside it. "
+        "Optionally writes a JSON file with the result, all arguments, versions and the checkpoint SHA-256."
+    )
+    example = (
+        "examples:\n"
+        "  cnn-aliasing evaluate --model Carmon2019Unlabeled --model-dir ./models --data-dir ./data \\\n"
+        "      --n-images 1000\n"
+        "  cnn-aliasing evaluate --model Standard --download-weights --data-dir ./data --out standard.json\n"
+        "  cnn-aliasing evaluate --model preact_resnet18 --checkpoint weights.pt --data-dir ./data"
+    )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """No arguments of its own."""
+        add_model_arguments(parser)
+        add_data_arguments(parser)
+        run = parser.add_argument_group("evaluation")
+        run.add_argument(
+            "--device", metavar="DEVICE", help="torch device (default: cuda if available, else cpu)"
+        )
+        out = parser.add_argument_group("output")
+        out.add_argument("--out", type=Path, metavar="FILE", help="also write the result as JSON")
 
     def run(self, args: argparse.Namespace) -> int:
+        start = time.perf_counter()
+        if args.out is not None:
+            _prepare_output(args.out, "--out")
+        device = resolve_device(args.device)
+        model, model_meta = load_model(args)
+        images, labels = data.load_cifar10(
+            args.data_dir, args.split, n_images=args.n_images, download=args.download, progress=not args.quiet
+        )
+        model.to(device)
+        batches = data.iterate_batches(images, labels, args.batch_size, device=device)
+        results = {"clean": clean_accuracy(model, batches, progress=not args.quiet, total_images=len(images))}
+        reported = model_meta["model"].get("zoo", {}).get("reported")
+        seconds = time.perf_counter() - start
+        print(
+            f"clean accuracy of {args.model} on {len(images)} CIFAR-10 {args.split} images: "
+            f"{results['clean']} (device={device}, {seconds:.1f} s)"
+        )
+        if reported is not None:
+            print(
+                f"reported by RobustBench (full test set): clean {reported['clean_acc']:.2f}%, AutoAttack "
+                f"{reported['autoattack_acc']:.2f}% (Linf, eps {zoo.EPS})"
+            )
+        if args.out is not None:
+            meta = {
+                "command": self.name,
+                "config": _config(args),
+                "run": run_metadata(),
+                **model_meta,
+                "data": {
+                    "dir": os.fspath(args.data_dir.expanduser().resolve()),
+                    "split": args.split,
+                    "n_images": len(images),
+                },
+                "device": str(device),
+                "seed": args.seed,
+                "elapsed_s": seconds,
+            }
+            results_json = {name: result.to_dict() for name, result in results.items()}
+            write_json_atomic(args.out, {**results_json, "reported": reported, "meta": meta})
+            print(f"wrote {args.out}")
+        return 0
+
+
+@register_subcommand
+class ModelsCommand(Subcommand):
+    """``cnn-aliasing models``: the registered architectures and the model zoo."""
+
+    name = "models"
+    help = "list the registered architectures and the model zoo (reported accuracies, local checkpoints)"
+    description = (
+        "List the registered architectures (for --model with --model-arg and --checkpoint) with a one-line "
+        "description each, then the zoo: RobustBench CIFAR-10 Linf models (for --model alone) with their "
+        "architecture, tags, the clean and AutoAttack (eps 8/255) accuracies RobustBench reports, and "
+        "whether their checkpoint is in --model-dir."
+    )
+    example = "examples:\n  cnn-aliasing models\n  cnn-aliasing models --tag wrn-28-10 --model-dir ~/models"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--model-dir",
+            type=Path,
+            default=zoo.DEFAULT_MODEL_DIR,
+            metavar="DIR",
+            help="where to look for zoo checkpoints (DIR/cifar10/Linf/NAME.pt)",
+        )
+        parser.add_argument(
+            "--tag",
+            dest="tags",
+            action="append",
+            metavar="TAG",
+            help=f"list only zoo models with this tag, repeatable ({', '.join(zoo.zoo_tags())})",
+        )
+
+    def run(self, args: argparse.Namespace) -> int:
+        entries = zoo.select(*(args.tags or ()))
         descriptions = models.model_descriptions()
         width = max(map(len, descriptions), default=0)
+        print("architectures:")
         for name, text in descriptions.items():
-            print(f"{name.ljust(width)}  {text}".rstrip())
+            print(f"  {name.ljust(width)}  {text}".rstrip())
+        print(
+            f"\nzoo (RobustBench CIFAR-10 Linf; reported accuracies in %; checkpoints in {args.model_dir}):"
+        )
+        rows = [
+            {
+                "name": e.name,
+                "architecture": e.arch,
+                "training": e.training,
+                "family": e.family,
+                "clean": f"{e.clean_acc:.2f}",
+                "autoattack": f"{e.autoattack_acc:.2f}",
+                "checkpoint": "present"
+                if zoo.checkpoint_path(e.name, args.model_dir).is_file()
+                else "missing",
+            }
+            for e in entries
+        ]
+        print(textwrap.indent(format_table(rows), "  "))
         return 0
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows (dicts with the same keys, values as text) as aligned plain text with a header line."""
+    if not rows:
+        return "(none)"
+    header = list(rows[0])
+    widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in header]
+    lines = [header, *([str(r[h]) for h in header] for r in rows)]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
 
 
 # ----------------------------------------------------------------------------------------------------- main
