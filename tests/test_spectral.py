@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import cmath
+import functools
 import math
 
 import numpy as np
@@ -81,23 +82,36 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=["dft", "fft"])
+def backend(request, monkeypatch):
+    """Run a test with the spectra computed by DFT matrix products, then by FFTs."""
+    monkeypatch.setattr(spectral, "DFT_MAX_SIZE", 1 << 30 if request.param == "dft" else 0)
+    return request.param
+
+
 @pytest.mark.parametrize("nyquist", ["zero", "keep_negative"])
 @pytest.mark.parametrize(("h", "w", "s", "t"), CASES)
-def test_per_map_metrics_match_loop_reference(h, w, s, t, nyquist):
-    gen = torch.Generator().manual_seed(h * 100 + w * 10 + s + t)
-    x = torch.randn(2, 3, h, w, generator=gen, dtype=torch.float64)
+def test_per_map_metrics_match_loop_reference(h, w, s, t, nyquist, backend):
+    x, expected = reference_case(h, w, s, t, nyquist)
     got = spectral.per_map_metrics(x, (s, t), tuple(spectral.PER_MAP_METRICS), nyquist=nyquist)
     for values in got.values():
         assert values.shape == (2, 3)
         assert values.dtype == torch.float64
-    for i in range(2):
-        for c in range(3):
-            expected = reference_metrics(x[i, c].numpy(), s, t, nyquist)
-            for name, value in expected.items():
-                assert got[name][i, c].item() == pytest.approx(value, rel=1e-10), (name, i, c)
+    for (i, c), metrics in expected.items():
+        for name, value in metrics.items():
+            assert got[name][i, c].item() == pytest.approx(value, rel=1e-10), (name, i, c)
 
 
-def test_conventions_differ_only_at_nyquist():
+@functools.cache
+def reference_case(h: int, w: int, s: int, t: int, nyquist: str):
+    """Random maps for one case and their reference metrics (computed once, shared by both backends)."""
+    gen = torch.Generator().manual_seed(h * 100 + w * 10 + s + t)
+    x = torch.randn(2, 3, h, w, generator=gen, dtype=torch.float64)
+    expected = {(i, c): reference_metrics(x[i, c].numpy(), s, t, nyquist) for i in range(2) for c in range(3)}
+    return x, expected
+
+
+def test_conventions_differ_only_at_nyquist(backend):
     x = torch.randn(4, 8, 8, dtype=torch.float64)
     zero = spectral.aliasing_per_map(x, 2, nyquist="zero")
     keep = spectral.aliasing_per_map(x, 2, nyquist="keep_negative")
@@ -123,7 +137,7 @@ def band_limited(h: int, w: int, s: int, t: int, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("h", "w", "s", "t"), [(16, 16, 2, 2), (12, 18, 3, 3), (16, 8, 4, 2)])
-def test_band_limited_map_has_no_aliasing(h, w, s, t):
+def test_band_limited_map_has_no_aliasing(h, w, s, t, backend):
     x = band_limited(h, w, s, t)
     assert x.abs().max() > 1
     for nyquist in ("zero", "keep_negative"):
@@ -134,7 +148,7 @@ def test_band_limited_map_has_no_aliasing(h, w, s, t):
 
 
 @pytest.mark.parametrize("size", [4, 8, 32])
-def test_unit_checkerboard_aliases_wholly_onto_dc(size):
+def test_unit_checkerboard_aliases_wholly_onto_dc(size, backend):
     m, n = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     board = ((-1.0) ** (m + n)).double()
     assert spectral.aliasing_per_map(board, 2).item() == pytest.approx(1.0, abs=1e-12)
@@ -144,7 +158,7 @@ def test_unit_checkerboard_aliases_wholly_onto_dc(size):
     assert scaled == pytest.approx(3.5, abs=1e-12)
 
 
-def test_float32_input_agrees_with_float64_and_returns_float64():
+def test_float32_input_agrees_with_float64_and_returns_float64(backend):
     x = torch.randn(3, 5, 16, 16, dtype=torch.float64)
     a64 = spectral.aliasing_per_map(x, 2)
     a32 = spectral.aliasing_per_map(x.float(), 2)
@@ -154,7 +168,7 @@ def test_float32_input_agrees_with_float64_and_returns_float64():
     torch.testing.assert_close(a16, a64, rtol=3e-2, atol=3e-2)
 
 
-def test_leading_dims_and_factor_forms():
+def test_leading_dims_and_factor_forms(backend):
     x = torch.randn(2, 3, 4, 9, 9, dtype=torch.float64)
     out = spectral.aliasing_per_map(x, 3)
     assert out.shape == (2, 3, 4)

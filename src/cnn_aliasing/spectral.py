@@ -13,6 +13,7 @@ Everything here is computed from one FFT of x; Y and Z are both foldings of X.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -105,14 +106,17 @@ def fold(
 
 @dataclass
 class _SmallSpectra:
-    """Y and Z of each map on the small grid, or on its half (columns 0..m/2) with column weights.
+    """Y and Z of each map (real and imaginary parts, shape (B, n, L)) and how to sum over the grid.
 
-    For real maps Y and Z are Hermitian (with the zero Nyquist convention), so sums over the whole small
-    grid are sums over columns 0..m/2 counted twice except column 0 and the Nyquist column.
+    With the zero Nyquist convention Y and Z of real maps are Hermitian, so only columns 0..m/2 are
+    formed (L = m//2 + 1) and ``weights`` counts each twice except column 0 and the Nyquist column; with
+    ``keep_negative`` all m columns are formed and ``weights`` is None.
     """
 
-    y: torch.Tensor
-    z: torch.Tensor
+    y_re: torch.Tensor
+    y_im: torch.Tensor
+    z_re: torch.Tensor
+    z_im: torch.Tensor
     weights: torch.Tensor | None
     x: torch.Tensor  # the maps themselves
 
@@ -128,60 +132,142 @@ class _SmallSpectra:
         return values.sum(dim=-2, dtype=torch.float64) @ self.weights
 
 
-def _small_spectra(x: torch.Tensor, factor: tuple[int, int], nyquist: Nyquist) -> _SmallSpectra:
-    """Y and Z of maps x (B, H, W), H and W multiples of the factor, from transforms of x alone.
+@dataclass(frozen=True)
+class _Grid:
+    """Which frequencies of X the small spectra need, for maps (H, W), a factor and a convention."""
 
-    Y is the FFT of the real output y = x[..., ::s, ::t]; Z is X's kept replicas, computed by an rFFT
-    along W, the kept columns, an FFT along H of those columns only, and the kept rows. Equal to
-    :func:`fold` of :func:`spectrum`, at about the cost of one rFFT of x.
-    """
-    s, t = factor
-    h, w = x.shape[-2:]
-    n, n0, row_nyquist = _kept_bins(h, s)
-    m, m0, col_nyquist = _kept_bins(w, t)
-    half = nyquist is Nyquist.ZERO
+    h: int
+    w: int
+    factor: tuple[int, int]
+    nyquist: Nyquist
+
+    @property
+    def half(self) -> bool:
+        return self.nyquist is Nyquist.ZERO
+
+    def rows(self) -> list[int | None]:
+        """For each small row k, the row of X that Z keeps (None: zero at the Nyquist row)."""
+        return self._kept(self.h, self.factor[0], range(self.h // self.factor[0]))
+
+    def columns(self) -> list[int | None]:
+        """For each small column formed (0..m/2 for the half grid, else 0..m-1), the column of X kept."""
+        m = self.w // self.factor[1]
+        return self._kept(self.w, self.factor[1], range(m // 2 + 1 if self.half else m))
+
+    def _kept(self, big: int, factor: int, bins: range) -> list[int | None]:
+        n, n0, has_nyquist = _kept_bins(big, factor)
+        return [
+            None if has_nyquist and k == n0 and self.half else (k if k < n0 else big - n + k) for k in bins
+        ]
+
+    def weights(self, device: torch.device) -> torch.Tensor | None:
+        if not self.half:
+            return None
+        m = self.w // self.factor[1]
+        weights = torch.full((m // 2 + 1,), 2.0, dtype=torch.float64, device=device)
+        weights[0] = 1
+        if m % 2 == 0:
+            weights[-1] = 1
+        return weights
+
+
+def _small_spectra_fft(x: torch.Tensor, grid: _Grid) -> _SmallSpectra:
+    """Y and Z by FFTs: Y from the rFFT of y = x[..., ::s, ::t]; Z by an rFFT of x along W, the kept
+    columns only, an FFT along H of those, and the kept rows. For large maps."""
+    s, t = grid.factor
+    n, n0, row_nyquist = _kept_bins(grid.h, s)
+    m, m0, col_nyquist = _kept_bins(grid.w, t)
     y_real = x[..., ::s, ::t]
     rows = torch.fft.rfft(x, dim=-1, norm="forward")
-    if half:
+    if grid.half:
         y = torch.fft.rfft2(y_real, norm="forward")
         columns = rows[..., : m // 2 + 1]
     else:
         y = torch.fft.fft2(y_real, norm="forward")
         columns = torch.cat([rows[..., :m0], rows[..., 1 : m - m0 + 1].flip(-1).conj()], dim=-1)
     kept = torch.fft.fft(columns, dim=-2, norm="forward")
-    low = kept[..., :n0, :]
-    high = kept[..., h - n + n0 :, :]
-    z = torch.cat([low, high], dim=-2)
-    if half:
+    z = torch.cat([kept[..., :n0, :], kept[..., grid.h - n + n0 :, :]], dim=-2)
+    if grid.half:
         if row_nyquist:
             z[..., n0, :] = 0
         if col_nyquist:
             z[..., m0] = 0
-    weights = None
-    if half:
-        weights = torch.full((y.shape[-1],), 2.0, dtype=torch.float64, device=x.device)
-        weights[0] = 1
-        if m % 2 == 0:
-            weights[-1] = 1
-    return _SmallSpectra(y, z, weights, x)
+    return _SmallSpectra(y.real, y.imag, z.real, z.imag, grid.weights(x.device), x)
 
 
-def _magnitude(z: torch.Tensor) -> torch.Tensor:
-    """|z| of a contiguous complex tensor (hypot of the parts: faster than complex abs on the CPU)."""
-    parts = torch.view_as_real(z)
-    return torch.hypot(parts[..., 0], parts[..., 1])
+def _dft_matrix(samples: int, frequencies: list[int | None], period: int, stride: int = 1) -> torch.Tensor:
+    """Real (samples*stride, 2F) matrix [cos | -sin] of the DFT at these frequencies, divided by ``period``.
+
+    Row j*stride is sample j (other rows are zero); a None frequency gives zero columns.
+    """
+    j = torch.arange(samples, dtype=torch.float64)[:, None]
+    f = torch.tensor([0 if k is None else k for k in frequencies], dtype=torch.float64)[None, :]
+    angle = 2 * torch.pi * j * f / period
+    block = torch.cat([torch.cos(angle), -torch.sin(angle)], dim=1) / period
+    missing = [i + len(frequencies) * half for half in (0, 1) for i, k in enumerate(frequencies) if k is None]
+    block[:, missing] = 0
+    matrix = torch.zeros(samples * stride, 2 * len(frequencies), dtype=torch.float64)
+    matrix[::stride] = block
+    return matrix
+
+
+@functools.lru_cache(maxsize=64)
+def _dft_matrices(grid: _Grid, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The four matrices of :func:`_small_spectra_dft` for this grid, cached per dtype and device."""
+    s, t = grid.factor
+    n, m = grid.h // s, grid.w // t
+    columns = grid.columns()
+    small_columns = list(range(len(columns)))
+    z_cols = _dft_matrix(grid.w, columns, grid.w)  # (W, 2L)
+    y_cols = _dft_matrix(m, small_columns, m, stride=t)  # (W, 2L): samples at columns ::t
+    z_rows = _dft_matrix(grid.h, grid.rows(), grid.h)  # (H, 2n)
+    y_rows = _dft_matrix(n, list(range(n)), n)  # (n, 2n)
+    return tuple(a.to(dtype=dtype, device=device) for a in (z_cols, y_cols, z_rows, y_rows))
+
+
+def _small_spectra_dft(x: torch.Tensor, grid: _Grid) -> _SmallSpectra:
+    """Y and Z by DFT matrix products over only the frequencies needed. For small maps, where two flat
+    matrix products beat FFTs: along W, x (B*H, W) times the kept columns (and, for Y, the rows ::s times
+    the small-grid columns), then along H, the transposed result times the kept rows."""
+    s, _ = grid.factor
+    b, h, w = x.shape
+    n = h // s
+    z_cols, y_cols, z_rows, y_rows = _dft_matrices(grid, x.dtype, x.device)
+    width = z_cols.shape[1]
+    tz = (x.reshape(b * h, w) @ z_cols).view(b, h, width).transpose(1, 2).reshape(b * width, h)
+    ty = (x[:, ::s].reshape(b * n, w) @ y_cols).view(b, n, width).transpose(1, 2).reshape(b * width, n)
+    z = (tz @ z_rows).view(b, width, 2 * n)
+    y = (ty @ y_rows).view(b, width, 2 * n)
+    parts = []
+    for a in (y, z):
+        cols = width // 2  # a[:, c, r]: c = (re | im of the W transform), r = (re | im of the H transform)
+        real = a[:, :cols, :n] - a[:, cols:, n:]
+        imag = a[:, cols:, :n] + a[:, :cols, n:]
+        parts += [real.transpose(1, 2), imag.transpose(1, 2)]
+    return _SmallSpectra(*parts, grid.weights(x.device), x)
+
+
+DFT_MAX_SIZE = 32
+"""Maps with H and W up to this size get their spectra by DFT matrix products (faster there on CPU and
+GPU alike: two flat matrix products), larger ones by FFTs."""
+
+
+def _small_spectra(x: torch.Tensor, grid: _Grid) -> _SmallSpectra:
+    if max(grid.h, grid.w) <= DFT_MAX_SIZE:
+        return _small_spectra_dft(x, grid)
+    return _small_spectra_fft(x, grid)
 
 
 def _aliasing(sp: _SmallSpectra) -> torch.Tensor:
-    return sp.bin_sum(_magnitude(sp.y - sp.z))
+    return sp.bin_sum(torch.hypot(sp.y_re - sp.z_re, sp.y_im - sp.z_im))
 
 
 def _relative_aliasing(sp: _SmallSpectra) -> torch.Tensor:
-    return _ratio(_aliasing(sp), sp.bin_sum(_magnitude(sp.y)))
+    return _ratio(_aliasing(sp), sp.bin_sum(torch.hypot(sp.y_re, sp.y_im)))
 
 
 def _alias_energy_fraction(sp: _SmallSpectra) -> torch.Tensor:
-    kept = sp.bin_sum(torch.view_as_real(sp.z).square().sum(-1))
+    kept = sp.bin_sum(sp.z_re.square() + sp.z_im.square())
     energy = sp.energy()
     return _ratio((energy - kept).clamp(min=0), energy)
 
@@ -229,8 +315,9 @@ def per_map_metrics(
     lead, (h, w) = x.shape[:-2], x.shape[-2:]
     maps = x.reshape(-1, h, w)
     results: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    grid = _Grid(h, w, f, convention)
     for chunk in maps.split(_chunk_size(maps)):
-        spectra = _small_spectra(chunk, f, convention)
+        spectra = _small_spectra(chunk, grid)
         for name in names:
             results[name].append(PER_MAP_METRICS[name](spectra))
     return {name: torch.cat(parts).reshape(lead) for name, parts in results.items()}
