@@ -6,7 +6,8 @@
 
 Speed: for each model, a plain ``model(x)`` under ``torch.no_grad()`` and ``cnn_aliasing.measure`` over
 the same batches alternate ``--repeats`` times after a warm-up; the table gives the medians and their
-ratio beside the target. Memory: ``measure`` runs in a fresh process on a stream of random batches
+ratio beside the target, in wall time and in process CPU time (steadier on a shared machine).
+Memory: ``measure`` runs in a fresh process on a stream of random batches
 (never held together), and the peak resident set (CPU) or peak allocated device memory (CUDA) is
 reported for each image count: streaming means it must not grow with the number of images.
 """
@@ -60,25 +61,27 @@ def time_model(name: str, args: argparse.Namespace) -> dict[str, float | str | i
     def measured() -> None:
         measure(model, batches, progress=False)
 
-    def timed(fn) -> float:
+    def timed(fn) -> tuple[float, float]:
         synchronize(device)
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         fn()
         synchronize(device)
-        return time.perf_counter() - start
+        return time.perf_counter() - wall, time.process_time() - cpu
 
     plain(), measured()  # warm-up
-    plain_s, measure_s = [], []
+    plain_t, measure_t = [], []
     for _ in range(args.repeats):
-        plain_s.append(timed(plain))
-        measure_s.append(timed(measured))
-    p, m = statistics.median(plain_s), statistics.median(measure_s)
+        plain_t.append(timed(plain))
+        measure_t.append(timed(measured))
+    p, m = (statistics.median(t[0] for t in ts) for ts in (plain_t, measure_t))
+    p_cpu, m_cpu = (statistics.median(t[1] for t in ts) for ts in (plain_t, measure_t))
     return {
         "model": name,
         "images": args.batches * args.batch_size,
         "plain_s": p,
         "measure_s": m,
         "ratio": m / p,
+        "cpu_ratio": m_cpu / p_cpu,
         "target": TARGETS.get(name, float("nan")),
     }
 
@@ -145,12 +148,15 @@ def main() -> None:
         f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
         f"batch {args.batch_size} x {args.batches}, {args.repeats} alternating repeats, medians"
     )
-    print(f"{'model':<18} {'images':>6} {'plain s':>9} {'measure s':>10} {'ratio':>7} {'target':>7}")
+    print(
+        f"{'model':<18} {'images':>6} {'plain s':>9} {'measure s':>10} {'ratio':>7} {'cpu ratio':>9} "
+        f"{'target':>7}"
+    )
     for name in args.models:
         r = time_model(name, args)
         print(
             f"{r['model']:<18} {r['images']:>6} {r['plain_s']:>9.3f} {r['measure_s']:>10.3f} "
-            f"{r['ratio']:>7.3f} {r['target']:>7.2f}"
+            f"{r['ratio']:>7.3f} {r['cpu_ratio']:>9.3f} {r['target']:>7.2f}"
         )
 
 
