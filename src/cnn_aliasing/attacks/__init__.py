@@ -1,5 +1,11 @@
-"""Robust accuracy: AutoAttack and its parts, PGD and FGSM."""
+"""Robust accuracy: AutoAttack and its parts (APGD, FAB, Square), PGD and FGSM.
 
+Importing this package registers the built-in attacks: "apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t",
+"square", "pgd", "fgsm".
+"""
+
+from cnn_aliasing.attacks.apgd import APGD, ZeroGradientWarning
+from cnn_aliasing.attacks.autoattack import PRESETS, AttackPlan, AutoAttackWarning, Preset, resolve_attacks
 from cnn_aliasing.attacks.base import (
     NORMS,
     Attack,
@@ -17,21 +23,38 @@ from cnn_aliasing.attacks.base import (
     register_attack,
     targeted_dlr_loss,
 )
+from cnn_aliasing.attacks.pgd import FGSM, PGD, fgsm, pgd_perturb, uniform_start
+from cnn_aliasing.attacks.robust import RobustAccuracy, parse_eps, robust_accuracy
 
 __all__ = [
+    "APGD",
+    "FGSM",
     "NORMS",
+    "PGD",
+    "PRESETS",
     "Attack",
     "AttackInvariantError",
+    "AttackPlan",
+    "AutoAttackWarning",
     "Norm",
+    "Preset",
+    "RobustAccuracy",
     "ThreatModel",
+    "ZeroGradientWarning",
     "check_adversarial",
     "create_attack",
     "dlr_loss",
+    "fgsm",
     "list_attacks",
     "margin",
+    "parse_eps",
     "per_example_norm",
+    "pgd_perturb",
     "project",
     "random_tensor",
     "register_attack",
+    "resolve_attacks",
+    "robust_accuracy",
     "targeted_dlr_loss",
+    "uniform_start",
 ]

@@ -113,6 +113,8 @@ def check_adversarial(
         raise AttackInvariantError(
             f"attack {name!r} returned shape {tuple(adv.shape)}, not {tuple(images.shape)}"
         )
+    if adv.numel() == 0:
+        return
     dist = per_example_norm(adv - images, threat.norm).amax()
     low, high = torch.aminmax(adv)
     stats = torch.stack([dist, low, high, (~torch.isfinite(adv)).sum().to(dist.dtype)]).tolist()

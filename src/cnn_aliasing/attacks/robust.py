@@ -1,0 +1,430 @@
+"""Robust accuracy under an attack cascade (AutoAttack by default), resumable after a kill.
+
+The cascade follows the reference AutoAttack: the clean accuracy first; then each attack in turn runs,
+in batches, on the points still robust, each from the clean image with a generator seeded with ``seed``
+for every batch; a point counts as robust only if no attack fooled it (the worst case per point).
+With ``state_path`` the evaluation writes its state atomically after every batch (clean and robust flags,
+the current attack's points and how many of its batches are done); calling again with the same arguments
+continues from it, so a kill loses at most the batch in flight and the final numbers equal those of an
+uninterrupted run (same device, same batch size).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from cnn_aliasing.attacks.autoattack import AttackPlan, check_model, check_square, resolve_attacks
+from cnn_aliasing.attacks.base import NORMS, Attack, AttackInvariantError, ThreatModel, check_adversarial
+from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.provenance import write_json_atomic
+
+STATE_FORMAT = "cnn-aliasing robust-accuracy state"
+STATE_VERSION = 1
+
+
+@dataclass
+class RobustAccuracy:
+    """Result of :func:`robust_accuracy`. Accuracies are fractions in [0, 1]; ``per_attack`` lists the
+    robust accuracy after each attack of the cascade, ``attack_seconds`` the time each took."""
+
+    clean_accuracy: float
+    robust_accuracy: float
+    per_attack: list[tuple[str, float]]
+    n_images: int
+    eps: float
+    norm: str
+    seed: int
+    elapsed: float
+    attack: str
+    attack_seconds: list[tuple[str, float]] = field(default_factory=list)
+    adversarial: torch.Tensor | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of everything but the adversarial images."""
+        return {
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": self.robust_accuracy,
+            "per_attack": [{"attack": n, "robust_accuracy": a} for n, a in self.per_attack],
+            "attack_seconds": [{"attack": n, "seconds": s} for n, s in self.attack_seconds],
+            "n_images": self.n_images,
+            "eps": self.eps,
+            "norm": self.norm,
+            "seed": self.seed,
+            "elapsed": self.elapsed,
+            "attack": self.attack,
+        }
+
+
+def parse_eps(text: str | float) -> float:
+    """An eps given as a number or a fraction such as ``"8/255"``; must be finite and >= 0."""
+    try:
+        value = float(Fraction(str(text).replace(" ", "")))
+    except (ValueError, ZeroDivisionError):
+        raise CnnAliasingError(f"eps must be a number or a fraction like 8/255, got {text!r}") from None
+    if value < 0:
+        raise CnnAliasingError(f"eps must be >= 0, got {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- the state
+def _bits(mask: torch.Tensor) -> str:
+    return "".join("1" if v else "0" for v in mask.tolist())
+
+
+def _mask(bits: str) -> torch.Tensor:
+    return torch.tensor([c == "1" for c in bits], dtype=torch.bool)
+
+
+def _fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    digest.update(images.contiguous().numpy().tobytes())
+    digest.update(labels.to(torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class _State:
+    """Where an evaluation stands; ``stage`` is the attack in progress (its points and batches done)."""
+
+    config: dict[str, Any]
+    clean: torch.Tensor | None = None
+    robust: torch.Tensor | None = None
+    per_attack: list[tuple[str, float]] = field(default_factory=list)
+    attack_seconds: list[tuple[str, float]] = field(default_factory=list)
+    stage_points: torch.Tensor | None = None
+    batches_done: int = 0
+    stage_seconds: float = 0.0
+    elapsed: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "config": self.config,
+            "clean": None if self.clean is None else _bits(self.clean),
+            "robust": None if self.robust is None else _bits(self.robust),
+            "per_attack": self.per_attack,
+            "attack_seconds": self.attack_seconds,
+            "stage_points": None if self.stage_points is None else self.stage_points.tolist(),
+            "batches_done": self.batches_done,
+            "stage_seconds": self.stage_seconds,
+            "elapsed": self.elapsed,
+        }
+
+    @classmethod
+    def load(cls, path: Path, config: dict[str, Any]) -> _State:
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            if raw.get("format") != STATE_FORMAT or raw.get("version") != STATE_VERSION:
+                raise ValueError("not a robust-accuracy state file of this version")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise CnnAliasingError(f"cannot resume from state file {path}: {exc}") from None
+        stored = raw["config"]
+        for key in sorted(set(stored) | set(config)):
+            if stored.get(key) != config.get(key):
+                raise CnnAliasingError(
+                    f"state file {path} was written for {key}={_short(stored.get(key))}, this run has "
+                    f"{key}={_short(config.get(key))}; pass the same arguments or delete the state file"
+                )
+        return cls(
+            config=stored,
+            clean=None if raw["clean"] is None else _mask(raw["clean"]),
+            robust=None if raw["robust"] is None else _mask(raw["robust"]),
+            per_attack=[(n, a) for n, a in raw["per_attack"]],
+            attack_seconds=[(n, s) for n, s in raw["attack_seconds"]],
+            stage_points=None if raw["stage_points"] is None else torch.tensor(raw["stage_points"]),
+            batches_done=raw["batches_done"],
+            stage_seconds=raw["stage_seconds"],
+            elapsed=raw["elapsed"],
+        )
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class _Store:
+    """Writes the state (and, if asked, each batch's new adversarial examples) next to ``path``."""
+
+    def __init__(self, path: Path | None, keep_adversarial: bool) -> None:
+        self.path = path
+        self.adv_dir = None if path is None or not keep_adversarial else path.with_name(path.name + ".adv")
+
+    def save(self, state: _State) -> None:
+        if self.path is not None:
+            write_json_atomic(self.path, state.to_json())
+
+    def clear_adversarial(self) -> None:
+        if self.adv_dir is not None and self.adv_dir.is_dir():
+            for chunk in self.adv_dir.glob("*.safetensors"):
+                chunk.unlink()
+
+    def save_adversarial(self, stage: int, batch: int, index: torch.Tensor, images: torch.Tensor) -> None:
+        if self.adv_dir is None or index.numel() == 0:
+            return
+        self.adv_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=self.adv_dir)
+        os.close(fd)
+        try:
+            save_file({"index": index.contiguous(), "images": images.contiguous()}, tmp)
+            os.replace(tmp, self.adv_dir / f"{stage:03d}-{batch:06d}.safetensors")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_adversarial(self, into: torch.Tensor, state: _State) -> None:
+        """Fill ``into`` with the adversarial examples of the batches the state counts as done."""
+        if self.adv_dir is None or not self.adv_dir.is_dir():
+            return
+        finished, current = len(state.per_attack), state.batches_done if state.stage_points is not None else 0
+        for chunk in sorted(self.adv_dir.glob("*.safetensors")):
+            stage, batch = (int(part) for part in chunk.stem.split("-"))
+            if stage < finished or (stage == finished and batch < current):
+                tensors = load_file(chunk)
+                into[tensors["index"]] = tensors["images"]
+
+
+# ---------------------------------------------------------------------------------------- the evaluation
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _prepared(model: nn.Module, device: torch.device, channels_last: bool) -> Iterator[None]:
+    """Move the model to ``device`` (and to channels_last) for the duration; put it back on exit."""
+    home = _model_device(model)
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    was_channels_last = bool(weights) and weights[0].is_contiguous(memory_format=torch.channels_last)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        if channels_last and not was_channels_last:
+            model.to(memory_format=torch.contiguous_format)
+        model.to(home)
+
+
+def _as_images(images: torch.Tensor) -> torch.Tensor:
+    if images.dim() != 4:
+        raise CnnAliasingError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        images = images.float() / 255.0
+    elif images.is_floating_point():
+        images = images.detach().float()
+    else:
+        raise CnnAliasingError(f"images must be uint8 or floating point in [0, 1], got {images.dtype}")
+    low, high = torch.aminmax(images) if images.numel() else (torch.zeros(()), torch.zeros(()))
+    if low.item() < 0.0 or high.item() > 1.0:
+        raise CnnAliasingError(
+            f"images must lie in [0, 1], got values in [{low.item():.3g}, {high.item():.3g}]"
+        )
+    return images.cpu()
+
+
+def _check_arguments(
+    images: torch.Tensor, labels: torch.Tensor, eps: float, norm: str, batch_size: int
+) -> torch.Tensor:
+    if norm not in NORMS:
+        raise CnnAliasingError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+    if not (isinstance(eps, (int, float)) and eps >= 0 and eps == eps):
+        raise CnnAliasingError(f"eps must be a number >= 0, got {eps!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise CnnAliasingError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if labels.shape != (images.shape[0],):
+        raise CnnAliasingError(
+            f"labels must be ({images.shape[0]},) to match the images, got {tuple(labels.shape)}"
+        )
+    return labels.detach().to(torch.int64).cpu()
+
+
+def _attack_label(attack: str | Sequence[str | Attack], plan: AttackPlan) -> str:
+    return attack if isinstance(attack, str) else "+".join(plan.names)
+
+
+def robust_accuracy(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    eps: float,
+    *,
+    norm: str = "Linf",
+    attack: str | Sequence[str | Attack] = "standard",
+    batch_size: int = 500,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    state_path: str | os.PathLike[str] | None = None,
+    return_adversarial: bool = False,
+    progress: bool = True,
+    attack_options: Mapping[str, Mapping[str, Any]] | None = None,
+    channels_last: bool = False,
+) -> RobustAccuracy:
+    """Clean and robust accuracy of ``model`` on ``images`` (N x C x H x W in [0, 1], or uint8) under
+    ``attack`` at radius ``eps`` of ``norm`` ("Linf" or "L2").
+
+    ``attack``: a preset ("standard", "apgd-ce", "apgd-ce+apgd-t", "rand"), registered attack names joined
+    by "+", or a list of names or attack objects; ``attack_options`` overrides options per attack name
+    (e.g. ``{"apgd-ce": {"n_iter": 20}}``). ``device`` defaults to the model's; the model is moved there
+    (and back) and left in its mode, which should be eval (the checks warn otherwise). ``state_path``
+    makes the run resumable (see the module docstring). ``channels_last`` runs the model in that memory
+    format (often faster for convolutions on GPUs, may change float rounding; off by default).
+    """
+    flat = _as_images(images)
+    labels = _check_arguments(flat, labels, eps, norm, batch_size)
+    plan = resolve_attacks(attack, attack_options)
+    threat = ThreatModel(norm, float(eps))  # type: ignore[arg-type]
+    target = torch.device(device) if device is not None else _model_device(model)
+    path = None if state_path is None else Path(state_path)
+    config = {
+        "attacks": plan.names,
+        "options": json.loads(json.dumps(plan.options, default=repr)),
+        "eps": threat.eps,
+        "norm": norm,
+        "seed": seed,
+        "batch_size": batch_size,
+        "n_images": flat.shape[0],
+        "data_sha256": _fingerprint(flat, labels) if path is not None else None,
+        "return_adversarial": return_adversarial,
+    }
+    store = _Store(path, return_adversarial)
+    if path is not None and path.exists():
+        state = _State.load(path, config)
+    else:
+        state = _State(config)
+        store.clear_adversarial()
+        store.save(state)
+    adversarial = flat.clone() if return_adversarial else None
+    if adversarial is not None:
+        store.load_adversarial(adversarial, state)
+
+    start = time.perf_counter()
+    elapsed_before = state.elapsed
+    with _prepared(model, target, channels_last):
+        if flat.shape[0]:
+            first = _to(flat[:batch_size], target, channels_last)
+            check_model(model, first, labels[:batch_size].to(target), plan)
+        runner = _Cascade(
+            model, flat, labels, threat, plan, batch_size, seed, target, channels_last, progress
+        )
+        runner.run(state, store, adversarial, lambda: elapsed_before + time.perf_counter() - start)
+    assert state.clean is not None and state.robust is not None
+    n = max(flat.shape[0], 1)
+    clean_acc, robust_acc = state.clean.sum().item() / n, state.robust.sum().item() / n
+    if bool((state.robust & ~state.clean).any()) or robust_acc > clean_acc:
+        raise AttackInvariantError("robust accuracy exceeds clean accuracy: a point became robust again")
+    check_square(state.per_attack, clean_acc)
+    return RobustAccuracy(
+        clean_accuracy=clean_acc,
+        robust_accuracy=robust_acc,
+        per_attack=list(state.per_attack),
+        n_images=flat.shape[0],
+        eps=threat.eps,
+        norm=norm,
+        seed=seed,
+        elapsed=state.elapsed,
+        attack=_attack_label(attack, plan),
+        attack_seconds=list(state.attack_seconds),
+        adversarial=adversarial,
+    )
+
+
+def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@dataclass
+class _Cascade:
+    model: nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+    threat: ThreatModel
+    plan: AttackPlan
+    batch_size: int
+    seed: int
+    device: torch.device
+    channels_last: bool
+    progress: bool
+
+    def _batches(self, points: torch.Tensor) -> list[torch.Tensor]:
+        return list(points.split(self.batch_size)) if points.numel() else []
+
+    def run(
+        self, state: _State, store: _Store, adversarial: torch.Tensor | None, clock: Callable[[], float]
+    ) -> None:
+        if state.clean is None:
+            state.clean = self._clean_flags()
+            state.robust = state.clean.clone()
+            state.elapsed = clock()
+            store.save(state)
+        assert state.robust is not None
+        for stage, attack in enumerate(self.plan.attacks):
+            if stage < len(state.per_attack):
+                continue
+            if state.stage_points is None:
+                state.stage_points = state.robust.nonzero().squeeze(1)
+                state.batches_done, state.stage_seconds = 0, 0.0
+            batches = self._batches(state.stage_points)
+            bar = tqdm(
+                total=len(batches), initial=state.batches_done, desc=attack.name, disable=not self.progress
+            )
+            with bar:
+                for b in range(state.batches_done, len(batches)):
+                    began = time.perf_counter()
+                    fooled_index, fooled_adv = self._attack_batch(attack, batches[b])
+                    state.robust[fooled_index] = False
+                    if adversarial is not None:
+                        adversarial[fooled_index] = fooled_adv
+                        store.save_adversarial(stage, b, fooled_index, fooled_adv)
+                    state.batches_done = b + 1
+                    state.stage_seconds += time.perf_counter() - began
+                    state.elapsed = clock()
+                    store.save(state)
+                    bar.update(1)
+                    bar.set_postfix(robust=f"{state.robust.float().mean().item():.2%}")
+            state.per_attack.append((attack.name, state.robust.sum().item() / max(len(state.robust), 1)))
+            state.attack_seconds.append((attack.name, state.stage_seconds))
+            state.stage_points, state.batches_done, state.stage_seconds = None, 0, 0.0
+            state.elapsed = clock()
+            store.save(state)
+        state.elapsed = clock()
+        store.save(state)
+
+    def _clean_flags(self) -> torch.Tensor:
+        flags = torch.zeros(self.images.shape[0], dtype=torch.bool)
+        batches = self._batches(torch.arange(self.images.shape[0]))
+        with torch.inference_mode():
+            for index in tqdm(batches, desc="clean", disable=not self.progress):
+                logits = self.model(_to(self.images[index], self.device, self.channels_last))
+                flags[index] = (logits.argmax(dim=1) == self.labels[index].to(self.device)).cpu()
+        return flags
+
+    def _attack_batch(self, attack: Attack, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run ``attack`` on the images at ``index``; return the indices it fooled and their images (CPU)."""
+        x = _to(self.images[index], self.device, self.channels_last)
+        y = self.labels[index].to(self.device)
+        generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        adv = attack(self.model, x, y, self.threat, generator).detach()
+        check_adversarial(adv, x, self.threat, name=attack.name)
+        with torch.inference_mode():
+            fooled = (self.model(adv).argmax(dim=1) != y).cpu()
+        return index[fooled], adv[fooled.to(adv.device)].float().cpu()

@@ -1,0 +1,291 @@
+"""robust_accuracy and the AutoAttack cascade: presets, invariants, sanity warnings, seeds and resuming."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from attack_models import images, predicted, single_thread, tiny_cnn
+from cnn_aliasing.attacks import (
+    APGD,
+    PRESETS,
+    AttackInvariantError,
+    AutoAttackWarning,
+    ThreatModel,
+    list_attacks,
+    parse_eps,
+    per_example_norm,
+    resolve_attacks,
+    robust_accuracy,
+)
+from cnn_aliasing.attacks.autoattack import check_square
+from cnn_aliasing.errors import CnnAliasingError
+
+FAST = {"apgd-ce": {"n_iter": 10}, "apgd-t": {"n_iter": 10, "n_target_classes": 3}}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with single_thread():
+        yield
+
+
+@pytest.fixture
+def setup() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    model = tiny_cnn()
+    x = images(40)
+    return model, x, predicted(model, x, n_wrong=6)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, **kwargs):
+    options = {"attack": "apgd-ce+apgd-t", "attack_options": FAST, "batch_size": 16, "progress": False}
+    return robust_accuracy(model, x, y, eps, **{**options, **kwargs})
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_eps_zero_gives_the_clean_accuracy(setup, norm: str) -> None:
+    model, x, y = setup
+    result = evaluate(model, x, y, 0.0, norm=norm)
+    assert result.clean_accuracy == pytest.approx(34 / 40)
+    assert result.robust_accuracy == result.clean_accuracy
+    assert result.per_attack == [("apgd-ce", 34 / 40), ("apgd-t", 34 / 40)]
+
+
+def test_robust_accuracy_falls_as_eps_grows(setup) -> None:
+    model, x, y = setup
+    accuracies = [
+        evaluate(model, x, y, eps, attack="apgd-ce").robust_accuracy for eps in (0, 1 / 255, 4 / 255, 0.1, 1)
+    ]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert accuracies[0] == pytest.approx(34 / 40) and accuracies[-1] == 0.0
+    assert len(set(accuracies)) >= 4
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("Linf", 4 / 255), ("L2", 0.2)])
+def test_adversarial_examples_in_ball_and_box_and_counted_right(setup, norm: str, eps: float) -> None:
+    model, x, y = setup
+    result = evaluate(model, x, y, eps, norm=norm, return_adversarial=True)
+    adv = result.adversarial
+    assert adv is not None and adv.shape == x.shape
+    assert per_example_norm(adv - x, norm).max() <= eps + 1e-6  # type: ignore[arg-type]
+    assert adv.min() >= 0 and adv.max() <= 1
+    with torch.no_grad():
+        correct = model(adv).argmax(dim=1) == y
+    assert correct.float().mean().item() == pytest.approx(result.robust_accuracy)
+    assert torch.equal(adv[:6], x[:6])  # misclassified clean images come back as they are
+    assert 0 < result.robust_accuracy < result.clean_accuracy
+
+
+def test_a_fixed_seed_repeats_the_run(setup) -> None:
+    model, x, y = setup
+    first = evaluate(model, x, y, 8 / 255, return_adversarial=True, seed=7)
+    second = evaluate(model, x, y, 8 / 255, return_adversarial=True, seed=7)
+    assert first.per_attack == second.per_attack
+    assert torch.equal(first.adversarial, second.adversarial)
+    record = json.loads(json.dumps(first.to_dict()))
+    assert record["seed"] == 7 and record["attack"] == "apgd-ce+apgd-t" and record["n_images"] == 40
+    assert [a["attack"] for a in record["per_attack"]] == ["apgd-ce", "apgd-t"]
+
+
+def test_uint8_images_equal_their_float_version(setup) -> None:
+    model, _, _ = setup
+    x8 = (images(16) * 255).round().to(torch.uint8)
+    y = predicted(model, x8.float() / 255)
+    a = evaluate(model, x8, y, 4 / 255, return_adversarial=True)
+    b = evaluate(model, x8.float() / 255, y, 4 / 255, return_adversarial=True)
+    assert a.per_attack == b.per_attack and torch.equal(a.adversarial, b.adversarial)
+
+
+class Killed(Exception):
+    """Stands in for a kill (SIGKILL, out of time) in the middle of a batch."""
+
+
+class KillAfter:
+    """Wraps attacks; the call after ``allowed`` calls (counted over all of them) raises :class:`Killed`."""
+
+    def __init__(self, allowed: int) -> None:
+        self.left = allowed
+
+    def wrap(self, attack: APGD):
+        outer = self
+
+        class Wrapped:
+            name = attack.name
+
+            def __call__(self, *args):
+                if outer.left == 0:
+                    raise Killed
+                outer.left -= 1
+                return attack(*args)
+
+        return Wrapped()
+
+
+def attacks() -> list[APGD]:
+    return [
+        APGD(loss="ce", n_iter=10, name="apgd-ce"),
+        APGD("dlr-targeted", 10, n_target_classes=3, name="apgd-t"),
+    ]
+
+
+@pytest.mark.parametrize("kill_after", [0, 2, 4])
+def test_resume_after_a_kill_gives_the_same_numbers(setup, tmp_path: Path, kill_after: int) -> None:
+    model, x, y = setup
+    common = {"attack_options": None, "return_adversarial": True, "batch_size": 8}
+    whole = evaluate(model, x, y, 8 / 255, attack=attacks(), **common)
+    state = tmp_path / "state.json"
+    killer = KillAfter(kill_after)
+    with pytest.raises(Killed):
+        evaluate(model, x, y, 8 / 255, attack=[killer.wrap(a) for a in attacks()], state_path=state, **common)
+    saved = json.loads(state.read_text())
+    assert saved["clean"] is not None
+    assert len(saved["per_attack"]) + saved["batches_done"] > 0 or kill_after == 0
+    resumed = evaluate(model, x, y, 8 / 255, attack=attacks(), state_path=state, **common)
+    assert resumed.per_attack == whole.per_attack
+    assert (resumed.clean_accuracy, resumed.robust_accuracy) == (whole.clean_accuracy, whole.robust_accuracy)
+    assert torch.equal(resumed.adversarial, whole.adversarial)
+    # a finished state answers without running any attack
+    again = evaluate(
+        model, x, y, 8 / 255, attack=[KillAfter(0).wrap(a) for a in attacks()], state_path=state, **common
+    )
+    assert again.per_attack == whole.per_attack and torch.equal(again.adversarial, whole.adversarial)
+
+
+def test_a_state_from_other_arguments_is_refused(setup, tmp_path: Path) -> None:
+    model, x, y = setup
+    state = tmp_path / "state.json"
+    evaluate(model, x, y, 2 / 255, attack="apgd-ce", state_path=state)
+    with pytest.raises(CnnAliasingError, match="eps="):
+        evaluate(model, x, y, 4 / 255, attack="apgd-ce", state_path=state)
+    with pytest.raises(CnnAliasingError, match="data_sha256"):
+        evaluate(model, x.flip(0), y.flip(0), 2 / 255, attack="apgd-ce", state_path=state)
+    state.write_text("{not json")
+    with pytest.raises(CnnAliasingError, match="cannot resume"):
+        evaluate(model, x, y, 2 / 255, attack="apgd-ce", state_path=state)
+
+
+def test_an_attack_leaving_the_ball_raises(setup) -> None:
+    model, x, y = setup
+
+    class Cheat:
+        name = "cheat"
+
+        def __call__(self, model, images, labels, threat: ThreatModel, generator):
+            return (images + 2 * threat.eps).clamp(0, 1)
+
+    with pytest.raises(AttackInvariantError, match="'cheat' left the threat model"):
+        evaluate(model, x, y, 0.1, attack=[Cheat()])
+
+
+def test_presets_and_custom_lists() -> None:
+    assert [name for name, _ in PRESETS["standard"].attacks] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert dict(PRESETS["standard"].attacks)["square"] == {"n_queries": 5000, "p_init": 0.8}
+    assert resolve_attacks("apgd-ce+apgd-t").names == ["apgd-ce", "apgd-t"]
+    ce, t = resolve_attacks("apgd-ce+apgd-t").attacks
+    assert (ce.n_iter, ce.n_restarts, t.n_iter, t.n_restarts, t.n_target_classes) == (100, 1, 100, 1, 9)
+    rand = resolve_attacks("rand")
+    assert rand.names == ["apgd-ce", "apgd-dlr"] and rand.randomized
+    assert all(a.eot_iter == 20 and a.n_iter == 100 for a in rand.attacks)
+    assert resolve_attacks("pgd+apgd-ce", {"apgd-ce": {"n_iter": 3}}).attacks[1].n_iter == 3
+    assert resolve_attacks(["pgd", "fgsm"]).names == ["pgd", "fgsm"]
+    assert set(PRESETS) == {"standard", "apgd-ce", "apgd-ce+apgd-t", "rand"}
+
+
+@pytest.mark.parametrize(
+    ("attack", "options", "message"),
+    [
+        ("apgd-xx", None, "unknown attack 'apgd-xx'; valid presets: standard"),
+        ("apgd-ce", {"sqare": {"n_queries": 5}}, "options given for unknown sqare"),
+        ("apgd-ce+apgd-ce", None, "listed twice"),
+    ],
+)
+def test_bad_attack_arguments_say_what_is_valid(setup, attack: str, options, message: str) -> None:
+    model, x, y = setup
+    with pytest.raises(CnnAliasingError, match=message):
+        evaluate(model, x, y, 0.1, attack=attack, attack_options=options)
+
+
+@pytest.mark.skipif(
+    not {"fab-t", "square"} <= set(list_attacks()), reason="FAB-T and Square are not registered yet"
+)
+def test_standard_cascade_runs_all_four_in_order(setup) -> None:
+    model, x, y = setup
+    assert resolve_attacks("standard").names == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    options = {**FAST, "fab-t": {"n_iter": 5, "n_target_classes": 3}, "square": {"n_queries": 30}}
+    result = evaluate(
+        model, x[:16], y[:16], 8 / 255, attack="standard", attack_options=options, return_adversarial=True
+    )
+    assert [name for name, _ in result.per_attack] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    accuracies = [a for _, a in result.per_attack]
+    assert accuracies == sorted(accuracies, reverse=True) and accuracies[-1] == result.robust_accuracy
+    assert per_example_norm(result.adversarial - x[:16], "Linf").max() <= 8 / 255 + 1e-6
+
+
+def warned(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluate(model, x[:8], y[:8], 1 / 255, attack="apgd-ce", **kwargs)
+    return [str(w.message) for w in caught if issubclass(w.category, AutoAttackWarning)]
+
+
+def test_sanity_warnings(setup) -> None:
+    model, x, y = setup
+    assert warned(model, x, y) == []
+    assert any("train mode" in m for m in warned(model.train(), x, y))
+    model.eval()
+    assert any("probabilities" in m for m in warned(nn.Sequential(model, nn.Softmax(dim=1)), x, y))
+
+    class Noisy(nn.Module):
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return model(images) + 0.1 * torch.randn(images.shape[0], 10)
+
+    assert any("randomised" in m for m in warned(Noisy(), x, y))
+    options = {"apgd-ce": {"n_iter": 2, "eot_iter": 2}, "apgd-dlr": {"n_iter": 2, "eot_iter": 2}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluate(Noisy(), x[:8], y[:8], 1 / 255, attack="rand", attack_options=options)
+    assert not any("randomised" in str(w.message) for w in caught)
+
+    class Dynamic(nn.Module):
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode(False), torch.enable_grad():  # forwards under inference mode
+                probe = images.clone().requires_grad_(True)
+                (torch.autograd.grad(model(probe).sum(), probe))
+            return model(images)
+
+    assert any("dynamic defense" in m for m in warned(Dynamic(), x, y))
+
+
+def test_square_finding_more_warns_of_gradient_masking() -> None:
+    with pytest.warns(AutoAttackWarning, match="gradient masking"):
+        check_square([("apgd-ce", 0.50), ("apgd-t", 0.48), ("square", 0.45)], 0.9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_square([("apgd-ce", 0.50), ("square", 0.499)], 0.9)
+        check_square([("square", 0.1)], 0.9)
+
+
+def test_channels_last_and_explicit_device_leave_the_model_as_found(setup) -> None:
+    model, x, y = setup
+    result = evaluate(model, x, y, 4 / 255, device="cpu", channels_last=True)
+    assert result.clean_accuracy == pytest.approx(34 / 40)
+    assert model[0].weight.is_contiguous() and not model.training
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("8/255", 8 / 255), ("0.5", 0.5), ("1 / 4", 0.25), (0.1, 0.1), ("0", 0)]
+)
+def test_parse_eps(text: str, value: float) -> None:
+    assert parse_eps(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["-1/255", "eight", "1/0", ""])
+def test_parse_eps_refuses(text: str) -> None:
+    with pytest.raises(CnnAliasingError, match="eps"):
+        parse_eps(text)
