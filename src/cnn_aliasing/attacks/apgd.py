@@ -11,9 +11,10 @@ counts step 0 as a rise when its loss is positive (it compares with the not yet 
 APGD-T attacks the clean top-2 .. top-(n_target_classes + 1) classes in turn with the targeted DLR loss,
 each run only on the points still robust.
 
-Differences that do not change what a point's run computes: the iterations never synchronise with the
-host (masked updates instead of index lists), and the random start of every point is drawn for the whole
-batch at each run, so a point's start does not depend on which other points are still robust.
+The iterations never synchronise with the host (masked updates instead of index lists), which changes
+nothing that is computed: on the CPU, with a generator seeded like the reference's global seed, the
+adversarial examples equal the reference's bit for bit (random starts are drawn in the same order and
+shapes: one per run, for the points still robust). On a GPU the starts come from the device's generator.
 """
 
 from __future__ import annotations
@@ -94,15 +95,13 @@ class APGD:
                 idx = robust.nonzero().squeeze(1)  # one synchronisation per run, never per iteration
                 if idx.numel() == 0:
                     return adv
-                noise = random_tensor(
-                    tuple(images.shape), generator, images.device, normal=threat.norm == "L2"
-                )
                 x, y = images[idx], labels[idx]
+                noise = random_tensor(tuple(x.shape), generator, x.device, normal=threat.norm == "L2")
                 fooled, found, zeros = _run(
                     model,
                     x,
                     y,
-                    _random_start(x, noise[idx], threat),
+                    _random_start(x, noise, threat),
                     self._loss_fn(None if target is None else target[idx]),
                     threat,
                     self.n_iter,
