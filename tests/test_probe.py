@@ -325,3 +325,22 @@ def test_streaming_equals_one_batch_and_report_round_trip():
     again = AliasingReport.from_dict(whole.to_dict())
     assert again.to_dict() == whole.to_dict()
     assert "relative_aliasing" in whole.format_table()
+
+
+@pytest.mark.parametrize("size", [16, 15])  # 15: a biased 1x1 conv on an odd size forms its stride-1 output
+@pytest.mark.parametrize("metrics", [("aliasing", "relative_aliasing"), ("alias_energy_fraction",)])
+def test_strided_1x1_conv_with_bias(size, metrics):
+    """1x1 convolutions are measured from their input's spectra where they can be: same numbers."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 1, stride=2).double()
+    x = torch.rand(3, 4, size, size, dtype=torch.float64)
+    expected_output = conv(x)
+    captured = []
+    model = nn.Sequential(conv, nn.Identity())
+    model[1].register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+    report = measure(model, [x], progress=False, metrics=metrics)
+    torch.testing.assert_close(captured[-1], expected_output, rtol=1e-12, atol=1e-12)
+    full = F.conv2d(x, conv.weight, conv.bias)
+    op = report.ops[0]
+    assert op.full_size == (size, size) and op.channels == 6
+    assert op.aliasing == pytest.approx(am_by_hand(full, 2, 2).mean(), rel=1e-9)

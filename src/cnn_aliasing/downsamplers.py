@@ -26,27 +26,71 @@ Params = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class StridedCall:
-    """One call of a down-sampling op: its factor, and its output at full resolution.
+class PointwiseLinear:
+    """A full-resolution output that is a 1x1 convolution of the op's input: ``weight @ input + bias``.
 
-    ``full_resolution()`` returns the stride-1 output: a tensor, or a tuple whose first item is the tensor
-    to measure (max-pooling values and indices). ``real_output(full)`` is the op's real output: the slice
-    of the full-resolution output, or, where the two differ (``ceil_mode`` pooling), the op run as it is.
+    Its aliasing follows from the input's spectra by linearity (the bias only touches DC, which every
+    spectrum keeps), so the stride-1 output never has to be formed. ``weight`` is (C_out, C_in/groups).
     """
 
-    kind: str
-    factor: tuple[int, int]
-    full_resolution: Callable[[], Any]
-    original: Callable[[], Any]
-    exact_slice: bool = True
+    input: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    groups: int
 
-    def real_output(self, full: Any) -> Any:
-        """The op's real output, from its full-resolution output."""
-        if not self.exact_slice:
-            return self.original()
-        if isinstance(full, tuple):
-            return tuple(subsample(item, self.factor) for item in full)
-        return subsample(full, self.factor)
+
+class StridedCall:
+    """One call of a down-sampling op: its factor, and its output at full resolution, formed on demand.
+
+    ``full()`` is the stride-1 output: a tensor, or a tuple whose first item is the tensor to measure
+    (max-pooling values and indices), computed once. ``real_output()`` is the op's real output: the slice
+    of the full-resolution output, or the op run as it is where that is cheaper (a ``pointwise`` op whose
+    full output was not needed) or where the two differ (``ceil_mode`` pooling).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        factor: tuple[int, int],
+        full_resolution: Callable[[], Any],
+        original: Callable[[], Any],
+        *,
+        exact_slice: bool = True,
+        pointwise: PointwiseLinear | None = None,
+    ) -> None:
+        self.kind = kind
+        self.factor = factor
+        self.pointwise = pointwise
+        self._full_resolution = full_resolution
+        self._original = original
+        self._exact_slice = exact_slice
+        self._full: Any = None
+
+    def full(self) -> Any:
+        """The stride-1 output (computed on the first call only)."""
+        if self._full is None:
+            self._full = self._full_resolution()
+        return self._full
+
+    def measured(self) -> torch.Tensor:
+        """The full-resolution tensor whose maps are measured."""
+        full = self.full()
+        return full[0] if isinstance(full, tuple) else full
+
+    def full_shape(self) -> tuple[int, ...]:
+        """Shape of the full-resolution tensor, without forming it for a pointwise op."""
+        if self.pointwise is not None and self._full is None:
+            x = self.pointwise.input
+            return (*x.shape[:-3], self.pointwise.weight.shape[0], *x.shape[-2:])
+        return tuple(self.measured().shape)
+
+    def real_output(self) -> Any:
+        """The op's real output."""
+        if not self._exact_slice or self._full is None:
+            return self._original()
+        if isinstance(self._full, tuple):
+            return tuple(subsample(item, self.factor) for item in self._full)
+        return subsample(self._full, self.factor)
 
 
 def subsample(x: torch.Tensor, factor: tuple[int, int]) -> torch.Tensor:
@@ -75,6 +119,7 @@ class FunctionalKind:
     params: tuple[str, ...]
     defaults: Params
     kernel_param: str | None = None  # pooling: a missing stride means stride = kernel size
+    pointwise: Callable[[Params], PointwiseLinear | None] | None = None  # see PointwiseLinear
 
     def bind(self, args: Sequence[Any], kwargs: Params) -> Params:
         """Bind a call's arguments to parameter names (builtins have no inspectable signature)."""
@@ -98,11 +143,12 @@ class FunctionalKind:
         ceil_mode = bool(params.get("ceil_mode", False))
         full_params = {**params, "stride": 1, **({"ceil_mode": False} if ceil_mode else {})}
         return StridedCall(
-            kind=self.name,
-            factor=factor,
-            full_resolution=lambda: self.call(full_params),
-            original=lambda: self.call(params),
+            self.name,
+            factor,
+            lambda: self.call(full_params),
+            lambda: self.call(params),
             exact_slice=not ceil_mode,
+            pointwise=self.pointwise(params) if self.pointwise else None,
         )
 
     def call(self, params: Params) -> Any:
@@ -144,9 +190,24 @@ class SliceKind:
         as_factor(factor)
         items[-2], items[-1] = slice(h.start, h.stop), slice(w.start, w.stop)
         full_index = tuple(items)
-        return StridedCall(
-            kind=self.name, factor=factor, full_resolution=lambda: x[full_index], original=lambda: x[index]
-        )
+        return StridedCall(self.name, factor, lambda: x[full_index], lambda: x[index])
+
+
+def _pointwise_conv(params: Params) -> PointwiseLinear | None:
+    """A 1x1 convolution without padding is pointwise linear in its input (see PointwiseLinear).
+
+    With a bias, only when the input needs no zero-padding to a multiple of the factor (the padded
+    full-resolution output would hold zeros there, not the bias).
+    """
+    x, weight, bias = params["input"], params["weight"], params["bias"]
+    if weight.dim() != 4 or weight.shape[-2:] != (1, 1) or x.dim() < 3:
+        return None
+    if params["padding"] not in (0, (0, 0), [0, 0], "valid"):
+        return None
+    s, t = _pair(params["stride"])
+    if bias is not None and (x.shape[-2] % s or x.shape[-1] % t):
+        return None
+    return PointwiseLinear(x, weight.flatten(1), bias, params["groups"])
 
 
 CONV2D = FunctionalKind(
@@ -154,6 +215,7 @@ CONV2D = FunctionalKind(
     F.conv2d,
     ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
     {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1},
+    pointwise=_pointwise_conv,
 )
 MAX_POOL2D = FunctionalKind(
     "max_pool2d",
@@ -290,15 +352,17 @@ def module_may_downsample(module: nn.Module) -> bool:
     return kind.factor(params) != (1, 1)
 
 
-def module_strided_call(module: nn.Module, args: Sequence[Any], kwargs: Params) -> StridedCall | None:
-    """A call of a known module as a StridedCall, or None when it does not reduce resolution."""
+def module_strided_call(
+    module: nn.Module, args: Sequence[Any], kwargs: Params, forward: Callable[..., Any]
+) -> StridedCall | None:
+    """A call of a known module as a StridedCall (``forward`` is its own, unprobed forward), or None."""
     if isinstance(module, DeclaredDownsampler):
         factor = as_factor(module.downsampling_factor)
         return StridedCall(
-            kind=getattr(module, "downsampling_kind", type(module).__name__),
-            factor=factor,
-            full_resolution=lambda: module.full_resolution_forward(*args, **kwargs),
-            original=lambda: None,
+            getattr(module, "downsampling_kind", type(module).__name__),
+            factor,
+            lambda: module.full_resolution_forward(*args, **kwargs),
+            lambda: forward(*args, **kwargs),
         )
     found = _module_kind(module)
     if found is None or len(args) != 1 or kwargs:

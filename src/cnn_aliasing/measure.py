@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cnn_aliasing import spectral
+from cnn_aliasing.downsamplers import StridedCall
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.probe import OpCall, OpSelector, evaluation_mode, probing, run_model
 
@@ -211,25 +212,39 @@ class _Accumulator:
         self.nyquist = nyquist
         self.ops: dict[str, _OpState] = {}
 
-    def __call__(self, call: OpCall, full: torch.Tensor) -> None:
-        channels = full.shape[-3] if full.dim() >= 3 else 1
-        values = spectral.per_map_metrics(full.detach(), call.factor, self.metrics, nyquist=self.nyquist)
-        state = self.ops.get(call.name)
+    def __call__(self, op: OpCall, call: StridedCall) -> None:
+        values = self._per_map(op, call)
+        shape = call.full_shape()
+        channels = shape[-3] if len(shape) >= 3 else 1
+        state = self.ops.get(op.name)
         if state is None:
-            state = _OpState(
-                call.kind,
-                call.factor,
-                (full.shape[-2], full.shape[-1]),
-                channels,
-                {m: _RunningMoments(channels, full.device) for m in self.metrics},
-            )
-            self.ops[call.name] = state
+            device = next(iter(values.values())).device
+            moments = {m: _RunningMoments(channels, device) for m in self.metrics}
+            state = _OpState(op.kind, op.factor, (shape[-2], shape[-1]), channels, moments)
+            self.ops[op.name] = state
         elif state.channels != channels:
             raise CnnAliasingError(
-                f"op {call.name!r} produced {channels} channels after {state.channels} in an earlier call"
+                f"op {op.name!r} produced {channels} channels after {state.channels} in an earlier call"
             )
         for name, v in values.items():
             state.moments[name].add(v.reshape(-1, channels))
+
+    def _per_map(self, op: OpCall, call: StridedCall) -> dict[str, torch.Tensor]:
+        """Per-map metrics: from the input's spectra for a 1x1 convolution, else from the stride-1 output."""
+        linear = call.pointwise
+        if linear is not None and all(m in spectral.POINTWISE_METRICS for m in self.metrics):
+            return spectral.pointwise_per_map_metrics(
+                linear.input.detach(),
+                linear.weight.detach(),
+                None if linear.bias is None else linear.bias.detach(),
+                op.factor,
+                self.metrics,
+                groups=linear.groups,
+                nyquist=self.nyquist,
+            )
+        return spectral.per_map_metrics(
+            call.measured().detach(), op.factor, self.metrics, nyquist=self.nyquist
+        )
 
     def report(self, n_images: int, per_channel: bool) -> AliasingReport:
         ops = [

@@ -25,8 +25,8 @@ from torch import nn
 from cnn_aliasing import downsamplers
 from cnn_aliasing.errors import ModelInputError
 
-Observer = Callable[["OpCall", torch.Tensor], None]
-"""Called with each down-sampling call and its full-resolution output (the tensor to measure)."""
+Observer = Callable[["OpCall", downsamplers.StridedCall], None]
+"""Called with each selected down-sampling call; ``call.measured()`` forms its full-resolution output."""
 
 
 @dataclass(frozen=True)
@@ -64,26 +64,21 @@ class OpSelector:
         self.include = list(include or [])
         self.exclude = list(exclude or [])
 
-    def __call__(self, call: OpCall, full: torch.Tensor) -> bool:
-        if any(fnmatch.fnmatchcase(call.name, p) for p in self.exclude):
+    def __call__(self, op: OpCall, call: downsamplers.StridedCall) -> bool:
+        if any(fnmatch.fnmatchcase(op.name, p) for p in self.exclude):
             return False
-        if self.include and not any(fnmatch.fnmatchcase(call.name, p) for p in self.include):
+        if self.include and not any(fnmatch.fnmatchcase(op.name, p) for p in self.include):
             return False
-        return full.dim() >= 2 and full.shape[-2] >= call.factor[0] and full.shape[-1] >= call.factor[1]
-
-
-def _measured_tensor(full: Any) -> torch.Tensor:
-    return full[0] if isinstance(full, tuple) else full
+        shape = call.full_shape()
+        return len(shape) >= 2 and shape[-2] >= op.factor[0] and shape[-1] >= op.factor[1]
 
 
 def _run(call: downsamplers.StridedCall, name: str, observe: Observer, select: OpSelector) -> Any:
-    """Compute the full-resolution output, show it to the observer if selected, return the real output."""
-    full = call.full_resolution()
+    """Show a selected call to the observer, then return the op's real output."""
     op = OpCall(name, call.kind, call.factor)
-    tensor = _measured_tensor(full)
-    if select(op, tensor):
-        observe(op, tensor)
-    return call.real_output(full)
+    if select(op, call):
+        observe(op, call)
+    return call.real_output()
 
 
 # ---- tracing -------------------------------------------------------------------------------------------
@@ -198,7 +193,7 @@ def _module_forward(module: nn.Module, name: str, observe: Observer, select: OpS
     original = module.forward
 
     def forward(*args: Any, **kwargs: Any) -> Any:
-        call = downsamplers.module_strided_call(module, args, kwargs)
+        call = downsamplers.module_strided_call(module, args, kwargs, original)
         if call is None:
             return original(*args, **kwargs)
         return _run(call, name, observe, select)
@@ -299,8 +294,8 @@ def find_downsamplers(
     """
     found: dict[str, Downsampler] = {}
 
-    def record(call: OpCall, full: torch.Tensor) -> None:
-        found.setdefault(call.name, Downsampler(call.name, call.kind, call.factor, tuple(full.shape)))
+    def record(op: OpCall, call: downsamplers.StridedCall) -> None:
+        found.setdefault(op.name, Downsampler(op.name, op.kind, op.factor, call.full_shape()))
 
     with torch.no_grad(), evaluation_mode(model), probing(model, record, OpSelector(include, exclude)):
         run_model(model, example_input)

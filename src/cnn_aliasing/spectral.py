@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -118,10 +118,12 @@ class _SmallSpectra:
     z_re: torch.Tensor
     z_im: torch.Tensor
     weights: torch.Tensor | None
-    x: torch.Tensor  # the maps themselves
+    x: torch.Tensor | None  # the maps themselves (None where they were never formed)
 
     def energy(self) -> torch.Tensor:
         """sum |X|^2 per map, by Parseval: sum x^2 / (H W)."""
+        if self.x is None:
+            raise CnnAliasingError("the energy of X needs the full-resolution maps, which were not formed")
         h, w = self.x.shape[-2:]
         return self.x.square().sum(dim=(-2, -1), dtype=torch.float64) / (h * w)
 
@@ -171,7 +173,12 @@ class _Grid:
         return weights
 
 
-def _small_spectra_fft(x: torch.Tensor, grid: _Grid) -> _SmallSpectra:
+Mix = Callable[[torch.Tensor], torch.Tensor]
+"""A linear map over the maps (first) axis of a real tensor, applied to spectra before they are summed:
+how a 1x1 convolution's spectra follow from its input's (see :func:`pointwise_per_map_metrics`)."""
+
+
+def _small_spectra_fft(x: torch.Tensor, grid: _Grid, mix: Mix | None = None) -> _SmallSpectra:
     """Y and Z by FFTs: Y from the rFFT of y = x[..., ::s, ::t]; Z by an rFFT of x along W, the kept
     columns only, an FFT along H of those, and the kept rows. For large maps."""
     s, t = grid.factor
@@ -187,12 +194,14 @@ def _small_spectra_fft(x: torch.Tensor, grid: _Grid) -> _SmallSpectra:
         columns = torch.cat([rows[..., :m0], rows[..., 1 : m - m0 + 1].flip(-1).conj()], dim=-1)
     kept = torch.fft.fft(columns, dim=-2, norm="forward")
     z = torch.cat([kept[..., :n0, :], kept[..., grid.h - n + n0 :, :]], dim=-2)
+    if mix is not None:
+        y, z = (torch.view_as_complex(mix(torch.view_as_real(a))) for a in (y, z))
     if grid.half:
         if row_nyquist:
             z[..., n0, :] = 0
         if col_nyquist:
             z[..., m0] = 0
-    return _SmallSpectra(y.real, y.imag, z.real, z.imag, grid.weights(x.device), x)
+    return _SmallSpectra(y.real, y.imag, z.real, z.imag, grid.weights(x.device), x if mix is None else None)
 
 
 def _dft_matrix(samples: int, frequencies: list[int | None], period: int, stride: int = 1) -> torch.Tensor:
@@ -225,7 +234,7 @@ def _dft_matrices(grid: _Grid, dtype: torch.dtype, device: torch.device) -> tupl
     return tuple(a.to(dtype=dtype, device=device) for a in (z_cols, y_cols, z_rows, y_rows))
 
 
-def _small_spectra_dft(x: torch.Tensor, grid: _Grid) -> _SmallSpectra:
+def _small_spectra_dft(x: torch.Tensor, grid: _Grid, mix: Mix | None = None) -> _SmallSpectra:
     """Y and Z by DFT matrix products over only the frequencies needed. For small maps, where two flat
     matrix products beat FFTs: along W, x (B*H, W) times the kept columns (and, for Y, the rows ::s times
     the small-grid columns), then along H, the transposed result times the kept rows."""
@@ -238,13 +247,15 @@ def _small_spectra_dft(x: torch.Tensor, grid: _Grid) -> _SmallSpectra:
     ty = (x[:, ::s].reshape(b * n, w) @ y_cols).view(b, n, width).transpose(1, 2).reshape(b * width, n)
     z = (tz @ z_rows).view(b, width, 2 * n)
     y = (ty @ y_rows).view(b, width, 2 * n)
+    if mix is not None:
+        y, z = mix(y), mix(z)
     parts = []
     for a in (y, z):
         cols = width // 2  # a[:, c, r]: c = (re | im of the W transform), r = (re | im of the H transform)
         real = a[:, :cols, :n] - a[:, cols:, n:]
         imag = a[:, cols:, :n] + a[:, :cols, n:]
         parts += [real.transpose(1, 2), imag.transpose(1, 2)]
-    return _SmallSpectra(*parts, grid.weights(x.device), x)
+    return _SmallSpectra(*parts, grid.weights(x.device), x if mix is None else None)
 
 
 DFT_MAX_SIZE = 32
@@ -252,10 +263,10 @@ DFT_MAX_SIZE = 32
 GPU alike: two flat matrix products), larger ones by FFTs."""
 
 
-def _small_spectra(x: torch.Tensor, grid: _Grid) -> _SmallSpectra:
+def _small_spectra(x: torch.Tensor, grid: _Grid, mix: Mix | None = None) -> _SmallSpectra:
     if max(grid.h, grid.w) <= DFT_MAX_SIZE:
-        return _small_spectra_dft(x, grid)
-    return _small_spectra_fft(x, grid)
+        return _small_spectra_dft(x, grid, mix)
+    return _small_spectra_fft(x, grid, mix)
 
 
 def _aliasing(sp: _SmallSpectra) -> torch.Tensor:
@@ -321,6 +332,62 @@ def per_map_metrics(
         for name in names:
             results[name].append(PER_MAP_METRICS[name](spectra))
     return {name: torch.cat(parts).reshape(lead) for name, parts in results.items()}
+
+
+POINTWISE_METRICS = ("aliasing", "relative_aliasing")
+"""The metrics :func:`pointwise_per_map_metrics` gives (the energy of X needs the maps themselves)."""
+
+
+def pointwise_per_map_metrics(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    factor: int | Sequence[int] = 2,
+    metrics: Sequence[str] = ("aliasing",),
+    *,
+    groups: int = 1,
+    nyquist: str | Nyquist = "zero",
+) -> dict[str, torch.Tensor]:
+    """Per-map metrics of the maps ``weight @ x + bias`` (a 1x1 convolution at stride 1) without forming them.
+
+    x is (..., C_in, H, W), weight (C_out, C_in / groups); returns tensors of shape (..., C_out). Y and Z
+    are linear in the maps, so they are mixed from the input's spectra; the bias adds to DC, which Z keeps,
+    so it cancels from Y - Z. With a bias, H and W must be multiples of the factor (zero-padding would not
+    pad the biased maps with zeros).
+    """
+    names = check_metric_names(metrics)
+    unsupported = [n for n in names if n not in POINTWISE_METRICS]
+    if unsupported:
+        raise CnnAliasingError(f"pointwise metrics are {', '.join(POINTWISE_METRICS)}; not {unsupported}")
+    f = as_factor(factor)
+    if bias is not None and (x.shape[-2] % f[0] or x.shape[-1] % f[1]):
+        raise CnnAliasingError(f"with a bias the maps {tuple(x.shape[-2:])} must be multiples of {f}")
+    x = pad_to_multiple(_at_least_float32(x), f)
+    c_in, h, w = x.shape[-3:]
+    c_out = weight.shape[0]
+    if weight.shape[1] * groups != c_in or c_out % groups:
+        raise CnnAliasingError(
+            f"weight {tuple(weight.shape)} with {groups} groups does not fit {c_in} channels"
+        )
+    grid = _Grid(h, w, f, as_nyquist(nyquist))
+    blocks = weight.to(x.dtype).reshape(groups, c_out // groups, c_in // groups)
+    images = x.reshape(-1, c_in, h, w)
+    results: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    for chunk in images.split(max(1, _chunk_size(images.reshape(-1, h, w)) // c_in)):
+        batch = chunk.shape[0]
+
+        def mix(spectra: torch.Tensor, batch: int = batch) -> torch.Tensor:
+            grouped = spectra.reshape(batch, groups, c_in // groups, -1)
+            return (blocks @ grouped).reshape(batch * c_out, *spectra.shape[1:])
+
+        spectra = _small_spectra(chunk.reshape(-1, h, w), grid, mix)
+        if bias is not None:
+            dc = bias.to(spectra.y_re.dtype).repeat(batch)
+            spectra.y_re[:, 0, 0] += dc
+            spectra.z_re[:, 0, 0] += dc
+        for name in names:
+            results[name].append(PER_MAP_METRICS[name](spectra))
+    return {name: torch.cat(parts).reshape(*x.shape[:-3], c_out) for name, parts in results.items()}
 
 
 CPU_CHUNK_ELEMENTS = 1 << 20
