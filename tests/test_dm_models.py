@@ -221,7 +221,7 @@ def test_dm_downsampling_measured_with_right_factor_and_phase(
     conv = model.get_submodule(op)
     inputs: list[torch.Tensor] = []
     handle = conv.register_forward_pre_hook(lambda m, args: inputs.append(args[0]))
-    images = torch.rand(3, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    images = torch.rand(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         model(images)
         handle.remove()

@@ -122,12 +122,11 @@ def assert_same_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) ->
     assert all(torch.equal(loaded[k], state[k]) for k in state)
 
 
-# one entry per architecture and variant: plain/sub_block1/pm1 WRN, DM WRN, PreAct (normalised), ResNet
+# one entry per architecture: WRN (with sub_block1), DM WRN, PreAct (normalised), DM PreAct, ResNet
 @pytest.mark.parametrize(
     "name",
     [
         "Carmon2019Unlabeled",
-        "Hendrycks2019Using",
         "Gowal2020Uncovering_28_10_extra",
         "Wong2020Fast",
         "Rebuffi2021Fixing_R18_ddpm",
