@@ -197,3 +197,17 @@ def test_checkpoint_without_state_dict_is_rejected(tmp_path: Path) -> None:
     torch.save({"epoch": 3, "acc": 0.5}, path)
     with pytest.raises(CheckpointError, match=r"no state dict.*'epoch', 'acc'"):
         load_checkpoint(small_model(), path)
+
+
+def test_item_and_ignored_keys(tmp_path: Path) -> None:
+    """A file holding several state dicts, with extra copies saved by training code beside the weights."""
+    source = trained_like()
+    last = {**source.state_dict(), "extra_copy.weight": torch.zeros(3)}
+    path = tmp_path / "two.pt"
+    torch.save({"last": last, "best": trained_like(1).state_dict()}, path)
+    loaded = load_checkpoint(small_model(), path, item="last", ignore_keys=("extra_copy.*",))
+    assert_same_weights(loaded, source)
+    with pytest.raises(CheckpointError, match=r"1 unexpected key: extra_copy\.weight"):
+        load_checkpoint(small_model(), path, item="last")
+    with pytest.raises(CheckpointError, match=r"no item 'final'.*\['last', 'best'\]"):
+        load_checkpoint(small_model(), path, item="final")

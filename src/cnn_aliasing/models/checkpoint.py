@@ -11,7 +11,8 @@ import os
 import pickle
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import safetensors.torch
@@ -29,14 +30,30 @@ _MAX_LISTED = 10
 _CODE_NEEDED = re.compile(r"GLOBAL (\S+)|call reduce|create new object|Can only build")
 
 
-def load_checkpoint(model: nn.Module, path: StrPath, *, strict: bool = True) -> nn.Module:
+def load_checkpoint(
+    model: nn.Module,
+    path: StrPath,
+    *,
+    strict: bool = True,
+    item: str | None = None,
+    ignore_keys: Sequence[str] = (),
+) -> nn.Module:
     """Load the weights in ``path`` into ``model`` (in place) and return ``model``.
 
-    With ``strict=False`` missing and unexpected keys are allowed; mis-shaped keys never are. Nothing is
-    copied into the model unless the whole checkpoint fits.
+    ``item`` picks one entry of a file that stores several (e.g. ``"last"`` of ``{"last", "best"}``);
+    keys matching a shell pattern in ``ignore_keys`` are dropped (copies that training code saved beside
+    the weights). With ``strict=False`` missing and unexpected keys are allowed; mis-shaped keys never
+    are. Nothing is copied into the model unless the whole checkpoint fits.
     """
     path = Path(path)
-    state = _strip_prefixes(_find_state_dict(_read(path), path), model)
+    stored = _read(path)
+    if item is not None:
+        if not isinstance(stored, Mapping) or item not in stored:
+            found = list(stored)[:_MAX_LISTED] if isinstance(stored, Mapping) else type(stored).__name__
+            raise CheckpointError(f"checkpoint {path} has no item {item!r}; it holds {found}")
+        stored = stored[item]
+    state = _strip_prefixes(_find_state_dict(stored, path), model)
+    state = {k: v for k, v in state.items() if not any(fnmatchcase(k, p) for p in ignore_keys)}
     _check_compatible(state, model, path, strict=strict)
     model.load_state_dict(state, strict=strict)
     return model

@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
-from fnmatch import fnmatchcase
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
 
 from cnn_aliasing.errors import CheckpointError
-from cnn_aliasing.models import checkpoint
+from cnn_aliasing.models import load_checkpoint
 from cnn_aliasing.zoo.entry import ZooEntry
 from cnn_aliasing.zoo.registry import zoo_entry
 
@@ -57,21 +56,7 @@ def load_weights(model: nn.Module, path: StrPath, entry: ZooEntry) -> nn.Module:
     Picks ``entry.checkpoint_key`` from the file if set and drops the keys matching ``entry.ignore_keys``;
     otherwise exactly :func:`cnn_aliasing.models.load_checkpoint` (prefix stripping, key and shape checks).
     """
-    path = Path(path)
-    stored = checkpoint._read(path)
-    if entry.checkpoint_key is not None:
-        if not isinstance(stored, Mapping) or entry.checkpoint_key not in stored:
-            found = list(stored)[:10] if isinstance(stored, Mapping) else type(stored).__name__
-            raise CheckpointError(
-                f"checkpoint {path} has no item {entry.checkpoint_key!r}, where zoo model {entry.name} keeps "
-                f"its weights; it holds {found}"
-            )
-        stored = stored[entry.checkpoint_key]
-    state = checkpoint._strip_prefixes(checkpoint._find_state_dict(stored, path), model)
-    state = {k: v for k, v in state.items() if not any(fnmatchcase(k, p) for p in entry.ignore_keys)}
-    checkpoint._check_compatible(state, model, path, strict=True)
-    model.load_state_dict(state)
-    return model
+    return load_checkpoint(model, path, item=entry.checkpoint_key, ignore_keys=entry.ignore_keys)
 
 
 def download_checkpoint(
