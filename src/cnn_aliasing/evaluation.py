@@ -11,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cnn_aliasing.errors import CnnAliasingError
-from cnn_aliasing.probe import evaluation_mode, run_model
+from cnn_aliasing.runtime import evaluation_mode, model_device, model_dtype, run_model
 
 
 @dataclass(frozen=True)
@@ -34,12 +34,6 @@ class AccuracyResult:
         return f"{100 * self.accuracy:.2f}% ({self.correct}/{self.total})"
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
 def clean_accuracy(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -52,18 +46,19 @@ def clean_accuracy(
     Runs in eval mode under ``torch.inference_mode`` and gives every module its training flag back.
     ``total_images`` sizes the progress bar when ``batches`` has no length.
     """
-    device = _device_of(model)
-    correct = total = 0
+    device, dtype = model_device(model), model_dtype(model)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    total = 0
     with (
         tqdm(total=total_images, disable=not progress, unit="img", desc="clean accuracy", leave=False) as bar,
         torch.inference_mode(),
         evaluation_mode(model),
     ):
         for images, labels in batches:
-            logits = run_model(model, images.to(device))
-            correct += int((logits.argmax(dim=1) == labels.to(device)).sum())
+            logits = run_model(model, images.to(device, dtype=dtype))
+            correct += (logits.argmax(dim=1) == labels.to(device)).sum()  # no host sync per batch
             total += len(labels)
             bar.update(len(labels))
     if total == 0:
         raise CnnAliasingError("clean_accuracy() got no images: the batches iterable was empty")
-    return AccuracyResult(correct, total)
+    return AccuracyResult(int(correct), total)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from cnn_aliasing import spectral
 from cnn_aliasing.downsamplers import StridedCall
 from cnn_aliasing.errors import CnnAliasingError
-from cnn_aliasing.probe import OpCall, OpSelector, evaluation_mode, probing, run_model
+from cnn_aliasing.probe import OpCall, OpSelector, probing
+from cnn_aliasing.runtime import evaluation_mode, model_device, model_dtype, on_device, run_model
 
 AM = "aliasing"
 
@@ -275,20 +276,6 @@ def _images_of(batch: Any) -> torch.Tensor:
     return images
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-def _model_dtype(model: nn.Module) -> torch.dtype | None:
-    """The dtype of the model's first floating-point parameter (None: keep the images' dtype)."""
-    for tensor in model.parameters():
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return None
-
-
 def _check_range(images: torch.Tensor) -> None:
     low, high = torch.aminmax(images)
     if low.item() < 0 or high.item() > 1:
@@ -296,20 +283,6 @@ def _check_range(images: torch.Tensor) -> None:
             f"images must lie in [0, 1] (models normalise inside), got values in [{low.item():.3g}, "
             f"{high.item():.3g}]"
         )
-
-
-@contextlib.contextmanager
-def _on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Move the model to ``device`` for the duration, and back (same parameter objects) on exit."""
-    home = _model_device(model)
-    if home == device:
-        yield
-        return
-    model.to(device)
-    try:
-        yield
-    finally:
-        model.to(home)
 
 
 def measure(
@@ -335,17 +308,17 @@ def measure(
     """
     names = spectral.check_metric_names([AM, *(m for m in metrics if m != AM)])
     accumulator = _Accumulator(names, spectral.as_nyquist(nyquist))
-    target = torch.device(device) if device is not None else _model_device(model)
+    target = torch.device(device) if device is not None else model_device(model)
     n_images = 0
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(
             tqdm(total=total_images, disable=not progress, unit="img", desc="measuring aliasing", leave=False)
         )
         stack.enter_context(torch.no_grad())
-        stack.enter_context(_on_device(model, target))
+        stack.enter_context(on_device(model, target))
         stack.enter_context(evaluation_mode(model))
         stack.enter_context(probing(model, accumulator, OpSelector(include, exclude)))
-        dtype = _model_dtype(model)
+        dtype = model_dtype(model)
         for batch in batches:
             images = _images_of(batch).to(target, dtype=dtype, non_blocking=True)
             if n_images == 0:

@@ -23,7 +23,7 @@ import torch.fx as fx
 from torch import nn
 
 from cnn_aliasing import downsamplers
-from cnn_aliasing.errors import ModelInputError
+from cnn_aliasing.runtime import evaluation_mode, run_model
 
 Observer = Callable[["OpCall", downsamplers.StridedCall], None]
 """Called with each selected down-sampling call; ``call.measured()`` forms its full-resolution output."""
@@ -256,29 +256,6 @@ def probing(
         yield
     finally:
         patches.restore()
-
-
-@contextlib.contextmanager
-def evaluation_mode(model: nn.Module) -> Iterator[None]:
-    """Put every module in eval mode, and give each its own training flag back on exit."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in flags:
-            m.training = training
-
-
-def run_model(model: nn.Module, images: torch.Tensor) -> Any:
-    """Call the model, turning a failure on this input into a :class:`ModelInputError` naming its shape."""
-    try:
-        return model(images)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelInputError(
-            f"{type(model).__name__} cannot run on input of shape {tuple(images.shape)}: {first}"
-        ) from error
 
 
 def find_downsamplers(
