@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -136,3 +137,15 @@ def test_write_json_atomic_replaces_and_failure_keeps_old_file(tmp_path: Path) -
         write_json_atomic(path, {"v": 3, "bad": object()})
     assert json.loads(path.read_text()) == {"v": 2}
     assert os.listdir(tmp_path) == ["result.json"]
+
+
+def test_sha256_of_and_csv_written_atomically(tmp_path: Path) -> None:
+    blob = tmp_path / "weights.bin"
+    blob.write_bytes(b"abc" * 1000)
+    assert provenance.sha256_of(blob) == hashlib.sha256(b"abc" * 1000).hexdigest()
+    table = tmp_path / "out" / "table.csv"
+    provenance.write_csv_atomic(
+        table, [{"op": "layer2.0.conv1", "aliasing": 0.25}, {"op": "x", "aliasing": 1}]
+    )
+    assert table.read_text() == "op,aliasing\nlayer2.0.conv1,0.25\nx,1\n"
+    assert [p.name for p in table.parent.iterdir()] == ["table.csv"]

@@ -1,0 +1,107 @@
+"""The ``cnn-aliasing`` command line: subcommands from a registry, one-line errors, JSON/CSV results.
+
+Each subcommand is a :class:`Subcommand` registered with :func:`register_subcommand` (one module each:
+``aliasing`` for measure, ``accuracy`` for evaluate, ``listing`` for models); :func:`main` builds the
+parser from the registry and dispatches by name. Errors a user can cause (:class:`CnnAliasingError`, and
+``OSError`` for files) end the command with one line on stderr and exit code 2; ``--debug`` adds the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+import warnings
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from cnn_aliasing import __version__
+from cnn_aliasing.cli import accuracy, aliasing, listing  # noqa: F401  (they register the subcommands)
+from cnn_aliasing.cli.options import one_line, parse_model_arg
+from cnn_aliasing.cli.registry import PROG, SUBCOMMANDS, HelpFormatter, Subcommand, register_subcommand
+from cnn_aliasing.errors import CnnAliasingError
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+__all__ = [
+    "SUBCOMMANDS",
+    "Subcommand",
+    "build_parser",
+    "main",
+    "one_line",
+    "parse_model_arg",
+    "register_subcommand",
+]
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
+    """--debug and --quiet, accepted before or after the subcommand (not repeated defaults after it)."""
+    default: Any = False if top_level else argparse.SUPPRESS
+    parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks of errors")
+    parser.add_argument("--quiet", action="store_true", default=default, help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Measure aliasing in every down-sampling op of a convolutional network and relate it to "
+            "adversarial robustness (Grabinski, Keuper, Keuper: Aliasing coincides with CNNs vulnerability "
+            "towards adversarial attacks). Run `cnn-aliasing COMMAND --help` for the options of a command."
+        ),
+        epilog=(
+            "examples:\n"
+            "  cnn-aliasing models\n"
+            "  cnn-aliasing measure --model preact_resnet18 --checkpoint weights.pt --data-dir ./data "
+            "--out preact.json\n"
+            "  cnn-aliasing measure --help"
+        ),
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_global_options(parser, top_level=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in SUBCOMMANDS.values():
+        sub = subparsers.add_parser(
+            command.name,
+            help=command.help,
+            description=command.description,
+            epilog=command.example,
+            formatter_class=HelpFormatter,
+        )
+        command.add_arguments(sub)
+        _add_global_options(sub, top_level=False)
+    return parser
+
+
+def _warning_line(stream: TextIO) -> Any:
+    def show(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+        print(f"{PROG}: warning: {one_line(str(message))}", file=stream)
+
+    return show
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
+
+    Usage errors, ``--help`` and ``--version`` exit through argparse's ``SystemExit``.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            if not args.debug:
+                warnings.showwarning = _warning_line(sys.stderr)
+            return SUBCOMMANDS[args.command].run(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (CnnAliasingError, OSError) as error:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {one_line(str(error)) or type(error).__name__}", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,258 @@
+"""Arguments shared by subcommands: value types, the model and data groups, devices, and loading the model."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnn_aliasing import data, models, zoo
+from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
+from cnn_aliasing.provenance import run_metadata, sha256_of
+
+_WORDS: dict[str, Any] = {"true": True, "false": False, "none": None, "null": None}
+
+
+def parse_value(text: str) -> Any:
+    """A model argument's value: true/false/none (any case), int, float, a (tuple) or [list], else text."""
+    stripped = text.strip()
+    if stripped.lower() in _WORDS:
+        return _WORDS[stripped.lower()]
+    for convert in (int, float):
+        try:
+            return convert(stripped)
+        except ValueError:
+            pass
+    if stripped.startswith(("(", "[")):
+        try:
+            return ast.literal_eval(stripped)
+        except (ValueError, SyntaxError):
+            raise argparse.ArgumentTypeError(f"cannot parse the value {text!r} as a tuple or list") from None
+    return text
+
+
+def parse_model_arg(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` (e.g. ``width=16``) as ``(key, parsed value)``."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier() or not value.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE with KEY an argument name of the model (e.g. width=16), got {text!r}"
+        )
+    return key, parse_value(value)
+
+
+class _ModelArgsAction(argparse.Action):
+    """Collects repeated ``--model-arg KEY=VALUE`` into one dict, refusing a key given twice."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        key, value = values
+        collected = dict(getattr(namespace, self.dest) or {})
+        if key in collected:
+            raise argparse.ArgumentError(self, f"{key!r} is given twice")
+        collected[key] = value
+        setattr(namespace, self.dest, collected)
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The torch device named ``name`` (None: cuda if available, else cpu), checked to be usable here."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CnnAliasingError(f"--device {name!r} is not a device name; e.g. cpu, cuda, cuda:1") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CnnAliasingError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:
+        raise CnnAliasingError(f"--device {name} cannot be used here: {_first_line(error)}") from None
+    return device
+
+
+def build_model(name: str, model_args: dict[str, Any]) -> torch.nn.Module:
+    """``models.create_model(name, **model_args)``; a bad argument value becomes a CnnAliasingError."""
+    try:
+        return models.create_model(name, **model_args)
+    except (TypeError, ValueError) as error:
+        given = ", ".join(f"{k}={v!r}" for k, v in model_args.items()) or "no arguments"
+        raise CnnAliasingError(f"cannot build model {name!r} with {given}: {_first_line(error)}") from error
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The "model" argument group: an architecture with arguments and weights, or a zoo model."""
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        required=True,
+        metavar="NAME",
+        help=f"a registered architecture ({', '.join(models.list_models())}) or a zoo model "
+        "(e.g. Carmon2019Unlabeled, Standard); see `cnn-aliasing models`",
+    )
+    model.add_argument(
+        "--model-arg",
+        dest="model_args",
+        type=parse_model_arg,
+        action=_ModelArgsAction,
+        metavar="KEY=VALUE",
+        help="keyword argument of the model factory, repeatable (e.g. width=16, normalize=cifar10); "
+        "true/false/none, numbers, (tuples) and [lists] are parsed, anything else is a string",
+    )
+    model.add_argument(
+        "--checkpoint", type=Path, metavar="FILE", help="weights of an architecture (.pt or .safetensors)"
+    )
+    model.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the random initialisation, used when no --checkpoint is given",
+    )
+    model.add_argument(
+        "--model-dir",
+        type=Path,
+        default=zoo.DEFAULT_MODEL_DIR,
+        metavar="DIR",
+        help="zoo checkpoints in RobustBench's layout, DIR/cifar10/Linf/NAME.pt (a RobustBench model "
+        "folder works as it is)",
+    )
+    model.add_argument(
+        "--download-weights",
+        action="store_true",
+        help="download a missing zoo checkpoint from Google Drive into --model-dir (needs internet and "
+        "pip install 'cnn-aliasing[zoo]')",
+    )
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The "data" argument group: which CIFAR-10 images, in which batches."""
+    source = parser.add_argument_group("data")
+    source.add_argument(
+        "--data-dir",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder holding cifar-10-batches-py/ (the CIFAR-10 python layout)",
+    )
+    source.add_argument("--split", default="test", choices=tuple(data.SPLIT_FILES), help="CIFAR-10 split")
+    source.add_argument(
+        "--n-images", type=positive_int, default=1000, metavar="N", help="first N images of the split"
+    )
+    source.add_argument("--batch-size", type=positive_int, default=250, metavar="B", help="batch size")
+    source.add_argument(
+        "--download",
+        action="store_true",
+        help="download CIFAR-10 (md5-checked) into --data-dir if it is missing",
+    )
+
+
+def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model named by ``--model`` (an architecture or a zoo model) and its "model"/"checkpoint" meta."""
+    torch.manual_seed(args.seed)
+    model_args = args.model_args or {}
+    if args.model in zoo.ZOO:
+        entry = zoo.zoo_entry(args.model)
+        if model_args or args.checkpoint is not None:
+            raise CnnAliasingError(
+                f"--model-arg and --checkpoint do not apply to zoo model {entry.name}: it is {entry.arch} "
+                f"with {dict(entry.arch_args) or 'default arguments'} and reads its weights from "
+                f"--model-dir; for other weights give --model {entry.arch} with --checkpoint"
+            )
+        model = zoo.load_zoo_model(
+            entry.name, args.model_dir, download=args.download_weights, progress=not args.quiet
+        )
+        path: Path | None = zoo.checkpoint_path(entry.name, args.model_dir)
+        described = {
+            "name": entry.name,
+            "args": dict(entry.arch_args),
+            "arch": entry.arch,
+            "zoo": entry.to_dict(),
+        }
+    elif args.model in models.list_models():
+        model = build_model(args.model, model_args)
+        path = args.checkpoint
+        if path is not None:
+            models.load_checkpoint(model, path)
+        described = {"name": args.model, "args": model_args}
+    else:
+        raise UnknownNameError(
+            f"unknown model {args.model!r}; valid architectures: {', '.join(models.list_models())}; "
+            f"zoo models: {', '.join(zoo.ZOO)}"
+        )
+    checkpoint = None if path is None else {"path": os.fspath(path.resolve()), "sha256": sha256_of(path)}
+    return model, {"model": described, "checkpoint": checkpoint}
+
+
+def prepare_output(path: Path, option: str) -> None:
+    """Create the folder of an output file now, so a bad path fails before the work and not after."""
+    if path.is_dir():
+        raise CnnAliasingError(f"{option} {path} is a folder; give a file name (e.g. {path / 'report.json'})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def run_meta(
+    args: argparse.Namespace,
+    command: str,
+    model_meta: dict[str, Any],
+    n_images: int,
+    device: torch.device,
+    **timings: float,
+) -> dict[str, Any]:
+    """What a result file records about its run: command, all arguments, versions and git state, the
+    model and its checkpoint hash, the data, the device, the seed and the timings."""
+    return {
+        "command": command,
+        "config": _config(args),
+        "run": run_metadata(),
+        **model_meta,
+        "data": {
+            "dir": os.fspath(args.data_dir.expanduser().resolve()),
+            "split": args.split,
+            "n_images": n_images,
+        },
+        "device": str(device),
+        "seed": args.seed,
+        **timings,
+    }
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    """All parsed arguments as a JSON-ready dict (paths as strings)."""
+    return {k: os.fspath(v) if isinstance(v, Path) else v for k, v in sorted(vars(args).items())}
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def one_line(message: str) -> str:
+    """A multi-line message joined into one line (``a:\\n  b\\n  c`` -> ``a: b; c``)."""
+    parts = [line.strip() for line in message.splitlines() if line.strip()]
+    if not parts:
+        return ""
+    joined = parts[0]
+    for part in parts[1:]:
+        joined += f" {part}" if joined.endswith(":") else f"; {part}"
+    return joined
