@@ -176,14 +176,18 @@ def _step(
     step: torch.Tensor,
     momentum: float,
     threat: ThreatModel,
+    box: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> torch.Tensor:
-    """One APGD step: gradient step, projection, momentum with the last move, projection."""
+    """One APGD step: gradient step, projection, momentum with the last move, projection.
+
+    For Linf, ``box`` holds the bounds of the eps-cube within [0, 1]; clamping into them selects the same
+    values as the reference's clip to the cube followed by the clamp to [0, 1].
+    """
     eps = threat.eps
-    if threat.norm == "Linf":
-        low, high = x - eps, x + eps
-        z = torch.minimum(torch.maximum(x_adv + step * grad.sign(), low), high).clamp(0.0, 1.0)
-        z = x_adv + (z - x_adv) * momentum + grad2 * (1 - momentum)
-        return torch.minimum(torch.maximum(z, low), high).clamp(0.0, 1.0)
+    if box is not None:
+        low, high = box
+        z = torch.clamp(x_adv + step * grad.sign(), low, high)
+        return torch.clamp(x_adv + (z - x_adv) * momentum + grad2 * (1 - momentum), low, high)
 
     def project_l2(z: torch.Tensor) -> torch.Tensor:
         d = z - x
@@ -224,6 +228,9 @@ def _run(
     x_adv = start
     x_best = x_best_adv = x_adv
     loss_steps = x.new_zeros(n_iter, x.shape[0])
+    box = None
+    if threat.norm == "Linf":
+        box = ((x - threat.eps).clamp(min=0.0), (x + threat.eps).clamp(max=1.0))
     grad, logits, loss = _gradient(model, x_adv, y, loss_fn, eot_iter)
     zero_grads = (grad.flatten(1).abs().sum(dim=1) == 0).sum()
     acc = logits.argmax(dim=1) == y
@@ -236,7 +243,7 @@ def _run(
     for i in range(n_iter):
         grad2 = x_adv - x_adv_old
         x_adv_old = x_adv
-        x_adv = _step(x, x_adv, grad, grad2, step, MOMENTUM if i > 0 else 1.0, threat)
+        x_adv = _step(x, x_adv, grad, grad2, step, MOMENTUM if i > 0 else 1.0, threat, box)
         grad, logits, loss = _gradient(model, x_adv, y, loss_fn, eot_iter)
 
         correct = logits.argmax(dim=1) == y

@@ -6,18 +6,18 @@ for every batch; a point counts as robust only if no attack fooled it (the worst
 With ``state_path`` the evaluation writes its state atomically after every batch (clean and robust flags,
 the current attack's points and how many of its batches are done); calling again with the same arguments
 continues from it, so a kill loses at most the batch in flight and the final numbers equal those of an
-uninterrupted run (same device, same batch size).
+uninterrupted run (same device, same batch size). Only the clean pass (one forward over the images,
+before any attack) is not saved batch by batch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -32,6 +32,7 @@ from cnn_aliasing.attacks.autoattack import AttackPlan, check_model, check_squar
 from cnn_aliasing.attacks.base import NORMS, Attack, AttackInvariantError, ThreatModel, check_adversarial
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.provenance import write_json_atomic
+from cnn_aliasing.runtime import model_device, on_device
 
 STATE_FORMAT = "cnn-aliasing robust-accuracy state"
 STATE_VERSION = 1
@@ -99,7 +100,8 @@ def _fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
 
 @dataclass
 class _State:
-    """Where an evaluation stands; ``stage`` is the attack in progress (its points and batches done)."""
+    """Where an evaluation stands: clean and robust flags, finished attacks, and for the attack in
+    progress the points it attacks (robust when it began) and how many of their batches are done."""
 
     config: dict[str, Any]
     clean: torch.Tensor | None = None
@@ -132,26 +134,27 @@ class _State:
             raw = json.loads(path.read_text(encoding="utf-8"))
             if raw.get("format") != STATE_FORMAT or raw.get("version") != STATE_VERSION:
                 raise ValueError("not a robust-accuracy state file of this version")
-        except (OSError, ValueError, AttributeError) as exc:
-            raise CnnAliasingError(f"cannot resume from state file {path}: {exc}") from None
-        stored = raw["config"]
+            stored = raw["config"]
+            state = cls(
+                config=stored,
+                clean=None if raw["clean"] is None else _mask(raw["clean"]),
+                robust=None if raw["robust"] is None else _mask(raw["robust"]),
+                per_attack=[(n, a) for n, a in raw["per_attack"]],
+                attack_seconds=[(n, s) for n, s in raw["attack_seconds"]],
+                stage_points=None if raw["stage_points"] is None else torch.tensor(raw["stage_points"]),
+                batches_done=int(raw["batches_done"]),
+                stage_seconds=float(raw["stage_seconds"]),
+                elapsed=float(raw["elapsed"]),
+            )
+        except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
+            raise CnnAliasingError(f"cannot resume from state file {path}: {exc!r}") from None
         for key in sorted(set(stored) | set(config)):
             if stored.get(key) != config.get(key):
                 raise CnnAliasingError(
                     f"state file {path} was written for {key}={_short(stored.get(key))}, this run has "
                     f"{key}={_short(config.get(key))}; pass the same arguments or delete the state file"
                 )
-        return cls(
-            config=stored,
-            clean=None if raw["clean"] is None else _mask(raw["clean"]),
-            robust=None if raw["robust"] is None else _mask(raw["robust"]),
-            per_attack=[(n, a) for n, a in raw["per_attack"]],
-            attack_seconds=[(n, s) for n, s in raw["attack_seconds"]],
-            stage_points=None if raw["stage_points"] is None else torch.tensor(raw["stage_points"]),
-            batches_done=raw["batches_done"],
-            stage_seconds=raw["stage_seconds"],
-            elapsed=raw["elapsed"],
-        )
+        return state
 
 
 def _short(value: object) -> str:
@@ -201,29 +204,6 @@ class _Store:
 
 
 # ---------------------------------------------------------------------------------------- the evaluation
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-@contextlib.contextmanager
-def _prepared(model: nn.Module, device: torch.device, channels_last: bool) -> Iterator[None]:
-    """Move the model to ``device`` (and to channels_last) for the duration; put it back on exit."""
-    home = _model_device(model)
-    weights = [p for p in model.parameters() if p.dim() == 4]
-    was_channels_last = bool(weights) and weights[0].is_contiguous(memory_format=torch.channels_last)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        if channels_last and not was_channels_last:
-            model.to(memory_format=torch.contiguous_format)
-        model.to(home)
-
-
 def _as_images(images: torch.Tensor) -> torch.Tensor:
     if images.dim() != 4:
         raise CnnAliasingError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
@@ -292,7 +272,7 @@ def robust_accuracy(
     labels = _check_arguments(flat, labels, eps, norm, batch_size)
     plan = resolve_attacks(attack, attack_options)
     threat = ThreatModel(norm, float(eps))  # type: ignore[arg-type]
-    target = torch.device(device) if device is not None else _model_device(model)
+    target = torch.device(device) if device is not None else model_device(model)
     path = None if state_path is None else Path(state_path)
     config = {
         "attacks": plan.names,
@@ -318,7 +298,7 @@ def robust_accuracy(
 
     start = time.perf_counter()
     elapsed_before = state.elapsed
-    with _prepared(model, target, channels_last):
+    with on_device(model, target, channels_last=channels_last):
         if flat.shape[0]:
             first = _to(flat[:batch_size], target, channels_last)
             check_model(model, first, labels[:batch_size].to(target), plan)
