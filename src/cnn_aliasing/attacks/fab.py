@@ -1,0 +1,222 @@
+"""FAB, the fast adaptive boundary attack (Croce & Hein, ICML 2020), as AutoAttack runs it.
+
+FAB looks for a minimally distorted adversarial example: at each step it linearises the decision boundary
+around the current iterate, projects both the iterate and the clean image onto that hyperplane (within
+the [0, 1] box, in the attacked norm), and moves to a convex combination of the two projections biased
+towards the clean image (``alpha_max``), extrapolated by ``eta``. When the iterate is adversarial it is
+recorded if it is the closest so far and pulled back towards the clean image by ``beta``.
+
+``fab-t`` is AutoAttack's targeted version: one run per target, the targets being the classes with the
+2nd, 3rd, ... highest clean logit, each run on the points still robust. ``fab`` is the untargeted version
+(hyperplane of the closest linearised class boundary). As in AutoAttack's FAB there is no final search
+after the iterations; random starts (only from the second restart on) draw from the given generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+from torch import nn
+
+from cnn_aliasing.attacks.base import Norm, ThreatModel, register_attack
+
+_NOT_FOUND = 1e10  # distance recorded while no adversarial example has been found
+
+
+def _norm(delta: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """Per-example ``norm`` of ``delta`` (shape (n, ...)) as shape (n,)."""
+    flat = delta.flatten(1)
+    return flat.abs().amax(dim=1) if norm == "Linf" else flat.norm(dim=1)
+
+
+def project_onto_hyperplane_box(
+    points: torch.Tensor, w: torch.Tensor, c: torch.Tensor, norm: Norm
+) -> torch.Tensor:
+    """Smallest step ``d`` (in ``norm``) with ``<w, d> = -c`` and ``points + d`` in [0, 1]^D.
+
+    ``points`` and ``w`` are (n, D), ``c`` is (n,): ``c = <w, points> - b`` is the signed value of the
+    linear function whose zero set is the hyperplane. Where the hyperplane misses the box the step goes to
+    the box corner that gets closest to it. Both norms are the same one-dimensional problem: with
+    ``c >= 0`` (flip the sign of ``w`` otherwise) the optimal step is ``d_i = -sign(w_i) min(lam s_i,
+    u_i)``, ``u_i`` being the room in the box in direction ``-sign(w_i)`` and ``s_i = 1`` (Linf) or
+    ``|w_i|`` (L2), where ``lam >= 0`` solves ``sum_i q_i min(lam, r_i) = c`` with ``q_i = |w_i| s_i`` and
+    breakpoints ``r_i = u_i / s_i``. That left side is piecewise linear and increasing in ``lam``, so the
+    solution comes from sorting the breakpoints once (exact, no bisection loop).
+    """
+    flip = torch.where(c < 0, -1.0, 1.0).to(w.dtype)
+    w = w * flip.unsqueeze(1)
+    c = c * flip
+    sign = w.sign()
+    room = torch.where(w > 0, points, 1.0 - points)
+    abs_w = w.abs()
+    scale = torch.ones_like(abs_w) if norm == "Linf" else abs_w
+    q = abs_w * scale
+    active = abs_w > 1e-12  # smaller weights would overflow the L2 breakpoints; they cannot matter
+    q = torch.where(active, q, 0.0)
+    breaks = torch.where(active, room / torch.where(active, scale, 1.0), 0.0)
+
+    breaks_sorted, order = breaks.sort(dim=1)
+    q_sorted = q.gather(1, order)
+    q_total = q.sum(dim=1, keepdim=True)
+    below = torch.cumsum(q_sorted * breaks_sorted, dim=1)  # sum_{j<=k} q_j r_j
+    above = q_total - torch.cumsum(q_sorted, dim=1)  # sum_{j>k} q_j
+    reached = torch.cummax(below + breaks_sorted * above, dim=1).values  # left side at lam = r_(k)
+    k = torch.searchsorted(reached, c.unsqueeze(1).contiguous())  # first breakpoint reaching c
+    feasible = k.squeeze(1) < points.shape[1]
+    zero = torch.zeros_like(below[:, :1])
+    below_prev = torch.cat([zero, below], dim=1).gather(1, k)
+    above_prev = torch.cat([q_total, above], dim=1).gather(1, k)
+    lam = ((c.unsqueeze(1) - below_prev) / above_prev.clamp_min(1e-30)).clamp_min(0.0)
+    lam = torch.where(feasible.unsqueeze(1), lam, torch.full_like(lam, float("inf")))
+    return torch.where(active, -sign * torch.minimum(lam * scale, room), 0.0)
+
+
+def _target_classes(logits: torch.Tensor, n_targets: int) -> torch.Tensor:
+    """(n_targets, n) targets: the classes with the 2nd, 3rd, ... highest logit."""
+    return logits.argsort(dim=1, descending=True)[:, 1 : n_targets + 1].T
+
+
+@dataclass(frozen=True)
+class FAB:
+    """FAB attack in the Linf or L2 norm; ``targeted`` gives AutoAttack's FAB-T."""
+
+    targeted: bool = True
+    n_target_classes: int = 9
+    n_iter: int = 100
+    n_restarts: int = 1
+    alpha_max: float = 0.1
+    eta: float = 1.05
+    beta: float = 0.9
+    name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        for option in ("n_target_classes", "n_iter", "n_restarts"):
+            if getattr(self, option) < 1:
+                raise ValueError(f"FAB option {option} must be at least 1, got {getattr(self, option)}")
+        object.__setattr__(self, "name", "fab-t" if self.targeted else "fab")
+
+    def __call__(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        threat: ThreatModel,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """Adversarial examples within ``threat`` where found, else the clean images.
+
+        Points the model already misclassifies are returned unchanged (they need no perturbation).
+        """
+        images = images.detach()
+        with torch.inference_mode():
+            logits = model(images)
+        robust = logits.argmax(dim=1) == labels
+        adv = images.clone()
+        if self.targeted:
+            n_targets = min(self.n_target_classes, logits.shape[1] - 1)
+            targets: list[torch.Tensor | None] = list(_target_classes(logits, n_targets))
+        else:
+            targets = [None]
+        for target in targets:
+            for restart in range(self.n_restarts):
+                todo = robust.nonzero().squeeze(1)
+                if todo.numel() == 0:
+                    return adv
+                x, y = images.index_select(0, todo), labels.index_select(0, todo)
+                target_todo = None if target is None else target.index_select(0, todo)
+                found = self._run(model, x, y, target_todo, threat, restart > 0, generator)
+                with torch.inference_mode():
+                    fooled = model(found).argmax(dim=1) != y
+                fooled = fooled & (_norm(found - x, threat.norm) <= threat.eps)
+                adv.index_copy_(0, todo, torch.where(fooled.view(-1, *[1] * (x.dim() - 1)), found, x))
+                robust.index_copy_(0, todo, ~fooled)
+        return adv
+
+    def _run(
+        self,
+        model: nn.Module,
+        x0: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None,
+        threat: ThreatModel,
+        random_start: bool,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """One FAB run: the closest adversarial example found for each point, or the clean point."""
+        n = x0.shape[0]
+        expand = (-1, *[1] * (x0.dim() - 1))
+        x1 = _random_start(x0, threat, generator) if random_start else x0.clone()
+        best = x0.clone()
+        best_dist = torch.full((n,), _NOT_FOUND, dtype=x0.dtype, device=x0.device)
+        flat0 = x0.flatten(1)
+        for _ in range(self.n_iter):
+            df, dg = self._closest_boundary(model, x1, y, target, threat.norm)
+            w = dg.flatten(1)
+            c1 = df
+            c0 = df + (w * (flat0 - x1.flatten(1))).sum(dim=1)
+            steps = project_onto_hyperplane_box(
+                torch.cat([x1.flatten(1), flat0]), torch.cat([w, w]), torch.cat([c1, c0]), threat.norm
+            )
+            d1, d0 = steps[:n].view_as(x0), steps[n:].view_as(x0)
+            a1 = _norm(d1, threat.norm).clamp_min(1e-8)
+            a0 = _norm(d0, threat.norm).clamp_min(1e-8)
+            alpha = (a1 / (a1 + a0)).clamp(0.0, self.alpha_max).view(expand)
+            x1 = ((x1 + self.eta * d1) * (1 - alpha) + (x0 + self.eta * d0) * alpha).clamp(0.0, 1.0)
+
+            with torch.inference_mode():
+                is_adv = model(x1).argmax(dim=1) != y
+            dist = _norm(x1 - x0, threat.norm)
+            better = is_adv & (dist < best_dist)
+            best = torch.where(better.view(expand), x1, best)
+            best_dist = torch.where(better, dist, best_dist)
+            x1 = torch.where(is_adv.view(expand), x0 + (x1 - x0) * self.beta, x1)
+        return best
+
+    def _closest_boundary(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, norm: Norm
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Value (n,) and input gradient (n, ...) of ``f_k - f_y`` at ``x`` for the boundary to cross.
+
+        Targeted: ``k`` is the target. Untargeted: the class whose linearised boundary is closest in
+        ``norm`` (distance ``|f_k - f_y| / ||grad||_dual``).
+        """
+        xg = x.detach().requires_grad_(True)
+        y = y.unsqueeze(1)
+        with torch.enable_grad():
+            logits = model(xg)
+            if target is not None:
+                diff = (logits.gather(1, target.unsqueeze(1)) - logits.gather(1, y)).squeeze(1)
+                (grad,) = torch.autograd.grad(diff.sum(), xg)
+                return diff.detach(), grad
+            n_classes = logits.shape[1]
+            jac = torch.stack(
+                [
+                    torch.autograd.grad(logits[:, k].sum(), xg, retain_graph=k < n_classes - 1)[0]
+                    for k in range(n_classes)
+                ],
+                dim=1,
+            ).flatten(2)
+        logits = logits.detach()
+        df = logits - logits.gather(1, y)
+        dg = jac - jac.gather(1, y.unsqueeze(2).expand(-1, 1, jac.shape[2]))
+        dual = dg.abs().sum(dim=2) if norm == "Linf" else dg.norm(dim=2)
+        dist = (df.abs() / (dual + 1e-12)).scatter(1, y, float("inf"))
+        k = dist.argmin(dim=1, keepdim=True)
+        closest = dg.gather(1, k.unsqueeze(2).expand(-1, 1, dg.shape[2])).squeeze(1)
+        return df.gather(1, k).squeeze(1), closest.view_as(x)
+
+
+def _random_start(x0: torch.Tensor, threat: ThreatModel, generator: torch.Generator) -> torch.Tensor:
+    """A random point at distance ``eps / 2`` from ``x0`` in ``threat.norm``, clamped to [0, 1]."""
+    if threat.norm == "Linf":
+        t = 2 * torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) - 1
+    else:
+        t = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    t = t / _norm(t, threat.norm).clamp_min(1e-12).view(-1, *[1] * (x0.dim() - 1))
+    return (x0 + 0.5 * threat.eps * t).clamp(0.0, 1.0)
+
+
+register_attack("fab-t")(partial(FAB, targeted=True))
+register_attack("fab")(partial(FAB, targeted=False))
