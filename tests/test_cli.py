@@ -566,3 +566,24 @@ def test_installed_command_help(command: list[str]) -> None:
     done = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: cnn-aliasing") and "measure" in done.stdout
+
+
+def test_evaluate_with_attack_writes_robust_accuracy_and_resumes(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "data"
+    make_layout(root, test_size=6)
+    out, state = tmp_path / "aa.json", tmp_path / "aa.state.json"
+    argv = [
+        "evaluate", "--model", "preact_resnet18", "--model-arg", "width=4", "--data-dir", str(root),
+        "--n-images", "6", "--batch-size", "3", "--attack", "fgsm", "--eps", "8/255", "--state", str(state),
+        "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    first = json.loads(out.read_text())
+    robust = first["robust"]
+    assert robust["attack"] == "fgsm" and robust["eps"] == pytest.approx(8 / 255)
+    assert robust["robust_accuracy"] <= robust["clean_accuracy"] == first["clean"]["accuracy"]
+    assert [a["attack"] for a in robust["per_attack"]] == ["fgsm"]
+    assert "robust accuracy under fgsm (Linf, eps 8/255)" in capsys.readouterr().out
+    assert state.exists()
+    assert cli.main(argv) == 0  # the saved state is complete: the rerun reads it and agrees
+    assert json.loads(out.read_text())["robust"]["robust_accuracy"] == robust["robust_accuracy"]
