@@ -4,6 +4,7 @@ Importing this package registers the built-in attacks: "apgd-ce", "apgd-dlr", "a
 "square", "pgd", "fgsm".
 """
 
+from cnn_aliasing.attacks import fab, square  # noqa: F401  (register "fab", "fab-t", "square")
 from cnn_aliasing.attacks.apgd import APGD, ZeroGradientWarning
 from cnn_aliasing.attacks.autoattack import PRESETS, AttackPlan, AutoAttackWarning, Preset, resolve_attacks
 from cnn_aliasing.attacks.base import (
