@@ -1,0 +1,245 @@
+"""AutoAttack "standard" on a small CIFAR-10 model: wall time and robust accuracy after each attack, and
+optionally the reference implementation (fra31/auto-attack) on the same model, images, eps and seed.
+
+    python benchmarks/bench_autoattack.py --data-dir data                    # 200 test images, Linf 8/255
+    python benchmarks/bench_autoattack.py --data-dir data --reference /tmp/ref_autoattack --out runs/aa.json
+
+The model, a 4-conv CNN (16-32-64-64 channels, normalisation inside), is trained for ``--epochs`` epochs with
+FGSM-RS (``cnn_aliasing.attacks.fgsm``, eps 8/255, step 10/255, SGD one-cycle) on the training split and
+cached in ``--model-cache`` (under the git-ignored runs/), so later runs only evaluate.
+
+Comparison mode: ``--reference DIR`` names a folder holding the reference's ``autoattack/`` package (a git
+checkout kept outside this repository, never installed, never committed). It is imported by putting DIR
+on ``sys.path`` in this mode only; without the option, or if DIR has no ``autoattack/``, it is skipped.
+Its per-attack robust accuracies and times are read from its log lines; the two sets of adversarial
+examples are compared image by image. Both run on the same device and threads, ours first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from cnn_aliasing.attacks import ThreatModel, fgsm, parse_eps, robust_accuracy
+from cnn_aliasing.data import load_cifar10
+from cnn_aliasing.provenance import run_metadata, write_json_atomic
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2471, 0.2435, 0.2616)
+
+
+class SmallCNN(nn.Module):
+    """Four 3x3 convolutions (16, 32, 64, 64 channels; the last three strided), global average pooling
+    and a linear classifier; CIFAR-10 normalisation inside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(CIFAR_STD).view(1, 3, 1, 1))
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features((x - self.mean) / self.std))
+
+
+def train(model: nn.Module, data_dir: str, epochs: int, device: torch.device) -> None:
+    """FGSM-RS adversarial training (Wong et al. 2020) at Linf 8/255."""
+    images, labels = load_cifar10(data_dir, "train")
+    threat = ThreatModel("Linf", 8 / 255)
+    batch = 128
+    steps = epochs * ((len(labels) + batch - 1) // batch)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=steps)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(labels), generator=gen)
+        began, correct = time.perf_counter(), 0
+        for start in range(0, len(labels), batch):
+            idx = order[start : start + batch]
+            x = images[idx].to(device).float() / 255
+            if torch.rand((), generator=gen) < 0.5:
+                x = x.flip(3)
+            y = labels[idx].to(device)
+            adv = fgsm(model, x, y, threat, random_start=True, generator=gen)
+            logits = model(adv)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            correct += (logits.argmax(1) == y).sum().item()
+        print(
+            f"epoch {epoch + 1}/{epochs}: FGSM-RS train accuracy {correct / len(labels):.2%} "
+            f"({time.perf_counter() - began:.0f} s)",
+            flush=True,
+        )
+    model.eval()
+
+
+def load_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
+    model = SmallCNN().to(device)
+    cache = Path(args.model_cache)
+    if cache.exists():
+        model.load_state_dict(load_file(cache, device=str(device)))
+    else:
+        torch.manual_seed(0)
+        model = SmallCNN().to(device)
+        train(model, args.data_dir, args.epochs, device)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        save_file(model.state_dict(), cache)
+    return model.eval()
+
+
+def run_ours(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace
+) -> tuple[dict[str, Any], torch.Tensor]:
+    began = time.perf_counter()
+    result = robust_accuracy(
+        model,
+        x,
+        y,
+        args.eps,
+        norm=args.norm,
+        attack="standard",
+        batch_size=args.batch_size,
+        seed=0,
+        return_adversarial=True,
+    )
+    wall = time.perf_counter() - began
+    assert result.adversarial is not None
+    return {**result.to_dict(), "wall_seconds": wall}, result.adversarial
+
+
+_LOG_LINE = re.compile(r"robust accuracy after ([A-Z0-9-]+): ([0-9.]+)% \(total time ([0-9.]+) s\)")
+
+
+def run_reference(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace, device: torch.device
+) -> tuple[dict[str, Any], torch.Tensor] | None:
+    folder = Path(args.reference)
+    if not (folder / "autoattack" / "__init__.py").is_file():
+        print(f"no autoattack/ package in {folder}: reference comparison skipped")
+        return None
+    sys.path.insert(0, str(folder))
+    from autoattack import AutoAttack  # the reference, imported from the given folder only
+
+    adversary = AutoAttack(model, norm=args.norm, eps=args.eps, version="standard", seed=0, device=device)
+    log = io.StringIO()
+    began = time.perf_counter()
+    with contextlib.redirect_stdout(log):
+        x_adv = adversary.run_standard_evaluation(x.to(device), y.to(device), bs=args.batch_size).cpu()
+    wall = time.perf_counter() - began
+    print(log.getvalue(), end="")
+    with torch.no_grad():
+        robust = (model(x_adv.to(device)).argmax(1).cpu() == y).float().mean().item()
+    stages = [(m[1].lower(), float(m[2]) / 100, float(m[3])) for m in _LOG_LINE.finditer(log.getvalue())]
+    cumulative = [0.0] + [s for _, _, s in stages]
+    record = {
+        "robust_accuracy": robust,
+        "per_attack": [{"attack": n, "robust_accuracy": a} for n, a, _ in stages],
+        "attack_seconds": [
+            {"attack": n, "seconds": cumulative[i + 1] - cumulative[i]} for i, (n, _, _) in enumerate(stages)
+        ],
+        "wall_seconds": wall,
+    }
+    return record, x_adv
+
+
+def agreement(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, ours: torch.Tensor, ref: torch.Tensor
+) -> dict[str, int]:
+    """How many images get the same verdict, and how many adversarial examples are equal bit for bit."""
+    with torch.no_grad():
+        robust_ours = model(ours).argmax(1) == y
+        robust_ref = model(ref).argmax(1) == y
+        broken = ~robust_ours & ~robust_ref & (model(x).argmax(1) == y)
+    same = (ours == ref).flatten(1).all(dim=1)
+    return {
+        "same_verdict": int((robust_ours == robust_ref).sum()),
+        "broken_by_both": int(broken.sum()),
+        "identical_adversarial_among_broken": int((same & broken).sum()),
+    }
+
+
+def table(ours: dict[str, Any], reference: dict[str, Any] | None) -> str:
+    rows = ["| stage | ours: robust acc. | ours: s | reference: robust acc. | reference: s |"]
+    rows.append("| --- | ---: | ---: | ---: | ---: |")
+    ref_acc = {r["attack"]: r["robust_accuracy"] for r in (reference or {}).get("per_attack", [])}
+    ref_sec = {r["attack"]: r["seconds"] for r in (reference or {}).get("attack_seconds", [])}
+    seconds = {r["attack"]: r["seconds"] for r in ours["attack_seconds"]}
+    rows.append(f"| clean | {ours['clean_accuracy']:.2%} | | | |")
+    for stage in ours["per_attack"]:
+        name = stage["attack"]
+        ref = f"{ref_acc[name]:.2%}" if name in ref_acc else "-"
+        ref_s = f"{ref_sec[name]:.1f}" if name in ref_sec else "-"
+        rows.append(f"| {name} | {stage['robust_accuracy']:.2%} | {seconds[name]:.1f} | {ref} | {ref_s} |")
+    ref_wall = f"{reference['wall_seconds']:.1f}" if reference else "-"
+    ref_final = f"{reference['robust_accuracy']:.2%}" if reference else "-"
+    ours_final = f"{ours['robust_accuracy']:.2%} | {ours['wall_seconds']:.1f}"
+    rows.append(f"| **total (wall)** | {ours_final} | {ref_final} | {ref_wall} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--n-images", type=int, default=200, help="first N test images (default 200)")
+    parser.add_argument("--eps", type=parse_eps, default=parse_eps("8/255"), help="radius, e.g. 8/255")
+    parser.add_argument("--norm", choices=["Linf", "L2"], default="Linf")
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--epochs", type=int, default=15, help="FGSM-RS epochs if the model is not cached")
+    parser.add_argument("--model-cache", default="runs/bench_autoattack_cnn.safetensors")
+    parser.add_argument("--reference", default=None, help="folder holding the reference's autoattack/")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    model = load_model(args, device)
+    images, labels = load_cifar10(args.data_dir, "test", n_images=args.n_images)
+    x = images.float() / 255
+
+    ours, ours_adv = run_ours(model, x, labels, args)
+    compared = run_reference(model, x, labels, args, device) if args.reference else None
+    reference = compared[0] if compared else None
+    print(table(ours, reference))
+    agree = agreement(model.cpu(), x, labels, ours_adv, compared[1]) if compared else None
+    if agree:
+        print(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in agree.items()))
+    if args.out:
+        record = {"config": vars(args), "ours": ours, "reference": reference, "agreement": agree}
+        record.update(meta=run_metadata(), torch_threads=torch.get_num_threads())
+        write_json_atomic(args.out, json.loads(json.dumps(record, default=str)))
+
+
+if __name__ == "__main__":
+    main()
