@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,6 +160,43 @@ def test_resume_after_a_kill_gives_the_same_numbers(setup, tmp_path: Path, kill_
         model, x, y, 8 / 255, attack=[KillAfter(0).wrap(a) for a in attacks()], state_path=state, **common
     )
     assert again.per_attack == whole.per_attack and torch.equal(again.adversarial, whole.adversarial)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_resume_after_a_real_sigkill(setup, tmp_path: Path) -> None:
+    """A process SIGKILLed in its third batch (no handler, no finally runs) resumes to the same numbers."""
+    model, x, y = setup
+    state = tmp_path / "state.json"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from attack_models import images, predicted, tiny_cnn
+        from cnn_aliasing.attacks import APGD, robust_accuracy
+        calls = 0
+        class DiesInThirdBatch(APGD):
+            def __call__(self, *args):
+                global calls
+                calls += 1
+                if calls == 3:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return super().__call__(*args)
+        model = tiny_cnn(); x = images(40); y = predicted(model, x, n_wrong=6)
+        attack = [DiesInThirdBatch(loss="ce", n_iter=10, name="apgd-ce")]
+        robust_accuracy(model, x, y, 8 / 255, attack=attack, batch_size=8, state_path={str(state)!r},
+                        progress=False)
+        """
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, timeout=120, check=False
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    assert json.loads(state.read_text())["batches_done"] == 2
+    attack = [APGD(loss="ce", n_iter=10, name="apgd-ce")]
+    resumed = evaluate(model, x, y, 8 / 255, attack=attack, batch_size=8, state_path=state)
+    whole = evaluate(model, x, y, 8 / 255, attack=[APGD(loss="ce", n_iter=10, name="apgd-ce")], batch_size=8)
+    assert resumed.per_attack == whole.per_attack
 
 
 def test_a_state_from_other_arguments_is_refused(setup, tmp_path: Path) -> None:
