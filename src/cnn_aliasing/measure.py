@@ -149,9 +149,10 @@ class AliasingReport:
         header = list(rows[0])
         cells = [[_format_cell(r[h]) for h in header] for r in rows]
         widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-        return "\n".join(lines)
+        lines = [header, *cells]
+        return "\n".join(
+            "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+        )
 
     def __str__(self) -> str:
         head = f"aliasing of {len(self.ops)} down-sampling ops over {self.n_images} images"
