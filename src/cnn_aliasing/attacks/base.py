@@ -4,7 +4,8 @@ An attack is called on a batch the model classifies correctly (the caller filter
 adversarial images of the same shape, inside the eps-ball of the given norm around the images and inside
 [0, 1]. Attacks never change the model (it is in eval mode, parameters untouched) and draw all their
 randomness from the ``torch.Generator`` they are given, so a fixed seed repeats a run exactly on a given
-device.
+device. The generator lives on the images' device (``torch.Generator(device=images.device)``): torch
+refuses a CPU generator for CUDA tensors.
 """
 
 from __future__ import annotations
