@@ -231,3 +231,20 @@ def test_pointwise_metrics_refuse_what_they_cannot_give():
         spectral.pointwise_per_map_metrics(x, torch.ones(3, 2), torch.ones(3), 2)
     with pytest.raises(CnnAliasingError, match="pointwise metrics"):
         spectral.pointwise_per_map_metrics(x, torch.ones(3, 2), None, 2, ("alias_energy_fraction",))
+
+
+@pytest.mark.parametrize("nyquist", ["zero", "keep_negative"])
+@pytest.mark.parametrize(("h", "w", "s", "t"), [(8, 8, 2, 2), (9, 12, 3, 2), (16, 8, 4, 1)])
+def test_full_spectra_for_figures_agree_with_the_metric(h, w, s, t, nyquist):
+    """fold(spectrum(x)) gives the (Y, Z) that figures show: Y is the spectrum of the real output."""
+    x = torch.randn(2, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    y, z = spectral.fold(spectral.spectrum(x), (s, t), spectral.Nyquist(nyquist))
+    assert y.shape == z.shape == (2, h // s, w // t)
+    torch.testing.assert_close(y, torch.fft.fft2(x[:, ::s, ::t], norm="forward"))
+    torch.testing.assert_close(
+        (y - z).abs().sum(dim=(-2, -1)), spectral.aliasing_per_map(x, (s, t), nyquist=nyquist)
+    )
+    for i in range(2):
+        _, ref_y, ref_z = reference_spectra(x[i].numpy(), s, t, nyquist)
+        np.testing.assert_allclose(z[i].numpy(), ref_z, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(y[i].numpy(), ref_y, rtol=1e-10, atol=1e-12)
