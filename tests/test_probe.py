@@ -126,7 +126,7 @@ def test_finds_exactly_the_expected_ops_in_forward_order():
     with pytest.warns(UntraceableWarning, match="tail"):
         found = find_downsamplers(net, torch.rand(2, 3, 65, 62, dtype=torch.float64))
     assert [(d.name, d.kind, d.factor) for d in found] == EXPECTED
-    assert found[0].full_shape == (2, 8, 65, 62)
+    assert found[0].full_shape == (2, 8, 65, 62) and found[0].channels == 8
 
 
 @pytest.mark.parametrize("nyquist", ["zero", "keep_negative"])
@@ -146,6 +146,9 @@ def test_measure_equals_am_by_hand(nyquist):
         assert op.count == per_map.size
         assert op.aliasing == pytest.approx(per_map.mean(), rel=1e-9), name
         assert op.std == pytest.approx(per_map.std(ddof=1), rel=1e-7), name
+        assert op.metrics["aliasing"].sem == pytest.approx(
+            per_map.std(ddof=1) / np.sqrt(per_map.size), rel=1e-7
+        )
         assert op.metrics["aliasing"].per_channel == pytest.approx(per_map.mean(axis=0), rel=1e-9)
     assert report.n_images == 5
 
