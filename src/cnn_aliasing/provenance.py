@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import importlib.metadata
-import io
 import json
 import os
 import platform
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -89,28 +89,40 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable")
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write `obj` as indented JSON to `path` atomically (temp file in the same folder, fsync, rename).
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends, rename it onto ``path``.
 
-    Parent folders are created; readers see the old file or the new one, never a partial one. Paths and
-    numpy scalars are converted; other non-JSON objects raise TypeError and leave `path` untouched.
+    Parent folders are created; readers see the old file or the new one, never a partial one. If the block
+    raises, the temporary file is removed and ``path`` is left untouched. The file gets mode 0644.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, default=_json_default)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
         tmp.chmod(0o644)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write `obj` as indented JSON to `path` atomically (temp file in the same folder, fsync, rename).
+
+    Paths and numpy scalars are converted; other non-JSON objects raise TypeError and leave `path`
+    untouched.
+    """
+    path = Path(path)
+    with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, default=_json_default)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
     return path
 
 
@@ -142,18 +154,8 @@ def sha256_of(path: Path) -> str:
 
 def write_csv_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     """Write ``rows`` (dicts with the same keys) as CSV with a header, atomically; no rows: empty file."""
-    buffer = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(buffer.getvalue())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as fh:
+        if rows:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 from cnn_aliasing.attacks.autoattack import AttackPlan, check_model, check_square, resolve_attacks
 from cnn_aliasing.attacks.base import NORMS, Attack, AttackInvariantError, ThreatModel, check_adversarial
 from cnn_aliasing.errors import CnnAliasingError
-from cnn_aliasing.provenance import write_json_atomic
+from cnn_aliasing.provenance import atomic_file, write_json_atomic
 from cnn_aliasing.runtime import model_device, on_device
 
 STATE_FORMAT = "cnn-aliasing robust-accuracy state"
@@ -181,15 +180,8 @@ class _Store:
     def save_adversarial(self, stage: int, batch: int, index: torch.Tensor, images: torch.Tensor) -> None:
         if self.adv_dir is None or index.numel() == 0:
             return
-        self.adv_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=self.adv_dir)
-        os.close(fd)
-        try:
+        with atomic_file(self.adv_dir / f"{stage:03d}-{batch:06d}.safetensors") as tmp:
             save_file({"index": index.contiguous(), "images": images.contiguous()}, tmp)
-            os.replace(tmp, self.adv_dir / f"{stage:03d}-{batch:06d}.safetensors")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def load_adversarial(self, into: torch.Tensor, state: _State) -> None:
         """Fill ``into`` with the adversarial examples of the batches the state counts as done."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from cnn_aliasing.errors import CheckpointError
+from cnn_aliasing.provenance import atomic_file
 
 StrPath = str | os.PathLike[str]
 
@@ -62,18 +62,12 @@ def load_checkpoint(
 def save_checkpoint(model: nn.Module, path: StrPath) -> None:
     """Save ``model.state_dict()`` to ``path`` atomically: safetensors for ``.safetensors``, else torch."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # same folder: os.replace is atomic
-    try:
+    with atomic_file(path) as tmp:
         if path.suffix == ".safetensors":
             safetensors.torch.save_file(state, tmp, metadata={"format": "pt"})
         else:
             torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _read(path: Path) -> object:
