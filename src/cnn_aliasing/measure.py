@@ -22,7 +22,14 @@ from cnn_aliasing import spectral
 from cnn_aliasing.downsamplers import StridedCall
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.probe import OpCall, OpSelector, probing
-from cnn_aliasing.runtime import evaluation_mode, model_device, model_dtype, on_device, run_model
+from cnn_aliasing.runtime import (
+    check_unit_range,
+    evaluation_mode,
+    model_device,
+    model_dtype,
+    on_device,
+    run_model,
+)
 
 AM = "aliasing"
 
@@ -277,15 +284,6 @@ def _images_of(batch: Any) -> torch.Tensor:
     return images
 
 
-def _check_range(images: torch.Tensor) -> None:
-    low, high = torch.aminmax(images)
-    if low.item() < 0 or high.item() > 1:
-        raise CnnAliasingError(
-            f"images must lie in [0, 1] (models normalise inside), got values in [{low.item():.3g}, "
-            f"{high.item():.3g}]"
-        )
-
-
 def measure(
     model: nn.Module,
     batches: Iterable[Any],
@@ -323,7 +321,7 @@ def measure(
         for batch in batches:
             images = _images_of(batch).to(target, dtype=dtype, non_blocking=True)
             if n_images == 0:
-                _check_range(images)
+                check_unit_range(images)
             run_model(model, images)
             n_images += images.shape[0]
             bar.update(images.shape[0])

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnn_aliasing.errors import ModelInputError
+from cnn_aliasing.errors import CnnAliasingError, ModelInputError
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -66,6 +66,18 @@ def on_device(model: nn.Module, device: torch.device, *, channels_last: bool = F
             model.to(memory_format=torch.contiguous_format)
         if moved:
             model.to(home)
+
+
+def check_unit_range(images: torch.Tensor) -> None:
+    """Raise unless every value lies in [0, 1] (models take such images and normalise inside)."""
+    if images.numel() == 0:
+        return
+    low, high = torch.aminmax(images)
+    if low.item() < 0 or high.item() > 1:
+        raise CnnAliasingError(
+            f"images must lie in [0, 1] (models normalise inside), got values in [{low.item():.3g}, "
+            f"{high.item():.3g}]"
+        )
 
 
 def run_model(model: nn.Module, images: torch.Tensor) -> Any:

@@ -29,9 +29,10 @@ from tqdm.auto import tqdm
 
 from cnn_aliasing.attacks.autoattack import AttackPlan, check_model, check_square, resolve_attacks
 from cnn_aliasing.attacks.base import NORMS, Attack, AttackInvariantError, ThreatModel, check_adversarial
+from cnn_aliasing.data import to_float
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.provenance import atomic_file, write_json_atomic
-from cnn_aliasing.runtime import model_device, on_device
+from cnn_aliasing.runtime import check_unit_range, model_device, on_device
 
 STATE_FORMAT = "cnn-aliasing robust-accuracy state"
 STATE_VERSION = 1
@@ -199,17 +200,8 @@ class _Store:
 def _as_images(images: torch.Tensor) -> torch.Tensor:
     if images.dim() != 4:
         raise CnnAliasingError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
-    if images.dtype == torch.uint8:
-        images = images.float() / 255.0
-    elif images.is_floating_point():
-        images = images.detach().float()
-    else:
-        raise CnnAliasingError(f"images must be uint8 or floating point in [0, 1], got {images.dtype}")
-    low, high = torch.aminmax(images) if images.numel() else (torch.zeros(()), torch.zeros(()))
-    if low.item() < 0.0 or high.item() > 1.0:
-        raise CnnAliasingError(
-            f"images must lie in [0, 1], got values in [{low.item():.3g}, {high.item():.3g}]"
-        )
+    images = to_float(images.detach())
+    check_unit_range(images)
     return images.cpu()
 
 
