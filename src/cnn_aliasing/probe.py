@@ -109,12 +109,6 @@ class _Traced:
     graph: fx.GraphModule
 
 
-def _is_leaf(module: nn.Module) -> bool:
-    return downsamplers.is_known_module(module) or (
-        module.__module__.startswith("torch.nn") and not isinstance(module, nn.Sequential)
-    )
-
-
 def _trace_tree(module: nn.Module, path: str, failures: list[tuple[str, str]]) -> list[_Traced]:
     """Trace a module; where that fails, resolve its children and retry with the failing ones as leaves.
 
@@ -129,7 +123,7 @@ def _trace_tree(module: nn.Module, path: str, failures: list[tuple[str, str]]) -
     failing: set[nn.Module] = set()
     whole: list[_Traced] = []
     for name, child in module.named_children():
-        if _is_leaf(child):
+        if _Tracer(set()).is_leaf_module(child, name):
             continue
         known = len(failures)
         child_graphs = _trace_tree(child, f"{path}.{name}" if path else name, failures)
