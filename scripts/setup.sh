@@ -13,8 +13,11 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/pip install --quiet --disable-pip-version-check "$TORCH_PIN"
 fi
-if ! .venv/bin/python -c "import cnn_aliasing, pytest, ruff, PIL" 2>/dev/null; then
+# (re)install the package and its dependencies whenever pyproject.toml changed since the last install
+STAMP=.venv/.pyproject.sha256
+if ! sha256sum --status -c "$STAMP" 2>/dev/null; then
     .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test]"
+    sha256sum pyproject.toml > "$STAMP"
 fi
 if [ ! -f data/cifar-10-batches-py/batches.meta ] && [ -f ../shared/data/make_cifar10.py ]; then
     .venv/bin/python ../shared/data/make_cifar10.py data

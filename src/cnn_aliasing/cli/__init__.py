@@ -1,8 +1,10 @@
 """The ``cnn-aliasing`` command line: subcommands from a registry, one-line errors, JSON/CSV results.
 
-Each subcommand is a :class:`Subcommand` registered with :func:`register_subcommand` (one module each:
-``aliasing`` for measure, ``accuracy`` for evaluate, ``listing`` for models); :func:`main` builds the
-parser from the registry and dispatches by name. Errors a user can cause (:class:`CnnAliasingError`, and
+Each subcommand is a :class:`Subcommand` registered with :func:`register_subcommand` in a module of its
+own in this package (``aliasing`` for measure, ``accuracy`` for evaluate, ``listing`` for models, ...);
+every module here except the shared ones (:data:`SHARED_MODULES`) is imported on start, so a new
+subcommand is a new module and nothing else. :func:`main` builds the parser from the registry and
+dispatches by name. Errors a user can cause (:class:`CnnAliasingError`, and
 ``OSError`` for files) end the command with one line on stderr and exit code 2; ``--debug`` adds the
 traceback.
 """
@@ -10,6 +12,8 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import sys
 import traceback
 import warnings
@@ -17,11 +21,11 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from cnn_aliasing import __version__
-from cnn_aliasing.cli import accuracy, aliasing, listing  # noqa: F401  (they register the subcommands)
 from cnn_aliasing.cli.options import one_line, parse_model_arg
 from cnn_aliasing.cli.registry import PROG, SUBCOMMANDS, HelpFormatter, Subcommand, register_subcommand
 from cnn_aliasing.errors import CnnAliasingError
 
+SHARED_MODULES = frozenset({"options", "registry"})
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -34,6 +38,16 @@ __all__ = [
     "parse_model_arg",
     "register_subcommand",
 ]
+
+
+def _import_subcommands() -> None:
+    """Import every subcommand module of this package (alphabetically); each registers its subcommand."""
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name not in SHARED_MODULES:
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_subcommands()
 
 
 def _add_global_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
