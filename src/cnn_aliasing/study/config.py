@@ -1,0 +1,230 @@
+"""Study configs: a TOML file read into frozen dataclasses with every default filled in.
+
+Sections: top-level keys (name, output, seed, device, model_dir), ``[data]``, ``[attack]``,
+``[aliasing]``, ``[spectrum]`` and ``[[models]]`` (see :mod:`cnn_aliasing.study.specs`). Unknown keys
+are errors naming the file, the section, the key and the valid keys. Relative paths resolve against the
+current working directory. The reference with every key and default is ``docs/study.md``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from cnn_aliasing import data, spectral, zoo
+from cnn_aliasing.attacks import NORMS, resolve_attacks
+from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.study.specs import ModelSpec, parse_model_spec
+from cnn_aliasing.study.tables import (
+    from_table,
+    is_bool,
+    is_choice,
+    is_eps,
+    is_int,
+    is_path,
+    is_str,
+    is_str_list,
+    is_table,
+    reads,
+    table_keys,
+    to_json,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SHIPPED_PACKAGE = "cnn_aliasing"
+SHIPPED_FOLDER = "configs"
+DEFAULT_CONFIG = "quick"
+
+
+def _metrics(value: Any, where: str) -> tuple[str, ...]:
+    names = is_str_list(value, where)
+    try:
+        return spectral.check_metric_names(names)
+    except CnnAliasingError as error:
+        raise CnnAliasingError(f"{where}: {error}") from None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``[data]``: the first ``n_images`` CIFAR-10 images of ``split``, for clean accuracy and aliasing."""
+
+    dir: Path = field(default=Path("data"), metadata=reads(is_path))
+    split: str = field(default="test", metadata=reads(is_choice(*data.SPLIT_FILES)))
+    n_images: int = field(default=1000, metadata=reads(is_int(1)))
+    batch_size: int = field(default=250, metadata=reads(is_int(1)))
+    download: bool = field(default=False, metadata=reads(is_bool))
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """``[attack]``: robust accuracy on the first ``n_images`` of the study's images (0: all of them)."""
+
+    enabled: bool = field(default=True, metadata=reads(is_bool))
+    name: str = field(default="standard", metadata=reads(is_str))
+    eps: float = field(default=8 / 255, metadata=reads(is_eps))
+    norm: str = field(default="Linf", metadata=reads(is_choice(*NORMS)))
+    n_images: int = field(default=0, metadata=reads(is_int(0)))
+    batch_size: int = field(default=250, metadata=reads(is_int(1)))
+    seed: int | None = field(default=None, metadata=reads(is_int(0)))  # None: the study's seed
+    options: dict[str, Any] = field(default_factory=dict, metadata=reads(is_table))
+
+
+NO_ATTACK = AttackConfig(enabled=False)
+
+
+@dataclass(frozen=True)
+class AliasingConfig:
+    """``[aliasing]``: the Nyquist convention, scale-free variants beside AM, which ops, per-channel means."""
+
+    nyquist: str = field(
+        default=spectral.Nyquist.ZERO.value, metadata=reads(is_choice(*(n.value for n in spectral.Nyquist)))
+    )
+    metrics: tuple[str, ...] = field(default=(), metadata=reads(_metrics))
+    include: tuple[str, ...] = field(default=(), metadata=reads(is_str_list))
+    exclude: tuple[str, ...] = field(default=(), metadata=reads(is_str_list))
+    per_channel: bool = field(default=False, metadata=reads(is_bool))
+
+
+@dataclass(frozen=True)
+class SpectrumConfig:
+    """``[spectrum]``: which op (default: the first measured) and image give each model's spectrum figure."""
+
+    enabled: bool = field(default=True, metadata=reads(is_bool))
+    op: str | None = field(default=None, metadata=reads(is_str))
+    image: int = field(default=0, metadata=reads(is_int(0)))
+
+
+def _device(value: Any, where: str) -> str | None:
+    text = is_str(value, where)
+    return None if text == "auto" else text
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A whole study: settings, sections, and the model specs in order."""
+
+    name: str = field(metadata=reads(is_str))
+    output: Path = field(metadata=reads(is_path))
+    seed: int = field(default=0, metadata=reads(is_int(0)))
+    device: str | None = field(default=None, metadata=reads(_device))  # None ("auto"): cuda, else cpu
+    model_dir: Path = field(default=zoo.DEFAULT_MODEL_DIR, metadata=reads(is_path))
+    data: DataConfig = DataConfig()
+    attack: AttackConfig = NO_ATTACK
+    aliasing: AliasingConfig = AliasingConfig()
+    spectrum: SpectrumConfig = SpectrumConfig()
+    models: tuple[ModelSpec, ...] = ()
+    path: Path | None = None  # the file it was read from
+
+    @property
+    def attack_seed(self) -> int:
+        """The attack's seed: its own, else the study's."""
+        return self.seed if self.attack.seed is None else self.attack.seed
+
+    @property
+    def attack_images(self) -> int:
+        """How many of the study's images the attack uses."""
+        return self.attack.n_images or self.data.n_images
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config, JSON-ready, every default filled in (``attack.seed`` and ``n_images`` too)."""
+        out = to_json(self)
+        out.pop("path")
+        out["attack"].update(seed=self.attack_seed, n_images=self.attack_images)
+        return out
+
+
+_SECTIONS = {
+    "data": DataConfig,
+    "attack": AttackConfig,
+    "aliasing": AliasingConfig,
+    "spectrum": SpectrumConfig,
+}
+
+
+def parse_config(raw: dict[str, Any], file: str, *, default_name: str) -> StudyConfig:
+    """A study config from parsed TOML; ``file`` names the source in errors."""
+    valid = [*table_keys(StudyConfig), *_SECTIONS, "models"]
+    unknown = [key for key in raw if key not in valid]
+    if unknown:
+        raise CnnAliasingError(
+            f"{file}: unknown key {unknown[0]!r}; valid top-level keys: {', '.join(valid)}"
+        )
+    sections = {
+        key: from_table(cls, raw[key], f"{file}: [{key}]") for key, cls in _SECTIONS.items() if key in raw
+    }
+    if "attack" in raw and not sections["attack"].enabled:
+        sections["attack"] = NO_ATTACK
+    models_raw = raw.get("models", [])
+    if not isinstance(models_raw, list) or not models_raw:
+        raise CnnAliasingError(f"{file}: [[models]] must list at least one model")
+    specs = tuple(parse_model_spec(m, f"{file}: [[models]] #{i}") for i, m in enumerate(models_raw, start=1))
+    top = {key: raw[key] for key in table_keys(StudyConfig) if key in raw}
+    top.setdefault("name", default_name)
+    top.setdefault("output", f"runs/{top['name']}")
+    config = from_table(StudyConfig, top, file, **sections, models=specs)
+    config = replace(
+        config,
+        model_dir=config.model_dir.absolute(),
+        data=replace(config.data, dir=config.data.dir.absolute()),
+    )
+    _check_consistent(config, file)
+    return config
+
+
+def _check_consistent(config: StudyConfig, file: str) -> None:
+    """Cross-section checks: attack images within the study's, the attack and its options exist."""
+    if config.attack.n_images > config.data.n_images:
+        raise CnnAliasingError(
+            f"{file}: [attack] n_images = {config.attack.n_images} is more than [data] n_images = "
+            f"{config.data.n_images}; the attack uses the first of the study's images"
+        )
+    if config.spectrum.image >= config.data.n_images:
+        raise CnnAliasingError(
+            f"{file}: [spectrum] image = {config.spectrum.image} is not among the study's "
+            f"{config.data.n_images} images (valid: 0..{config.data.n_images - 1})"
+        )
+    if config.attack.enabled:
+        try:
+            resolve_attacks(config.attack.name, config.attack.options)
+        except (CnnAliasingError, TypeError) as error:
+            raise CnnAliasingError(f"{file}: [attack] {error}") from None
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped with the package (``quick``, ``paper-wrn28``, ...)."""
+    folder = resources.files(SHIPPED_PACKAGE) / SHIPPED_FOLDER
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def config_file(name_or_path: str | Path | None) -> Path:
+    """The file of a config given as a path to a .toml file or as the name of a shipped config."""
+    text = str(name_or_path or DEFAULT_CONFIG)
+    path = Path(text).expanduser()
+    if path.suffix == ".toml" or path.is_file():
+        if not path.is_file():
+            raise CnnAliasingError(f"study config {path} does not exist")
+        return path
+    shipped = shipped_configs()
+    if text not in shipped:
+        raise CnnAliasingError(
+            f"no study config {text!r}: give a .toml file or one of the shipped configs: {', '.join(shipped)}"
+        )
+    return Path(str(resources.files(SHIPPED_PACKAGE) / SHIPPED_FOLDER / f"{text}.toml"))
+
+
+def load_config(name_or_path: str | Path | None = None) -> StudyConfig:
+    """Read a study config (a .toml path or a shipped config name; default ``quick``)."""
+    path = config_file(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise CnnAliasingError(f"{path}: not valid TOML: {error}") from None
+    config = parse_config(raw, str(path), default_name=path.stem)
+    return replace(config, path=path.resolve())

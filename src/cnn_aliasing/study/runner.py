@@ -1,0 +1,406 @@
+"""Running a study: every model of a config measured on the same images, one result file per model.
+
+For each model in order: load it (or train it), check its logits are finite, measure clean accuracy on the
+study's images, robust accuracy on the first of them (resumable: the attack saves its state after every
+batch), the aliasing of every down-sampling op, and the spectra of one map; then write
+``models/<slug>.json`` atomically. A model whose file is done with the same settings (a fingerprint of
+the model and of the data, attack, aliasing and spectrum settings) is skipped unless ``force``; a model
+that raises is recorded as failed with a one-line reason and the others go on. ``study.json`` is written
+at the start and after every model. At the end the report is built from the files. The file layout is
+``docs/results-format.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnn_aliasing import data
+from cnn_aliasing.attacks import robust_accuracy
+from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.evaluation import clean_accuracy
+from cnn_aliasing.measure import AliasingReport, measure
+from cnn_aliasing.provenance import run_metadata, write_json_atomic
+from cnn_aliasing.runtime import evaluation_mode, run_model
+from cnn_aliasing.study.config import StudyConfig
+from cnn_aliasing.study.specs import LoadContext, StudyModel, expand_models
+from cnn_aliasing.study.spectra import capture_spectrum
+
+SCHEMA = 1
+DONE, FAILED, PENDING = "done", "failed", "pending"
+
+
+class StudyModelError(CnnAliasingError):
+    """A model cannot be measured (non-finite logits or aliasing, no down-sampling op)."""
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    """Where a study's files go (``docs/results-format.md``)."""
+
+    root: Path
+
+    @property
+    def study_file(self) -> Path:
+        return self.root / "study.json"
+
+    def model_file(self, model: StudyModel) -> Path:
+        return self.root / "models" / f"{model.slug}.json"
+
+    def spectrum_file(self, model: StudyModel) -> Path:
+        return self.root / "spectra" / f"{model.slug}.json"
+
+    def state_file(self, model: StudyModel) -> Path:
+        return self.root / "state" / f"{model.slug}.json"
+
+    def state_owner(self, model: StudyModel) -> Path:
+        """Which model settings the attack state was written for (a stale state is discarded)."""
+        return self.root / "state" / f"{model.slug}.fingerprint"
+
+
+@dataclass(frozen=True)
+class ModelOutcome:
+    """How one model ended in this run: done or failed, and whether an earlier run had finished it."""
+
+    name: str
+    status: str
+    error: str | None
+    skipped: bool
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """The outcome of :func:`run_study`."""
+
+    output: Path
+    models: list[ModelOutcome]
+    report: Path | None
+    wall_seconds: float
+
+    @property
+    def failed(self) -> list[ModelOutcome]:
+        """The models that failed."""
+        return [m for m in self.models if m.status == FAILED]
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The torch device called ``name``; None: cuda if available, else cpu."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise CnnAliasingError(
+            f"device {name!r} is not a torch device name; e.g. cpu, cuda, cuda:1"
+        ) from None
+
+
+def _data_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
+    digest = hashlib.sha256(images.contiguous().numpy().tobytes())
+    digest.update(labels.to(torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def measurement_settings(config: StudyConfig, data_sha256: str) -> dict[str, Any]:
+    """What a model's results depend on besides the model: seed, images, attack, aliasing, spectrum."""
+    resolved = config.to_dict()
+    return {
+        "seed": config.seed,
+        "data": {"split": config.data.split, "n_images": config.data.n_images, "sha256": data_sha256},
+        "attack": resolved["attack"],
+        "aliasing": resolved["aliasing"],
+        "spectrum": resolved["spectrum"],
+    }
+
+
+def fingerprint(model: StudyModel, settings: dict[str, Any]) -> str:
+    """A hash of the model's description and the measurement settings."""
+    text = json.dumps({"model": model.describe(), "settings": settings}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def _is_finished(path: Path, wanted: str) -> bool:
+    record = _read_json(path)
+    return record is not None and record.get("status") == DONE and record.get("fingerprint") == wanted
+
+
+def one_line_reason(error: BaseException) -> str:
+    """An exception as one line: its message (with the type unless it is one of ours)."""
+    text = " ".join(str(error).split())
+    if isinstance(error, CnnAliasingError):
+        return text or type(error).__name__
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = round(time.perf_counter() - start, 3)
+
+
+def _check_finite_aliasing(report: AliasingReport) -> None:
+    if not report.ops:
+        raise StudyModelError("no down-sampling op was measured (check [aliasing] include/exclude)")
+    bad = [op.name for op in report.ops if not all(math.isfinite(m.mean) for m in op.metrics.values())]
+    if bad:
+        raise StudyModelError(f"non-finite aliasing (NaN or inf) in {', '.join(bad)}")
+
+
+class _ModelRun:
+    """Measuring one model of a study into its result record."""
+
+    def __init__(
+        self,
+        config: StudyConfig,
+        paths: StudyPaths,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        device: torch.device,
+        progress: bool,
+    ) -> None:
+        self.config, self.paths, self.images, self.labels = config, paths, images, labels
+        self.device, self.progress = device, progress
+        self.say: Callable[[str], None] = _printer(False)
+
+    def run(self, model: StudyModel, fp: str, force: bool, say: Callable[[str], None]) -> dict[str, Any]:
+        """The model's result record: done with every measurement, or failed with its reason.
+
+        ``fp`` is the model's fingerprint; ``say`` reports each stage.
+        """
+        self.say = say
+        record: dict[str, Any] = {
+            "schema": SCHEMA,
+            "name": model.name,
+            "status": FAILED,
+            "error": None,
+            **{k: v for k, v in model.describe().items() if k != "name"},
+            "clean_accuracy": None,
+            "robust_accuracy": None,
+            "aliasing": None,
+            "training": None,
+            "spectrum": None,
+            "timings": {},
+            "fingerprint": fp,
+            "run": run_metadata(),
+        }
+        try:
+            self._measure(model, record, fp, force)
+            record["status"] = DONE
+        except Exception as error:  # one model failing must not stop the study; interrupts do
+            record["error"] = one_line_reason(error)
+        for stale in (self.paths.state_file(model), self.paths.state_owner(model)):
+            stale.unlink(missing_ok=True)
+        return record
+
+    def _measure(self, model: StudyModel, record: dict[str, Any], fp: str, force: bool) -> None:
+        timings = record["timings"]
+        self.say("loading" if model.source["type"] != "recipe" else "training (resumes if interrupted)")
+        torch.manual_seed(self.config.seed)
+        context = LoadContext(
+            self.config.output, self.config.model_dir, self.config.data.dir, self.device, self.progress
+        )
+        start = time.perf_counter()
+        loaded = model.load(context)
+        if loaded.train_s is not None:
+            timings["train_s"] = round(loaded.train_s, 3)
+        timings["load_s"] = round(time.perf_counter() - start - (loaded.train_s or 0.0), 3)
+        record.update(loaded.record)
+        module = loaded.module.to(self.device).eval()
+        self._check_logits(module)
+
+        self.say("clean accuracy")
+        with _timed(timings, "clean_s"):
+            result = clean_accuracy(
+                module,
+                data.iterate_batches(
+                    self.images, self.labels, self.config.data.batch_size, device=self.device
+                ),
+                progress=self.progress,
+                total_images=len(self.images),
+            )
+        record["clean_accuracy"] = {"accuracy": result.accuracy, "n_images": result.total}
+
+        if self.config.attack.enabled:
+            self.say(f"robust accuracy ({self.config.attack.name}, {self.config.attack_images} images)")
+            with _timed(timings, "attack_s"):
+                record["robust_accuracy"] = self._attack(module, model, fp, force)
+
+        self.say("aliasing")
+        aliasing = self.config.aliasing
+        with _timed(timings, "aliasing_s"):
+            report = measure(
+                module,
+                data.iterate_batches(
+                    self.images, self.labels, self.config.data.batch_size, device=self.device
+                ),
+                device=self.device,
+                include=aliasing.include,
+                exclude=aliasing.exclude,
+                nyquist=aliasing.nyquist,
+                metrics=aliasing.metrics,
+                per_channel=aliasing.per_channel,
+                progress=self.progress,
+                total_images=len(self.images),
+            )
+        _check_finite_aliasing(report)
+        record["aliasing"] = report.to_dict()
+
+        spectrum = self.config.spectrum
+        if spectrum.enabled:
+            self.say("spectrum")
+            with _timed(timings, "spectrum_s"):
+                spectra = capture_spectrum(
+                    module,
+                    data.to_float(self.images[spectrum.image]),
+                    spectrum.op or report.ops[0].name,
+                    nyquist=aliasing.nyquist,
+                    model_name=model.name,
+                    index=spectrum.image,
+                )
+            path = write_json_atomic(self.paths.spectrum_file(model), spectra)
+            record["spectrum"] = path.relative_to(self.paths.root).as_posix()
+
+    def _check_logits(self, module: torch.nn.Module) -> None:
+        batch = data.to_float(self.images[: self.config.data.batch_size]).to(self.device)
+        with torch.no_grad(), evaluation_mode(module):
+            logits = run_model(module, batch)
+        if not bool(torch.isfinite(logits).all()):
+            raise StudyModelError("the model gives non-finite logits (NaN or inf) on the study's images")
+
+    def _attack(self, module: torch.nn.Module, model: StudyModel, fp: str, force: bool) -> dict[str, Any]:
+        state, owner = self.paths.state_file(model), self.paths.state_owner(model)
+        if force or not owner.is_file() or owner.read_text(encoding="utf-8").strip() != fp:
+            state.unlink(missing_ok=True)  # written for other settings, or --force: start afresh
+        owner.parent.mkdir(parents=True, exist_ok=True)
+        owner.write_text(fp + "\n", encoding="utf-8")
+        attack, n = self.config.attack, self.config.attack_images
+        result = robust_accuracy(
+            module,
+            self.images[:n],
+            self.labels[:n],
+            attack.eps,
+            norm=attack.norm,
+            attack=attack.name,
+            batch_size=attack.batch_size,
+            seed=self.config.attack_seed,
+            device=self.device,
+            state_path=state,
+            progress=self.progress,
+            attack_options=attack.options,
+        )
+        return result.to_dict()
+
+
+def _build_report(root: Path, progress: bool, say: Callable[[str], None]) -> Path | None:
+    """The report from the result files, where the report module is installed."""
+    if importlib.util.find_spec("cnn_aliasing.report") is None:
+        say("no report module (cnn_aliasing.report) in this installation; the result files are complete")
+        return None
+    report = importlib.import_module("cnn_aliasing.report")
+    return Path(report.build_report(root, progress=progress))
+
+
+def _printer(enabled: bool) -> Callable[[str], None]:
+    def say(message: str) -> None:
+        if enabled:
+            print(message, file=sys.stderr, flush=True)
+
+    return say
+
+
+def run_study(
+    config: StudyConfig,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+    report: bool = True,
+) -> StudySummary:
+    """Run (or resume) a study: measure every model of ``config`` into ``config.output``, then the report.
+
+    ``force`` recomputes models already done (training is still resumed from its folder); ``device``
+    overrides the config's. Returns what happened to each model; failures are in the result files too.
+    """
+    start = time.perf_counter()
+    say = _printer(progress)
+    target = torch.device(device) if device is not None else resolve_device(config.device)
+    models = expand_models(config.models, config.model_dir)
+    paths = StudyPaths(config.output)
+    images, labels = data.load_cifar10(
+        config.data.dir,
+        config.data.split,
+        n_images=config.data.n_images,
+        download=config.data.download,
+        progress=progress,
+    )
+    settings = measurement_settings(config, _data_digest(images, labels))
+    prints = {model.name: fingerprint(model, settings) for model in models}
+    statuses = {
+        m.name: DONE if _is_finished(paths.model_file(m), prints[m.name]) and not force else PENDING
+        for m in models
+    }
+    study: dict[str, Any] = {
+        "schema": SCHEMA,
+        "name": config.name,
+        "config": config.to_dict(),
+        "config_path": None if config.path is None else str(config.path),
+        "run": run_metadata(),
+        "models": [],
+        "wall_seconds": None,
+    }
+
+    def save_study() -> None:
+        study["models"] = [
+            {
+                "name": m.name,
+                "file": paths.model_file(m).relative_to(paths.root).as_posix(),
+                "status": statuses[m.name],
+            }
+            for m in models
+        ]
+        study["wall_seconds"] = round(time.perf_counter() - start, 3)
+        write_json_atomic(paths.study_file, study)
+
+    save_study()
+    runner = _ModelRun(config, paths, images, labels, target, progress)
+    outcomes = []
+    for i, model in enumerate(models, start=1):
+        prefix = f"[{i}/{len(models)}] {model.name}"
+        if statuses[model.name] == DONE:
+            say(f"{prefix}: done in an earlier run, skipped (--force recomputes)")
+            outcomes.append(ModelOutcome(model.name, DONE, None, skipped=True))
+            continue
+        record = runner.run(model, prints[model.name], force, lambda stage, p=prefix: say(f"{p}: {stage}"))
+        write_json_atomic(paths.model_file(model), record)
+        statuses[model.name] = record["status"]
+        save_study()
+        say(f"{prefix}: {record['status']}" + (f" ({record['error']})" if record["error"] else ""))
+        outcomes.append(ModelOutcome(model.name, record["status"], record["error"], skipped=False))
+        if target.type == "cuda":
+            torch.cuda.empty_cache()
+    save_study()
+    report_path = _build_report(paths.root, progress, say) if report else None
+    return StudySummary(paths.root, outcomes, report_path, time.perf_counter() - start)

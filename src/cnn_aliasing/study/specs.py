@@ -1,0 +1,345 @@
+"""The models of a study: the kinds of ``[[models]]`` entries, and expanding them into named models.
+
+Each kind is a frozen dataclass registered under the TOML key that identifies it (``zoo``, ``zoo_tags``,
+``zoo_on_disk``, ``checkpoint``, ``recipe``): an entry holds exactly one of those keys. A spec expands into
+one or more :class:`StudyModel` (a tag selects several zoo entries); a study model knows how to load (or
+train) itself and what it is (source, architecture, robust or not, tags) before it is loaded.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import os
+import re
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from cnn_aliasing import models, zoo
+from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
+from cnn_aliasing.provenance import sha256_of
+from cnn_aliasing.study.tables import from_table, is_bool, is_path, is_str, is_str_list, is_table, reads
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def slugify(name: str) -> str:
+    """A model's file name stem: every character outside ``[A-Za-z0-9._-]`` replaced by ``_``."""
+    return _UNSAFE.sub("_", name)
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What loading a model may need: folders, device, progress."""
+
+    output: Path  # the study's results folder
+    model_dir: Path  # zoo checkpoints
+    data_dir: Path  # CIFAR-10, for training
+    device: torch.device
+    progress: bool
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to measure and what became known while loading it (replacing the spec's guesses)."""
+
+    module: nn.Module
+    record: dict[str, Any]  # "source", "arch", "arch_args", "robust", "tags", "training"
+    train_s: float | None = None
+
+
+Loader = Callable[["StudyModel", LoadContext], LoadedModel]
+
+
+@dataclass(frozen=True)
+class StudyModel:
+    """One model of a study, before loading: its name, where it comes from and what it is."""
+
+    name: str
+    source: dict[str, Any]
+    arch: str | None
+    arch_args: dict[str, Any]
+    robust: bool | None
+    tags: tuple[str, ...]
+    loader: Loader = field(repr=False, compare=False)
+
+    @property
+    def slug(self) -> str:
+        """The model's file name stem in the results folder."""
+        return slugify(self.name)
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON-ready facts known before loading (also what identifies the model in a fingerprint)."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "arch": self.arch,
+            "arch_args": self.arch_args,
+            "robust": self.robust,
+            "tags": list(self.tags),
+        }
+
+    def load(self, context: LoadContext) -> LoadedModel:
+        """Build, load or train the model (on the CPU; the runner moves it)."""
+        return self.loader(self, context)
+
+
+def _training_tags(robust: bool | None, arch: str | None) -> tuple[str, ...]:
+    label = None if robust is None else (zoo.ROBUST if robust else zoo.STANDARD)
+    return tuple(t for t in (label, arch) if t)
+
+
+# ------------------------------------------------------------------------------------------ the spec kinds
+class ModelSpec(abc.ABC):
+    """One ``[[models]]`` entry of a study config."""
+
+    key: ClassVar[str]  # the TOML key that marks this kind
+
+    @abc.abstractmethod
+    def expand(self, model_dir: Path) -> list[StudyModel]:
+        """The models this entry stands for (``model_dir``: where zoo checkpoints live)."""
+
+
+SPEC_KINDS: dict[str, type[ModelSpec]] = {}
+
+
+def register_spec(cls: type[ModelSpec]) -> type[ModelSpec]:
+    """Class decorator: register a model spec kind under its identifying key."""
+    if cls.key in SPEC_KINDS:
+        raise ValueError(f"a model spec kind with key {cls.key!r} is already registered")
+    SPEC_KINDS[cls.key] = cls
+    return cls
+
+
+def parse_model_spec(raw: Any, where: str) -> ModelSpec:
+    """The spec of one ``[[models]]`` table: the kind is chosen by which identifying key it holds."""
+    if not isinstance(raw, Mapping):
+        raise CnnAliasingError(f"{where} must be a table, got {type(raw).__name__}")
+    kinds = [key for key in SPEC_KINDS if key in raw]
+    if len(kinds) != 1:
+        given = f"it has {' and '.join(kinds)}" if kinds else f"it has {', '.join(raw) or 'no keys'}"
+        raise CnnAliasingError(f"{where} needs exactly one of the keys {', '.join(SPEC_KINDS)}; {given}")
+    return from_table(SPEC_KINDS[kinds[0]], raw, where)
+
+
+def _zoo_name(value: Any, where: str) -> str:
+    name = is_str(value, where)
+    try:
+        return zoo.zoo_entry(name).name
+    except UnknownNameError as error:
+        raise CnnAliasingError(f"{where}: {error}") from None
+
+
+def _zoo_tags(value: Any, where: str) -> tuple[str, ...]:
+    tags = is_str_list(value, where)
+    valid = zoo.zoo_tags()
+    for tag in tags:
+        if tag.lower() not in valid:
+            raise CnnAliasingError(f"{where}: unknown zoo tag {tag!r}; valid tags: {', '.join(valid)}")
+    return tags
+
+
+def _arch(value: Any, where: str) -> str:
+    name = is_str(value, where)
+    if name not in models.list_models():
+        raise CnnAliasingError(
+            f"{where}: unknown architecture {name!r}; valid: {', '.join(models.list_models())}"
+        )
+    return name
+
+
+def _zoo_model(entry: zoo.ZooEntry, name: str | None = None) -> StudyModel:
+    return StudyModel(
+        name=name or entry.name,
+        source={"type": "zoo", "zoo": entry.name},
+        arch=entry.arch,
+        arch_args=dict(entry.arch_args),
+        robust=entry.training == zoo.ROBUST,
+        tags=entry.tags,
+        loader=_load_zoo,
+    )
+
+
+def _load_zoo(model: StudyModel, context: LoadContext) -> LoadedModel:
+    name = model.source["zoo"]
+    module = zoo.load_zoo_model(name, context.model_dir, progress=context.progress)
+    path = zoo.checkpoint_path(name, context.model_dir)
+    source = {**model.source, "checkpoint": os.fspath(path.resolve()), "sha256": sha256_of(path)}
+    return LoadedModel(module, {**model.describe(), "source": source, "training": None})
+
+
+@register_spec
+@dataclass(frozen=True)
+class ZooSpec(ModelSpec):
+    """``zoo = "Carmon2019Unlabeled"``: one zoo model (its checkpoint read from the study's model_dir)."""
+
+    key: ClassVar[str] = "zoo"
+    zoo: str = field(metadata=reads(_zoo_name))
+    name: str | None = field(default=None, metadata=reads(is_str))
+
+    def expand(self, model_dir: Path) -> list[StudyModel]:
+        return [_zoo_model(zoo.zoo_entry(self.zoo), self.name)]
+
+
+@register_spec
+@dataclass(frozen=True)
+class ZooTagsSpec(ModelSpec):
+    """``zoo_tags = ["wrn-28-10"]``: every zoo model carrying all these tags."""
+
+    key: ClassVar[str] = "zoo_tags"
+    zoo_tags: tuple[str, ...] = field(metadata=reads(_zoo_tags))
+
+    def expand(self, model_dir: Path) -> list[StudyModel]:
+        entries = zoo.select(*self.zoo_tags)
+        if not entries:
+            raise CnnAliasingError(f"no zoo model has all the tags {', '.join(self.zoo_tags)}")
+        return [_zoo_model(entry) for entry in entries]
+
+
+@register_spec
+@dataclass(frozen=True)
+class ZooOnDiskSpec(ModelSpec):
+    """``zoo_on_disk = true``: every zoo model whose checkpoint is already in model_dir (``tags`` filter)."""
+
+    key: ClassVar[str] = "zoo_on_disk"
+    zoo_on_disk: bool = field(metadata=reads(is_bool))
+    tags: tuple[str, ...] = field(default=(), metadata=reads(_zoo_tags))
+
+    def expand(self, model_dir: Path) -> list[StudyModel]:
+        if not self.zoo_on_disk:
+            return []
+        return [
+            _zoo_model(entry)
+            for entry in zoo.select(*self.tags)
+            if zoo.checkpoint_path(entry.name, model_dir).is_file()
+        ]
+
+
+def _load_checkpoint(model: StudyModel, context: LoadContext) -> LoadedModel:
+    assert model.arch is not None
+    try:
+        module = models.create_model(model.arch, **model.arch_args)
+    except (TypeError, ValueError) as error:
+        raise CnnAliasingError(f"cannot build {model.arch} with {model.arch_args}: {error}") from error
+    path = Path(model.source["checkpoint"])
+    models.load_checkpoint(module, path)
+    source = {**model.source, "sha256": sha256_of(path)}
+    return LoadedModel(module.eval(), {**model.describe(), "source": source, "training": None})
+
+
+@register_spec
+@dataclass(frozen=True)
+class CheckpointSpec(ModelSpec):
+    """``checkpoint = "w.pt"`` with ``arch``, ``args`` and ``robust``: weights of a registered arch."""
+
+    key: ClassVar[str] = "checkpoint"
+    checkpoint: Path = field(metadata=reads(is_path))
+    arch: str = field(metadata=reads(_arch))
+    robust: bool = field(metadata=reads(is_bool))
+    args: dict[str, Any] = field(default_factory=dict, metadata=reads(is_table))
+    name: str | None = field(default=None, metadata=reads(is_str))
+
+    def expand(self, model_dir: Path) -> list[StudyModel]:
+        return [
+            StudyModel(
+                name=self.name or self.checkpoint.stem,
+                source={"type": "checkpoint", "checkpoint": os.fspath(self.checkpoint)},
+                arch=self.arch,
+                arch_args=dict(self.args),
+                robust=self.robust,
+                tags=_training_tags(self.robust, self.arch),
+                loader=_load_checkpoint,
+            )
+        ]
+
+
+def _training_api() -> Any:
+    return importlib.import_module("cnn_aliasing.training")
+
+
+def _train_recipe(model: StudyModel, context: LoadContext) -> LoadedModel:
+    training = _training_api()
+    recipe = training.get_recipe(model.source["recipe"], **model.source["overrides"])
+    out_dir = context.output / "training" / model.slug
+    start = time.perf_counter()
+    result = training.train(
+        recipe, context.data_dir, out_dir, device=context.device, progress=context.progress, resume=True
+    )
+    train_s = time.perf_counter() - start
+    module = training.load_trained_model(result.checkpoint)
+    sidecar = result.sidecar
+    arch, arch_args, robust = sidecar["model"]["name"], sidecar["model"]["args"], bool(sidecar["robust"])
+    checkpoint = os.path.relpath(Path(result.checkpoint).resolve(), context.output.resolve())
+    record = {
+        **model.describe(),
+        "source": {**model.source, "checkpoint": Path(checkpoint).as_posix()},
+        "arch": arch,
+        "arch_args": arch_args,
+        "robust": robust,
+        "tags": list(_training_tags(robust, arch)),
+        "training": {"history": sidecar["history"], "recipe": sidecar["recipe"]},
+    }
+    return LoadedModel(module.eval(), record, train_s)
+
+
+@register_spec
+@dataclass(frozen=True)
+class RecipeSpec(ModelSpec):
+    """``recipe = "small-standard"`` (``overrides``, ``name``): a model the study trains itself."""
+
+    key: ClassVar[str] = "recipe"
+    recipe: str = field(metadata=reads(is_str))
+    overrides: dict[str, Any] = field(default_factory=dict, metadata=reads(is_table))
+    name: str | None = field(default=None, metadata=reads(is_str))
+
+    def expand(self, model_dir: Path) -> list[StudyModel]:
+        recipe = _training_api().get_recipe(self.recipe, **self.overrides)  # fails now on a bad name
+        robust = getattr(recipe, "robust", None)
+        return [
+            StudyModel(
+                name=self.name or self.recipe,
+                source={"type": "recipe", "recipe": self.recipe, "overrides": dict(self.overrides)},
+                arch=None,
+                arch_args={},
+                robust=robust if isinstance(robust, bool) else None,
+                tags=(),
+                loader=_train_recipe,
+            )
+        ]
+
+
+# ------------------------------------------------------------------------------------------------ expanding
+def expand_models(specs: Sequence[ModelSpec], model_dir: Path) -> list[StudyModel]:
+    """The study's models in order, each name once.
+
+    A model met again with the same source (a zoo model named by two entries) is skipped with a warning;
+    two different models with the same name (or names with the same file name) are an error.
+    """
+    kept: dict[str, StudyModel] = {}
+    slugs: dict[str, str] = {}
+    for i, spec in enumerate(specs, start=1):
+        for model in spec.expand(model_dir):
+            earlier = kept.get(model.name)
+            if earlier is not None:
+                if earlier.source != model.source:
+                    raise CnnAliasingError(
+                        f"two different models are named {model.name!r} ({earlier.source} and, in "
+                        f"[[models]] #{i}, {model.source}); give one of them another name"
+                    )
+                warnings.warn(f"[[models]] #{i} lists {model.name} again; it is measured once", stacklevel=2)
+                continue
+            if slugs.get(model.slug, model.name) != model.name:
+                raise CnnAliasingError(
+                    f"models {slugs[model.slug]!r} and {model.name!r} would share the result file "
+                    f"{model.slug}.json; rename one"
+                )
+            kept[model.name] = model
+            slugs[model.slug] = model.name
+    return list(kept.values())
