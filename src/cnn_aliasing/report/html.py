@@ -1,0 +1,325 @@
+"""``report.html``: one self-contained page (figures embedded as PNG data URIs, inline CSS, no scripts).
+
+Every piece of text from the result files goes through :func:`html.escape`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cnn_aliasing.report.figures import FIGURES
+from cnn_aliasing.report.results import ModelResult, StudyResults
+from cnn_aliasing.report.statistics import Interval, StudyStatistics
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1150px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.88em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.55em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.failed td { background: #fff1f0; }
+.robust { color: #1f77b4; font-weight: 600; }
+.standard { color: #d62728; font-weight: 600; }
+.weak { color: #8a5a00; }
+.verdict { background: #f6f8fa; border-left: 4px solid #888; padding: 0.6em 1em; }
+figure { margin: 1.2em 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.9em; color: #444; }
+pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; font-size: 0.82em; }
+.scroll { overflow-x: auto; }
+"""
+
+QUESTION = (
+    "Do adversarially trained (robust) CNNs down-sample with less aliasing than normally trained ones? "
+    "Grabinski, Keuper and Keuper (\u201cAliasing coincides with CNNs vulnerability towards adversarial "
+    "attacks\u201d, AAAI-22 workshop on adversarial machine learning) found that robust CIFAR-10 models "
+    "of the same architecture alias markedly less in their down-sampling layers, most of all in the early "
+    "ones. This study measures AM, the mean over all feature maps of sum |Y - Z| (Y: the spectrum of the "
+    "actual down-sampled output, Z: its alias-free counterpart), in every down-sampling op of each model, "
+    "measures each model's clean and robust accuracy, and asks, per op, whether robust models alias less "
+    "and whether aliasing and robust accuracy are rank-correlated."
+)
+
+
+def esc(value: Any) -> str:
+    """Text for HTML: ``str(value)`` escaped, quotes included."""
+    return html.escape(str(value), quote=True)
+
+
+def _pct(value: float | None) -> str:
+    return "\u2013" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
+
+
+def _num(value: float | None, spec: str = ".4g") -> str:
+    return "\u2013" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def _interval(ci: Interval, spec: str) -> str:
+    return "\u2013" if not ci.defined else f"[{format(ci.low, spec)}, {format(ci.high, spec)}]"
+
+
+def _table(
+    header: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    numeric: set[int] | None = None,
+    row_class: Sequence[str] | None = None,
+) -> str:
+    """An HTML table of already escaped cells; ``numeric`` column indices are right-aligned."""
+    numeric = numeric or set()
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{row_class[i]}"' if row_class and row_class[i] else ""
+        cells = "".join(
+            f'<td class="num">{c}</td>' if j in numeric else f"<td>{c}</td>" for j, c in enumerate(row)
+        )
+        body.append(f"<tr{cls}>{cells}</tr>")
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="scroll">{table}</div>'
+
+
+def _group(model: ModelResult) -> str:
+    return '<span class="robust">robust</span>' if model.robust else '<span class="standard">standard</span>'
+
+
+def _source(source: dict[str, Any]) -> str:
+    kind = source.get("type")
+    detail = source.get(str(kind)) if kind in ("zoo", "recipe") else source.get("checkpoint")
+    return esc(f"{kind}: {detail}" if kind else "\u2013")
+
+
+def _status(model: ModelResult) -> str:
+    return esc(model.status) if model.done else f"<strong>{esc(model.status)}</strong>: {esc(model.error)}"
+
+
+def question_section(results: StudyResults) -> str:
+    """The hypothesis and the study's attack and image counts."""
+    attacks = {json.dumps(m.attack, sort_keys=True) for m in results.done_models if m.attack}
+    settings = []
+    for text in sorted(attacks):
+        a = json.loads(text)
+        eps = a.get("eps")
+        eps_text = f"{eps:.4g} ({eps * 255:.3g}/255)" if isinstance(eps, (int, float)) else str(eps)
+        settings.append(
+            f"robust accuracy under {a.get('attack')} ({a.get('norm')}, eps = {eps_text}) on "
+            f"{a.get('n_images')} images"
+        )
+    images = sorted({m.n_images for m in results.done_models if m.n_images is not None})
+    if images:
+        settings.append(f"aliasing measured on {', '.join(map(str, images))} images")
+    detail = f"<p>In this study: {esc('; '.join(settings))}.</p>" if settings else ""
+    return f'<h2 id="question">The question</h2><p>{esc(QUESTION)}</p>{detail}'
+
+
+def models_section(results: StudyResults) -> str:
+    """One row per model, finished or not, failed ones with their reason."""
+    rows = [
+        [
+            esc(m.name),
+            _group(m),
+            esc(m.arch or "\u2013"),
+            _source(m.source),
+            esc(", ".join(m.tags)),
+            _pct(m.clean_accuracy),
+            _pct(m.robust_accuracy),
+            _status(m),
+        ]
+        for m in results.models
+    ]
+    classes = ["" if m.done else "failed" for m in results.models]
+    done = len(results.done_models)
+    left_out = len(results.models) - done
+    note = f", {left_out} not (left out of the statistics and figures)" if left_out else ""
+    head = f"<p>{len(results.models)} models, {done} finished{note}.</p>"
+    table = _table(
+        ["model", "group", "architecture", "source", "tags", "clean acc.", "robust acc.", "status"],
+        rows,
+        numeric={5, 6},
+        row_class=classes,
+    )
+    return f'<h2 id="models">The models</h2>{head}{table}'
+
+
+def statistics_section(stats: StudyStatistics) -> str:
+    """The overall verdict and, per op, the correlation and the ratio with intervals and verdicts."""
+    level = f"{100 * stats.level:g}%"
+    rows = []
+    for o in stats.ops:
+        c, r = o.correlation, o.ratio
+        rows.append(
+            [
+                esc(o.op),
+                str(c.n),
+                _num(c.rho, "+.2f"),
+                _interval(c.interval, "+.2f"),
+                f'<span class="{"weak" if c.weak else ""}">{esc(o.correlation_verdict)}</span>',
+                f"{r.n_robust} / {r.n_standard}",
+                _num(r.ratio, ".2f"),
+                _interval(r.interval, ".2f"),
+                f'<span class="{"weak" if r.weak else ""}">{esc(o.ratio_verdict)}</span>',
+            ]
+        )
+    table = _table(
+        [
+            "op",
+            "n",
+            "Spearman rho",
+            f"{level} CI",
+            "AM vs robust accuracy",
+            "robust / standard",
+            "AM ratio",
+            f"{level} CI",
+            "robust vs standard AM",
+        ],
+        rows,
+        numeric={1, 2, 3, 5, 6, 7},
+    )
+    method = (
+        f"Spearman's rho is the rank correlation (ties get average ranks) between an op's AM and robust "
+        f"accuracy over the finished models that have both; the AM ratio is the mean AM of robust models "
+        f"over that of standard models. Intervals are {level} percentile bootstrap intervals from "
+        f"{stats.n_resamples} resamples of the models (the ratio resamples within each group; seed "
+        f"{stats.seed}); resamples on which a statistic is undefined are left out. A result is called weak "
+        f"evidence with fewer than 5 models (correlation) or 2 per group (ratio), or when its interval "
+        f"includes 0 (correlation) or 1 (ratio). Models of one study are few and not a random sample: read "
+        f"the intervals as a measure of how much the answer rests on single models."
+    )
+    return (
+        f'<h2 id="statistics">Statistics</h2><p class="verdict">{esc(stats.verdict)}</p>{table}'
+        f"<p>{esc(method)}</p>"
+    )
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def figures_section(figures: dict[str, list[Path]], html_dir: Path) -> str:
+    """Each figure's PNG embedded, with its caption and a link to the SVG beside it."""
+    parts = ['<h2 id="figures">Figures</h2>']
+    for name, paths in figures.items():
+        kind = FIGURES[name]
+        pngs = [p for p in paths if p.suffix == ".png"]
+        if not pngs:
+            continue
+        parts.append(f"<h3>{esc(kind.title)}</h3>")
+        for png in pngs:
+            svg = png.with_suffix(".svg")
+            link = Path(os.path.relpath(svg, html_dir)).as_posix()
+            parts.append(
+                f'<figure><img src="{_data_uri(png)}" alt="{esc(kind.title)}: {esc(png.stem)}">'
+                f'<figcaption>{esc(kind.caption)} (<a href="{esc(link)}">SVG</a>)</figcaption></figure>'
+            )
+    if len(parts) == 1:
+        parts.append("<p>No figure: no finished model has measurements to plot.</p>")
+    return "".join(parts)
+
+
+def table_section(rows: list[dict[str, Any]]) -> str:
+    """The per-(model, op) table of results.csv, grouped by op."""
+    if not rows:
+        return '<h2 id="table">Per-op table</h2><p>No finished model.</p>'
+    header = list(rows[0])
+    order = list(dict.fromkeys(r["op"] for r in rows))
+    ordered = sorted(rows, key=lambda r: order.index(r["op"]))
+    numeric = {i for i, h in enumerate(header) if isinstance(rows[0][h], (int, float)) and h != "robust"}
+    cells = [[_cell(r[h], h) for h in header] for r in ordered]
+    return (
+        '<h2 id="table">Per-op table</h2><p>One row per (model, op), as in results.csv and results.json '
+        "beside this page.</p>" + _table(header, cells, numeric=numeric)
+    )
+
+
+def _cell(value: Any, column: str) -> str:
+    if value is None:
+        return "\u2013"
+    if column.endswith("accuracy") and isinstance(value, float):
+        return _pct(value)
+    if isinstance(value, float):
+        return _num(value)
+    return esc(value)
+
+
+def provenance_section(results: StudyResults, report_meta: dict[str, Any]) -> str:
+    """Config, commands, versions, git state and timings of the study and of this report."""
+    run = results.run
+    git = run.get("git") or {}
+    versions = [
+        [esc(k), esc(run.get(k))]
+        for k in ("package", "version", "torch", "cuda", "numpy", "python", "platform", "timestamp")
+        if k in run
+    ]
+    versions.append(["git commit", esc(f"{git.get('commit')} (dirty: {git.get('dirty')})")])
+    config_path = results.config_path or "CONFIG"
+    commands = (
+        f"cnn-aliasing study {config_path}\n"
+        f"cnn-aliasing report {results.root}    # rebuilds this page from the result files"
+    )
+    timing_keys = list(dict.fromkeys(k for m in results.models for k in m.timings))
+    timings = _table(
+        ["model", *timing_keys],
+        [[esc(m.name), *(_num(m.timings.get(k), ".1f") for k in timing_keys)] for m in results.models],
+        numeric=set(range(1, len(timing_keys) + 1)),
+    )
+    wall = _num(results.wall_seconds, ".1f")
+    report_git = (report_meta.get("git") or {}).get("commit")
+    return (
+        '<h2 id="provenance">How it was produced</h2>'
+        f"<p>Study <strong>{esc(results.name)}</strong>, results folder <code>{esc(results.root)}</code>, "
+        f"wall time {wall} s. Commands:</p><pre>{esc(commands)}</pre>"
+        f"<h3>Run</h3>{_table(['', 'value'], versions)}"
+        f"<h3>Timings (seconds)</h3>{timings}"
+        f"<h3>Resolved config</h3><pre>{esc(json.dumps(results.config, indent=2, sort_keys=True))}</pre>"
+        f"<p>This page was built from the result files alone by cnn-aliasing "
+        f"{esc(report_meta.get('version'))} (git {esc(report_git)}) at {esc(report_meta.get('timestamp'))}."
+        "</p>"
+    )
+
+
+def render_html(
+    results: StudyResults,
+    stats: StudyStatistics,
+    figures: dict[str, list[Path]],
+    rows: list[dict[str, Any]],
+    html_dir: Path,
+    report_meta: dict[str, Any],
+) -> str:
+    """The whole page as text."""
+    title = f"Aliasing and adversarial robustness: {results.name}"
+    nav = " \u00b7 ".join(
+        f'<a href="#{anchor}">{label}</a>'
+        for anchor, label in (
+            ("question", "question"),
+            ("models", "models"),
+            ("statistics", "statistics"),
+            ("figures", "figures"),
+            ("table", "table"),
+            ("provenance", "how it was produced"),
+        )
+    )
+    body = "".join(
+        [
+            f"<h1>{esc(title)}</h1><p>{nav}</p>",
+            question_section(results),
+            models_section(results),
+            statistics_section(stats),
+            figures_section(figures, html_dir),
+            table_section(rows),
+            provenance_section(results, report_meta),
+        ]
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
+        f"<style>{STYLE}</style></head><body>{body}</body></html>\n"
+    )

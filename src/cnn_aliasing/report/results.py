@@ -1,0 +1,368 @@
+"""Reading a study's result files (docs/results-format.md) into dataclasses, and the per-(model, op) table.
+
+Nothing here runs a model: the report is made from ``study.json``, ``models/*.json`` and ``spectra/*.json``
+alone. A missing key is a :class:`ResultsError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.provenance import write_csv_atomic, write_json_atomic
+
+AM = "aliasing"
+DONE = "done"
+FAILED = "failed"
+#: With at most this many finished models every point of a scatter plot is named.
+LABEL_ALL_UP_TO = 8
+
+
+class ResultsError(CnnAliasingError):
+    """A result file is missing, is not JSON, or lacks a key the report needs."""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: no such file") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ResultsError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
+    return data
+
+
+def _get(obj: dict[str, Any], key: str, path: Path, where: str = "") -> Any:
+    """``obj[key]``; a missing key names the file and the full key (``where`` is the parent's key path)."""
+    if not isinstance(obj, dict) or key not in obj:
+        raise ResultsError(f"{path}: missing key {where + key!r}")
+    return obj[key]
+
+
+@dataclass(frozen=True)
+class OpResult:
+    """One down-sampling op of one model: AM with its std and count, and the scale-free variants' means."""
+
+    name: str
+    kind: str
+    factor: tuple[int, int]
+    aliasing: float
+    std: float
+    count: int
+    variants: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def layer_group(self) -> str:
+        """The first part of the op's module path (``layer2`` of ``layer2.0.conv1``)."""
+        return self.name.split(".", 1)[0]
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch of a model trained by the study; eval fields are None when the epoch was not evaluated."""
+
+    epoch: int
+    train_loss: float | None
+    train_accuracy: float | None
+    clean_accuracy: float | None
+    pgd_accuracy: float | None
+    aliasing: dict[str, float]
+
+
+@dataclass
+class ModelResult:
+    """One model of the study, finished or failed, as read from ``models/<slug>.json``."""
+
+    name: str
+    file: str
+    status: str
+    error: str | None
+    robust: bool
+    arch: str | None
+    tags: list[str]
+    source: dict[str, Any]
+    clean_accuracy: float | None = None
+    robust_accuracy: float | None = None
+    attack: dict[str, Any] | None = None
+    ops: list[OpResult] = field(default_factory=list)
+    training: list[EpochRecord] = field(default_factory=list)
+    spectrum: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    n_images: int | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the model finished (its measurements are present)."""
+        return self.status == DONE
+
+    def op(self, name: str) -> OpResult | None:
+        """The op with this name, or None if the model has none."""
+        return next((o for o in self.ops if o.name == name), None)
+
+
+@dataclass(frozen=True)
+class SpectrumResult:
+    """The spectra of one map (one image, one channel of one op): X, Y and Z as complex arrays."""
+
+    file: str
+    model: str
+    op: str
+    image: int
+    channel: int
+    factor: tuple[int, int]
+    nyquist: str
+    aliasing: float
+    full: np.ndarray
+    actual: np.ndarray
+    alias_free: np.ndarray
+
+
+@dataclass
+class StudyResults:
+    """Everything the report needs: the study's metadata, every model and every spectrum file."""
+
+    root: Path
+    name: str
+    config: dict[str, Any]
+    config_path: str | None
+    run: dict[str, Any]
+    wall_seconds: float | None
+    models: list[ModelResult]
+    spectra: list[SpectrumResult]
+
+    @property
+    def done_models(self) -> list[ModelResult]:
+        """The finished models, in study order."""
+        return [m for m in self.models if m.done]
+
+    @property
+    def op_names(self) -> list[str]:
+        """Every op name of the finished models, in first-seen forward order."""
+        names: dict[str, None] = {}
+        for model in self.done_models:
+            names.update((o.name, None) for o in model.ops)
+        return list(names)
+
+    @property
+    def variant_names(self) -> list[str]:
+        """The scale-free variants measured by any finished model, in first-seen order."""
+        names: dict[str, None] = {}
+        for model in self.done_models:
+            for op in model.ops:
+                names.update((k, None) for k in op.variants)
+        return list(names)
+
+    @property
+    def report_config(self) -> dict[str, Any]:
+        """The ``report`` table of the study's config (empty when absent)."""
+        section = self.config.get("report")
+        return section if isinstance(section, dict) else {}
+
+    @property
+    def highlight(self) -> list[str]:
+        """The models whose points are named in figures: ``report.highlight`` of the config, else every
+        finished model when there are at most :data:`LABEL_ALL_UP_TO` of them, else none."""
+        chosen = self.report_config.get("highlight")
+        if chosen is not None:
+            return [str(name) for name in chosen]
+        done = self.done_models
+        return [m.name for m in done] if len(done) <= LABEL_ALL_UP_TO else []
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _parse_op(raw: dict[str, Any], path: Path, where: str) -> OpResult:
+    metrics = raw.get("metrics") or {}
+    factor = _get(raw, "factor", path, where)
+    return OpResult(
+        name=str(_get(raw, "name", path, where)),
+        kind=str(_get(raw, "kind", path, where)),
+        factor=(int(factor[0]), int(factor[1])),
+        aliasing=float(_get(raw, "aliasing", path, where)),
+        std=float(_get(raw, "std", path, where)),
+        count=int(_get(raw, "count", path, where)),
+        variants={
+            k: float(_get(v, "mean", path, f"{where}metrics.{k}.")) for k, v in metrics.items() if k != AM
+        },
+    )
+
+
+def _parse_training(raw: Any, path: Path) -> list[EpochRecord]:
+    """The per-epoch history: ``training`` is null, the history list, or a dict holding ``history``."""
+    if raw is None:
+        return []
+    history = _get(raw, "history", path, "training.") if isinstance(raw, dict) else raw
+    records = []
+    for i, entry in enumerate(history):
+        where = f"training.history[{i}]."
+        evaluation = entry.get("eval") or {}
+        records.append(
+            EpochRecord(
+                epoch=int(_get(entry, "epoch", path, where)),
+                train_loss=_float_or_none(entry.get("train_loss")),
+                train_accuracy=_float_or_none(entry.get("train_accuracy")),
+                clean_accuracy=_float_or_none(evaluation.get("clean_accuracy")),
+                pgd_accuracy=_float_or_none(evaluation.get("pgd_accuracy")),
+                aliasing={k: float(v) for k, v in (evaluation.get("aliasing") or {}).items()},
+            )
+        )
+    return records
+
+
+def load_model_result(path: Path, file: str) -> ModelResult:
+    """One ``models/<slug>.json``; ``file`` is its path relative to the results folder."""
+    raw = _read_json(path)
+    status = str(_get(raw, "status", path))
+    model = ModelResult(
+        name=str(_get(raw, "name", path)),
+        file=file,
+        status=status,
+        error=raw.get("error"),
+        robust=bool(_get(raw, "robust", path)),
+        arch=raw.get("arch"),
+        tags=[str(t) for t in raw.get("tags") or []],
+        source=raw.get("source") or {},
+        timings={k: float(v) for k, v in (raw.get("timings") or {}).items() if v is not None},
+    )
+    if status != DONE:
+        return model
+    attack = raw.get("robust_accuracy")
+    clean = raw.get("clean_accuracy")
+    aliasing = _get(raw, "aliasing", path)
+    model.clean_accuracy = (
+        float(_get(clean, "accuracy", path, "clean_accuracy."))
+        if clean is not None
+        else _float_or_none(attack.get("clean_accuracy") if attack else None)
+    )
+    if attack is not None:
+        model.robust_accuracy = float(_get(attack, "robust_accuracy", path, "robust_accuracy."))
+        model.attack = {k: attack.get(k) for k in ("attack", "eps", "norm", "n_images", "seed")}
+    model.ops = [
+        _parse_op(op, path, f"aliasing.ops[{i}].")
+        for i, op in enumerate(_get(aliasing, "ops", path, "aliasing."))
+    ]
+    model.n_images = aliasing.get("n_images")
+    model.training = _parse_training(raw.get("training"), path)
+    model.spectrum = raw.get("spectrum")
+    return model
+
+
+def _complex(raw: dict[str, Any], key: str, path: Path) -> np.ndarray:
+    part = _get(raw, key, path)
+    re = np.asarray(_get(part, "re", path, f"{key}."), dtype=np.float64)
+    im = np.asarray(_get(part, "im", path, f"{key}."), dtype=np.float64)
+    if re.ndim != 2 or re.shape != im.shape:
+        raise ResultsError(f"{path}: {key}.re and {key}.im must be matrices of one shape")
+    return re + 1j * im
+
+
+def load_spectrum(path: Path, file: str) -> SpectrumResult:
+    """One ``spectra/<slug>.json``; ``file`` is its path relative to the results folder."""
+    raw = _read_json(path)
+    factor = _get(raw, "factor", path)
+    return SpectrumResult(
+        file=file,
+        model=str(_get(raw, "model", path)),
+        op=str(_get(raw, "op", path)),
+        image=int(_get(raw, "image", path)),
+        channel=int(_get(raw, "channel", path)),
+        factor=(int(factor[0]), int(factor[1])),
+        nyquist=str(raw.get("nyquist", "zero")),
+        aliasing=float(_get(raw, "aliasing", path)),
+        full=_complex(raw, "full", path),
+        actual=_complex(raw, "actual", path),
+        alias_free=_complex(raw, "alias_free", path),
+    )
+
+
+def _missing_model(entry: dict[str, Any], file: str) -> ModelResult:
+    """A model listed in study.json whose result file is not (yet) written."""
+    return ModelResult(
+        name=str(entry["name"]),
+        file=file,
+        status=str(entry.get("status") or "missing"),
+        error=f"no result file {file} (the study was stopped before this model finished?)",
+        robust=bool(entry.get("robust", False)),
+        arch=entry.get("arch"),
+        tags=[],
+        source={},
+    )
+
+
+def load_results(results_dir: str | Path) -> StudyResults:
+    """Read ``study.json`` and every model and spectrum file it points to from a results folder."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise ResultsError(f"{root}: not a folder (expected a study's results folder holding study.json)")
+    study_path = root / "study.json"
+    study = _read_json(study_path)
+    models = []
+    for i, entry in enumerate(_get(study, "models", study_path)):
+        _get(entry, "name", study_path, f"models[{i}].")
+        file = str(_get(entry, "file", study_path, f"models[{i}]."))
+        path = root / file
+        models.append(load_model_result(path, file) if path.is_file() else _missing_model(entry, file))
+    spectra = [load_spectrum(root / m.spectrum, m.spectrum) for m in models if m.done and m.spectrum]
+    wall = study.get("wall_seconds")
+    return StudyResults(
+        root=root,
+        name=str(study.get("name") or root.name),
+        config=study.get("config") or {},
+        config_path=study.get("config_path"),
+        run=study.get("run") or {},
+        wall_seconds=_float_or_none(wall),
+        models=models,
+        spectra=spectra,
+    )
+
+
+def table_rows(results: StudyResults) -> list[dict[str, Any]]:
+    """One row per (finished model, op) with the columns of docs/results-format.md; a variant a model did
+    not measure is None (an empty CSV cell)."""
+    variants = results.variant_names
+    rows = []
+    for model in results.done_models:
+        for op in model.ops:
+            row: dict[str, Any] = {
+                "model": model.name,
+                "tags": ";".join(model.tags),
+                "robust": model.robust,
+                "arch": model.arch,
+                "clean_accuracy": model.clean_accuracy,
+                "robust_accuracy": model.robust_accuracy,
+                "op": op.name,
+                "layer_group": op.layer_group,
+                "kind": op.kind,
+                "factor": f"{op.factor[0]}x{op.factor[1]}",
+                "aliasing": op.aliasing,
+                "aliasing_std": op.std,
+                "aliasing_count": op.count,
+            }
+            row.update({v: op.variants.get(v) for v in variants})
+            rows.append(row)
+    return rows
+
+
+def _json_safe(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def write_tables(results: StudyResults, rows: list[dict[str, Any]]) -> list[Path]:
+    """Write ``results.csv`` and ``results.json`` (the rows, NaN as null) into the results folder."""
+    csv_path = results.root / "results.csv"
+    json_path = results.root / "results.json"
+    write_csv_atomic(csv_path, rows)
+    write_json_atomic(json_path, [{k: _json_safe(v) for k, v in row.items()} for row in rows])
+    return [csv_path, json_path]

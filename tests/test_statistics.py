@@ -1,0 +1,240 @@
+"""The report's statistics against plain-loop float64 references written here, and known answers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnn_aliasing.report import load_results
+from cnn_aliasing.report.statistics import (
+    Correlation,
+    Interval,
+    Ratio,
+    average_ranks,
+    bootstrap_ratio,
+    bootstrap_spearman,
+    compute_statistics,
+    correlation_verdict,
+    mean_ratio,
+    overall_verdict,
+    percentile_interval,
+    ratio_verdict,
+    resample_indices,
+    spearman,
+)
+from test_report_fixtures import MODELS, OPS, make_results
+
+
+# ---------------------------------------------------------------------------------- slow references
+def ranks_reference(values: list[float]) -> list[float]:
+    """Average ranks by explicit loops: sort positions, then give each run of ties its mean position."""
+    n = len(values)
+    order = sorted(range(n), key=lambda i: values[i])
+    ranks = [0.0] * n
+    start = 0
+    while start < n:
+        end = start
+        while end + 1 < n and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        mean_position = (start + 1 + end + 1) / 2.0
+        for k in range(start, end + 1):
+            ranks[order[k]] = mean_position
+        start = end + 1
+    return ranks
+
+
+def pearson_reference(x: list[float], y: list[float]) -> float:
+    n = len(x)
+    mx = sum(x) / n
+    my = sum(y) / n
+    sxy = sxx = syy = 0.0
+    for a, b in zip(x, y, strict=True):
+        sxy += (a - mx) * (b - my)
+        sxx += (a - mx) ** 2
+        syy += (b - my) ** 2
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan
+
+
+def spearman_reference(x: list[float], y: list[float]) -> float:
+    return pearson_reference(ranks_reference(x), ranks_reference(y)) if len(x) >= 3 else math.nan
+
+
+# ------------------------------------------------------------------------------------------- ranks
+def test_average_ranks_match_the_loop_reference_with_ties() -> None:
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 5, 17):
+        values = rng.integers(0, 4, size=n).astype(float)  # many ties
+        np.testing.assert_array_equal(average_ranks(values), ranks_reference(list(values)))
+    np.testing.assert_array_equal(average_ranks(np.array([3.0, 1.0, 3.0, 2.0])), [3.5, 1.0, 3.5, 2.0])
+
+
+def test_average_ranks_work_row_by_row() -> None:
+    rows = np.array([[1.0, 1.0, 2.0], [5.0, 4.0, 3.0]])
+    np.testing.assert_array_equal(average_ranks(rows), [[1.5, 1.5, 3.0], [3.0, 2.0, 1.0]])
+
+
+# ----------------------------------------------------------------------------------------- spearman
+def test_spearman_known_answers() -> None:
+    x = np.array([0.1, 0.5, 2.0, 7.0, 9.0])
+    assert spearman(x, x**3) == pytest.approx(1.0, abs=1e-15)
+    assert spearman(x, -np.exp(x)) == pytest.approx(-1.0, abs=1e-15)
+    # by hand: ranks x = (1, 2.5, 2.5, 4), y = (1, 3, 2, 4): sum dx dy = 4.5, sum dx^2 = 4.5, sum dy^2 = 5
+    assert spearman(np.array([1.0, 2, 2, 3]), np.array([1.0, 3, 2, 4])) == pytest.approx(
+        4.5 / math.sqrt(4.5 * 5.0), abs=1e-15
+    )
+
+
+def test_spearman_matches_the_loop_reference() -> None:
+    rng = np.random.default_rng(2)
+    for n in (3, 4, 9, 30):
+        x = rng.integers(0, 5, size=n).astype(float)
+        y = x + rng.normal(size=n).round(0)
+        expected = spearman_reference(list(x), list(y))
+        got = float(spearman(x, y))
+        if math.isnan(expected):
+            assert math.isnan(got)
+        else:
+            assert got == pytest.approx(expected, abs=1e-12)
+
+
+def test_spearman_is_nan_when_undefined() -> None:
+    assert math.isnan(spearman(np.array([1.0, 2.0]), np.array([2.0, 1.0])))  # n < 3
+    assert math.isnan(spearman(np.array([1.0, 1.0, 1.0]), np.array([1.0, 2.0, 3.0])))  # constant x
+    assert math.isnan(spearman(np.array([1.0, 2.0, 3.0]), np.array([4.0, 4.0, 4.0])))  # constant y
+
+
+def test_mean_ratio_and_its_undefined_cases() -> None:
+    assert mean_ratio(np.array([1.0, 3.0]), np.array([2.0, 6.0])) == pytest.approx(0.5)
+    assert math.isnan(mean_ratio(np.array([1.0]), np.array([0.0, 0.0])))
+    assert math.isnan(mean_ratio(np.array([]), np.array([1.0])))
+    assert math.isnan(mean_ratio(np.array([1.0]), np.array([])))
+
+
+# ---------------------------------------------------------------------------------------- bootstrap
+def test_bootstrap_by_hand_with_a_fixed_index_matrix() -> None:
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    y = np.array([2.0, 1.0, 4.0, 3.0])
+    indices = np.array([[0, 1, 2, 3], [0, 0, 2, 3]])
+    # resample 1: ranks (1,2,3,4) and (2,1,4,3): 3 / sqrt(5 * 5) = 0.6
+    # resample 2: x (1,1,3,4) -> (1.5,1.5,3,4), y (2,2,4,3) -> (1.5,1.5,4,3): 3.5 / sqrt(4.5 * 4.5)
+    stats = bootstrap_spearman(x, y, indices)
+    np.testing.assert_allclose(stats, [0.6, 3.5 / 4.5], atol=1e-15)
+    ci = percentile_interval(stats, 0.5)  # quantiles 0.25 and 0.75, interpolated linearly
+    assert ci.low == pytest.approx(0.6 + 0.25 * (3.5 / 4.5 - 0.6))
+    assert ci.high == pytest.approx(0.6 + 0.75 * (3.5 / 4.5 - 0.6))
+    assert (ci.n_resamples, ci.degenerate) == (2, 0)
+
+    ratios = bootstrap_ratio(
+        np.array([1.0, 3.0]), np.array([2.0, 6.0]), np.array([[0, 1], [1, 1]]), np.array([[0, 0], [0, 1]])
+    )
+    np.testing.assert_allclose(ratios, [2.0 / 2.0, 3.0 / 4.0])
+
+
+def test_degenerate_resamples_are_counted_and_left_out() -> None:
+    x = np.array([1.0, 2.0, 3.0])
+    indices = np.array([[0, 0, 0], [0, 1, 2], [2, 2, 2]])  # two constant resamples
+    stats = bootstrap_spearman(x, -x, indices)
+    assert np.isnan(stats[[0, 2]]).all() and stats[1] == pytest.approx(-1.0)
+    ci = percentile_interval(stats, 0.95)
+    assert (ci.low, ci.high, ci.degenerate) == (pytest.approx(-1.0), pytest.approx(-1.0), 2)
+    empty = percentile_interval(np.array([np.nan, np.nan]), 0.95)
+    assert not empty.defined and empty.degenerate == 2 and not empty.contains(0.0)
+
+
+def test_resample_indices_are_seeded_and_in_range() -> None:
+    a = resample_indices(np.random.default_rng(5), 7, 100)
+    b = resample_indices(np.random.default_rng(5), 7, 100)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (100, 7) and a.min() >= 0 and a.max() <= 6 and len(np.unique(a)) == 7
+    assert resample_indices(np.random.default_rng(5), 0, 3).shape == (3, 0)
+
+
+def test_interval_contains_the_estimate_for_typical_data() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=25)
+    y = -x + 0.7 * rng.normal(size=25)
+    rho = float(spearman(x, y))
+    ci = percentile_interval(bootstrap_spearman(x, y, resample_indices(rng, 25, 2000)), 0.95)
+    assert ci.low < rho < ci.high < 0
+    assert ci.high - ci.low < 0.6
+
+
+# ---------------------------------------------------------------------------------------- verdicts
+def _interval(low: float, high: float) -> Interval:
+    return Interval(low, high, 0.95, 1000, 0)
+
+
+def test_correlation_verdicts_state_direction_and_weakness() -> None:
+    strong = Correlation(8, -0.8, _interval(-0.95, -0.4))
+    assert not strong.weak
+    assert correlation_verdict(strong).startswith("negative (rho = -0.80)")
+    assert "excludes 0" in correlation_verdict(strong)
+    few = Correlation(4, -0.8, _interval(-1.0, -0.2))
+    assert few.weak and "weak evidence (only 4 models)" in correlation_verdict(few)
+    wide = Correlation(9, 0.3, _interval(-0.4, 0.8))
+    text = correlation_verdict(wide)
+    assert wide.weak and "the interval includes 0" in text and "against the hypothesis" in text
+    assert "not enough models" in correlation_verdict(Correlation(2, math.nan, _interval(math.nan, math.nan)))
+    assert "the same for all 4" in correlation_verdict(
+        Correlation(4, math.nan, _interval(math.nan, math.nan))
+    )
+
+
+def test_ratio_verdicts_state_direction_and_weakness() -> None:
+    strong = Ratio(3, 3, 0.4, 1.0, 0.4, _interval(0.3, 0.55))
+    assert not strong.weak and ratio_verdict(strong).startswith(
+        "robust models alias less (ratio 0.40, 60% less"
+    )
+    one = Ratio(1, 3, 0.4, 1.0, 0.4, _interval(0.3, 0.55))
+    assert one.weak and "only 1 robust vs 3 standard" in ratio_verdict(one)
+    more = Ratio(4, 4, 1.3, 1.0, 1.3, _interval(0.9, 1.8))
+    text = ratio_verdict(more)
+    assert more.weak and "alias more" in text and "includes 1" in text and "against the hypothesis" in text
+    assert ratio_verdict(Ratio(0, 2, math.nan, 1.0, math.nan, _interval(math.nan, math.nan))).startswith(
+        "no comparison"
+    )
+
+
+# -------------------------------------------------------------------------------------- on a study
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_results(tmp_path_factory.mktemp("study"))
+
+
+def test_compute_statistics_on_a_study(results_dir: Path) -> None:
+    results = load_results(results_dir)
+    stats = compute_statistics(results, n_resamples=300, seed=1)
+    assert [o.op for o in stats.ops][:3] == OPS
+    first = stats.ops[0]
+    attacked = [(acc, scale) for robust, acc, scale in MODELS.values()]
+    expected = spearman_reference([s for _, s in attacked], [a for a, _ in attacked])
+    assert first.correlation.n == len(MODELS)  # the failed model and the unattacked one are left out
+    assert first.correlation.rho == pytest.approx(expected, abs=1e-12)
+    robust = [s for r, _, s in MODELS.values() if r]
+    standard = [s for r, _, s in MODELS.values() if not r]
+    assert (first.ratio.n_robust, first.ratio.n_standard) == (3, 3)  # not the failed robust model
+    assert first.ratio.ratio == pytest.approx((sum(robust) / 3) / (sum(standard) / 3))
+    assert first.ratio.interval.high < 1 and first.correlation.interval.high < 0
+    again = compute_statistics(results, n_resamples=300, seed=1)
+    assert again.ops[0].correlation.interval == first.correlation.interval
+    other = compute_statistics(results, n_resamples=300, seed=2)
+    assert other.ops[0].ratio.interval != first.ratio.interval
+    wrn = stats.ops[3]
+    assert wrn.correlation.n == 0 and math.isnan(wrn.correlation.rho) and wrn.ratio.n_standard == 1
+    assert "agrees with the hypothesis" in stats.verdict
+    assert "Of 5 down-sampling ops" in stats.verdict
+
+
+def test_overall_verdict_when_nothing_is_clear() -> None:
+    assert "nothing to test" in overall_verdict([])
+
+
+def test_compute_statistics_rejects_bad_settings(results_dir: Path) -> None:
+    results = load_results(results_dir)
+    with pytest.raises(ValueError, match="n_resamples"):
+        compute_statistics(results, n_resamples=0)
+    with pytest.raises(ValueError, match="level"):
+        compute_statistics(results, level=1.0)
