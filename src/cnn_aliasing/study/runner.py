@@ -220,7 +220,12 @@ class _ModelRun:
         self.say("loading" if model.source["type"] != "recipe" else "training (resumes if interrupted)")
         torch.manual_seed(self.config.seed)
         context = LoadContext(
-            self.config.output, self.config.model_dir, self.config.data.dir, self.device, self.progress
+            self.config.output,
+            self.config.model_dir,
+            self.config.data.dir,
+            self.device,
+            self.progress,
+            self.config.seed,
         )
         start = time.perf_counter()
         loaded = model.load(context)

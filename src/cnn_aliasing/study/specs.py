@@ -44,6 +44,7 @@ class LoadContext:
     data_dir: Path  # CIFAR-10, for training
     device: torch.device
     progress: bool
+    seed: int  # the study's seed: a recipe's training seed unless its overrides set one
 
 
 @dataclass
@@ -266,7 +267,8 @@ def _training_api() -> Any:
 
 def _train_recipe(model: StudyModel, context: LoadContext) -> LoadedModel:
     training = _training_api()
-    recipe = training.get_recipe(model.source["recipe"], **model.source["overrides"])
+    overrides = {"seed": context.seed, **model.source["overrides"]}  # the study's seed unless overridden
+    recipe = training.get_recipe(model.source["recipe"], **overrides)
     out_dir = context.output / "training" / model.slug
     start = time.perf_counter()
     result = training.train(
@@ -300,16 +302,17 @@ class RecipeSpec(ModelSpec):
     name: str | None = field(default=None, metadata=reads(is_str))
 
     def expand(self, model_dir: Path) -> list[StudyModel]:
-        recipe = _training_api().get_recipe(self.recipe, **self.overrides)  # fails now on a bad name
-        robust = getattr(recipe, "robust", None)
+        training = _training_api()
+        recipe = training.get_recipe(self.recipe, **self.overrides)  # a bad name or override fails now
+        robust = bool(training.get_objective(recipe.objective).robust)
         return [
             StudyModel(
                 name=self.name or self.recipe,
                 source={"type": "recipe", "recipe": self.recipe, "overrides": dict(self.overrides)},
-                arch=None,
-                arch_args={},
-                robust=robust if isinstance(robust, bool) else None,
-                tags=(),
+                arch=recipe.arch,
+                arch_args=dict(recipe.arch_args),
+                robust=robust,
+                tags=_training_tags(robust, recipe.arch),
                 loader=_train_recipe,
             )
         ]
@@ -325,7 +328,11 @@ def expand_models(specs: Sequence[ModelSpec], model_dir: Path) -> list[StudyMode
     kept: dict[str, StudyModel] = {}
     slugs: dict[str, str] = {}
     for i, spec in enumerate(specs, start=1):
-        for model in spec.expand(model_dir):
+        try:
+            expanded = spec.expand(model_dir)
+        except CnnAliasingError as error:
+            raise CnnAliasingError(f"[[models]] #{i}: {error}") from None
+        for model in expanded:
             earlier = kept.get(model.name)
             if earlier is not None:
                 if earlier.source != model.source:

@@ -1,0 +1,195 @@
+"""Study configs: the shipped ones, defaults, paths, errors naming file/section/key, model expansion."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cnn_aliasing import zoo
+from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.study import config_file, expand_models, load_config, parse_config, shipped_configs
+
+CKPT = {"checkpoint": "w.pt", "arch": "preact_resnet18", "robust": False}
+
+
+def parse(raw: dict[str, Any]) -> Any:
+    return parse_config(raw, "s.toml", default_name="s")
+
+
+def error_of(raw: dict[str, Any]) -> str:
+    with pytest.raises(CnnAliasingError) as info:
+        parse(raw)
+    return str(info.value)
+
+
+def test_shipped_configs_hold_the_study_settings() -> None:
+    assert shipped_configs() == ["paper-preact18", "paper-wrn28", "quick"]
+    assert Path("configs/quick.toml").resolve() == config_file("quick").resolve()  # the repo symlink
+    wrn = load_config("paper-wrn28")
+    assert (wrn.attack.name, wrn.attack.norm, wrn.attack.eps) == ("standard", "Linf", 8 / 255)
+    assert wrn.data.n_images == 1000 and wrn.attack_images == 1000
+    names = [m.name for m in expand_models(wrn.models, wrn.model_dir)]
+    assert names == [e.name for e in zoo.select("wrn-28-10")] and "Standard" in names
+    preact = expand_models(load_config("paper-preact18").models, Path("models"))
+    robust = [e.name for e in zoo.select("robust", "preact-resnet-18")]
+    assert [m.name for m in preact[:-1]] == robust
+    assert preact[-1].source == {"type": "recipe", "recipe": "paper-baseline", "overrides": {}}
+    assert preact[-1].robust is False and preact[-1].arch == "preact_resnet18"
+    quick = load_config()
+    assert quick.name == "quick" and quick.attack.name == "apgd-ce" and quick.data.n_images == 1000
+    assert quick.attack_images == 500 and quick.data.download
+    kinds = [type(spec).key for spec in quick.models]
+    assert kinds == ["recipe", "recipe", "zoo_on_disk"]
+
+
+def test_defaults_are_filled_in_and_paths_resolve_against_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = parse({"seed": 7, "attack": {"eps": "4/255"}, "models": [CKPT]})
+    assert config.output == tmp_path / "runs" / "s" and config.data.dir == tmp_path / "data"
+    assert config.model_dir == tmp_path / "models"
+    assert config.models[0].checkpoint == tmp_path / "w.pt"
+    resolved = config.to_dict()
+    assert resolved["attack"] == {
+        "enabled": True,
+        "name": "standard",
+        "eps": 4 / 255,
+        "norm": "Linf",
+        "n_images": 1000,
+        "batch_size": 250,
+        "seed": 7,
+        "options": {},
+    }
+    assert resolved["aliasing"] == {
+        "nyquist": "zero",
+        "metrics": [],
+        "include": [],
+        "exclude": [],
+        "per_channel": False,
+    }
+    assert resolved["models"] == [
+        {
+            "checkpoint": str(tmp_path / "w.pt"),
+            "arch": "preact_resnet18",
+            "robust": False,
+            "args": {},
+            "name": None,
+        }
+    ]
+    assert resolved["device"] is None and resolved["spectrum"] == {"enabled": True, "op": None, "image": 0}
+
+
+def test_no_attack_section_or_enabled_false_means_no_attack() -> None:
+    assert not parse({"models": [CKPT]}).attack.enabled
+    off = parse({"attack": {"enabled": False, "name": "apgd-ce"}, "models": [CKPT]})
+    assert not off.attack.enabled and off.attack.name == "standard"  # disabled settings do not matter
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"modles": [CKPT]}, "s.toml: unknown key 'modles'; valid top-level keys: name, output, seed"),
+        (
+            {"attack": {"epsilon": 1}, "models": [CKPT]},
+            "s.toml: [attack]: unknown key 'epsilon'; valid keys: enabled",
+        ),
+        (
+            {"models": [{**CKPT, "arg": {}}]},
+            "s.toml: [[models]] #1: unknown key 'arg'; valid keys: checkpoint, arch",
+        ),
+        (
+            {"attack": {"eps": "8/0"}, "models": [CKPT]},
+            "s.toml: [attack]: eps: eps must be a number or a fraction",
+        ),
+        ({"attack": {"eps": "-1/255"}, "models": [CKPT]}, "s.toml: [attack]: eps: eps must be >= 0"),
+        ({"attack": {"eps": True}, "models": [CKPT]}, "s.toml: [attack]: eps must be a number or a fraction"),
+        ({"models": [{"checkpoint": "w.pt", "arch": "preact_resnet18"}]}, "#1: the key 'robust' is required"),
+        ({"models": [{"zoo": "Standard", "recipe": "x"}]}, "needs exactly one of the keys zoo, zoo_tags"),
+        (
+            {"models": [{"name": "x"}]},
+            "#1 needs exactly one of the keys zoo, zoo_tags, zoo_on_disk, checkpoint",
+        ),
+        ({"models": []}, "[[models]] must list at least one model"),
+        (
+            {"models": [{"zoo": "Nope"}]},
+            "[[models]] #1: zoo: unknown zoo model 'Nope'; valid zoo models: Standard",
+        ),
+        ({"models": [{"zoo_tags": ["wrn"]}]}, "zoo_tags: unknown zoo tag 'wrn'; valid tags:"),
+        ({"models": [{**CKPT, "arch": "vgg"}]}, "arch: unknown architecture 'vgg'; valid:"),
+        ({"data": {"n_images": 0}, "models": [CKPT]}, "[data]: n_images must be an integer >= 1, got int 0"),
+        ({"data": {"split": "val"}, "models": [CKPT]}, "[data]: split must be one of 'train', 'test'"),
+        ({"aliasing": {"metrics": ["am"]}, "models": [CKPT]}, "[aliasing]: metrics: unknown metric(s) 'am'"),
+        ({"aliasing": {"nyquist": "x"}, "models": [CKPT]}, "nyquist must be one of 'zero', 'keep_negative'"),
+        ({"attack": {"name": "pgdd"}, "models": [CKPT]}, "s.toml: [attack] unknown attack 'pgdd'"),
+        ({"attack": {"n_images": 2000}, "models": [CKPT]}, "[attack] n_images = 2000 is more than [data]"),
+        ({"spectrum": {"image": 1000}, "models": [CKPT]}, "[spectrum] image = 1000 is not among"),
+        ({"attack": [1], "models": [CKPT]}, "s.toml: [attack] must be a table, got list"),
+    ],
+)
+def test_errors_name_the_file_section_key_and_what_is_valid(raw: dict[str, Any], expected: str) -> None:
+    assert expected in error_of(raw)
+
+
+def test_a_toml_file_with_unknown_keys_or_bad_syntax_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "mine.toml"
+    path.write_text('name = "mine"\n[[models]]\nzoo = "Standard"\nweights = 1\n')
+    with pytest.raises(
+        CnnAliasingError, match=r"mine.toml: \[\[models\]\] #1: unknown key 'weights'; valid keys"
+    ):
+        load_config(path)
+    path.write_text("name = \n")
+    with pytest.raises(CnnAliasingError, match="mine.toml: not valid TOML"):
+        load_config(path)
+    with pytest.raises(CnnAliasingError, match="does not exist"):
+        load_config(tmp_path / "other.toml")
+    with pytest.raises(CnnAliasingError, match="shipped configs: paper-preact18, paper-wrn28, quick"):
+        load_config("quik")
+
+
+def test_duplicate_names_skip_the_same_model_and_refuse_different_ones(tmp_path: Path) -> None:
+    same = parse({"models": [{"zoo": "Standard"}, {"zoo_tags": ["standard"]}]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        models = expand_models(same.models, tmp_path)
+    assert [m.name for m in models] == ["Standard"]
+    assert "[[models]] #2 lists Standard again" in str(caught[0].message)
+    clash = parse({"models": [{**CKPT, "name": "m"}, {**CKPT, "checkpoint": "v.pt", "name": "m"}]})
+    with pytest.raises(CnnAliasingError, match="two different models are named 'm'"):
+        expand_models(clash.models, tmp_path)
+    slugs = parse({"models": [{**CKPT, "name": "a b"}, {**CKPT, "checkpoint": "v.pt", "name": "a_b"}]})
+    with pytest.raises(CnnAliasingError, match="would share the result file a_b.json"):
+        expand_models(slugs.models, tmp_path)
+
+
+def test_zoo_on_disk_takes_the_checkpoints_present_filtered_by_tags(tmp_path: Path) -> None:
+    for name in ("Standard", "Carmon2019Unlabeled", "Wong2020Fast"):
+        path = zoo.checkpoint_path(name, tmp_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    config = parse({"model_dir": str(tmp_path), "models": [{"zoo_on_disk": True}]})
+    assert [m.name for m in expand_models(config.models, config.model_dir)] == [
+        e.name for e in zoo.ZOO.values() if e.name in ("Standard", "Carmon2019Unlabeled", "Wong2020Fast")
+    ]
+    robust_wrn = parse({"models": [{"zoo_on_disk": True, "tags": ["robust", "wrn-28-10"]}]})
+    assert [m.name for m in expand_models(robust_wrn.models, tmp_path)] == ["Carmon2019Unlabeled"]
+    entry = expand_models(robust_wrn.models, tmp_path)[0]
+    assert entry.robust is True and entry.source == {"type": "zoo", "zoo": "Carmon2019Unlabeled"}
+    assert expand_models(parse({"models": [{"zoo_on_disk": False}]}).models, tmp_path) == []
+
+
+def test_recipe_specs_take_arch_and_robustness_from_the_recipe_and_check_overrides() -> None:
+    config = parse({"models": [{"recipe": "small-fgsm-rs", "overrides": {"epochs": 1}, "name": "fast"}]})
+    (model,) = expand_models(config.models, Path("models"))
+    assert (model.name, model.arch, model.robust, model.tags) == (
+        "fast",
+        "preact_resnet18",
+        True,
+        ("robust", "preact_resnet18"),
+    )
+    bad = parse({"models": [{"recipe": "small-standard", "overrides": {"epoch": 1}}]})
+    with pytest.raises(CnnAliasingError, match=r"\[\[models\]\] #1: .*unknown field 'epoch'"):
+        expand_models(bad.models, Path("models"))
