@@ -1,0 +1,158 @@
+"""Training objectives as a registry: each turns a batch into the loss to minimise.
+
+An objective is called as ``objective(model, images, labels, generator, recipe) -> (loss, logits)``:
+``loss`` is the batch mean, ``logits`` are the model's outputs on the inputs it was trained on (the
+adversarial ones for PGD-AT and FGSM-RS, the clean ones for standard training and TRADES), used for the
+training accuracy. Adversarial examples come from :mod:`cnn_aliasing.attacks` and draw their random
+starts from ``generator``, so an epoch repeats exactly for a given seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnn_aliasing.attacks import ThreatModel, pgd_perturb
+from cnn_aliasing.attacks.pgd import FGSM_RS_STEP
+from cnn_aliasing.errors import UnknownNameError
+from cnn_aliasing.runtime import evaluation_mode
+
+if TYPE_CHECKING:
+    from cnn_aliasing.training.recipes import Recipe
+
+LossAndLogits = tuple[torch.Tensor, torch.Tensor]
+ObjectiveFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator, "Recipe"], LossAndLogits]
+PGD_STEP_RATIO = 0.25  # 2/255 at eps 8/255 (Madry et al., Rice et al., TRADES)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A registered objective: its loss function, whether it trains against attacks, and the default
+    attack step as a multiple of eps."""
+
+    name: str
+    loss: ObjectiveFn
+    robust: bool
+    step_ratio: float = 0.0
+    description: str = ""
+
+
+_OBJECTIVES: dict[str, Objective] = {}
+
+
+def register_objective(
+    name: str, *, robust: bool, step_ratio: float = 0.0
+) -> Callable[[ObjectiveFn], ObjectiveFn]:
+    """Register an objective function under ``name``; its docstring's first line describes it."""
+
+    def decorate(fn: ObjectiveFn) -> ObjectiveFn:
+        if name in _OBJECTIVES:
+            raise ValueError(f"an objective named {name!r} is already registered")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _OBJECTIVES[name] = Objective(name, fn, robust, step_ratio, doc[0] if doc else "")
+        return fn
+
+    return decorate
+
+
+def list_objectives() -> list[str]:
+    """Names of the registered objectives, sorted."""
+    return sorted(_OBJECTIVES)
+
+
+def get_objective(name: str) -> Objective:
+    """The registered objective ``name``; an unknown name lists the valid ones."""
+    if name not in _OBJECTIVES:
+        raise UnknownNameError(f"unknown objective {name!r}; valid: {', '.join(list_objectives())}")
+    return _OBJECTIVES[name]
+
+
+def attack_step(recipe: Recipe) -> float:
+    """The attack step the recipe's objective uses (``attack_step`` or its default multiple of eps)."""
+    return recipe.step_size(get_objective(recipe.objective).step_ratio)
+
+
+@register_objective("standard", robust=False)
+def standard(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, recipe: Recipe
+) -> LossAndLogits:
+    """Cross-entropy on the clean images."""
+    logits = model(images)
+    return F.cross_entropy(logits, labels), logits
+
+
+def _adversarial_ce(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    recipe: Recipe,
+    steps: int,
+) -> LossAndLogits:
+    """Cross-entropy on ``steps``-step PGD examples from a uniform random start (model in train mode)."""
+    threat = ThreatModel("Linf", recipe.eps)
+    adv = pgd_perturb(model, images, labels, threat, steps, attack_step(recipe), True, generator)
+    logits = model(adv)
+    return F.cross_entropy(logits, labels), logits
+
+
+@register_objective("pgd-at", robust=True, step_ratio=PGD_STEP_RATIO)
+def pgd_at(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, recipe: Recipe
+) -> LossAndLogits:
+    """PGD-AT (Madry et al. 2018): cross-entropy on PGD examples (attack_steps steps, random start)."""
+    return _adversarial_ce(model, images, labels, generator, recipe, recipe.attack_steps)
+
+
+@register_objective("fgsm-rs", robust=True, step_ratio=FGSM_RS_STEP)
+def fgsm_rs(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, recipe: Recipe
+) -> LossAndLogits:
+    """FGSM-RS (Wong et al. 2020): cross-entropy on one step of 1.25 eps from a uniform random start."""
+    return _adversarial_ce(model, images, labels, generator, recipe, 1)
+
+
+def _kl_to(clean_probs: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Per-example KL(clean || softmax(logits)), the TRADES inner loss (``labels`` are ignored)."""
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        log_probs = F.log_softmax(logits.float(), dim=1)
+        return F.kl_div(log_probs, clean_probs, reduction="none").sum(dim=1)
+
+    return loss
+
+
+@register_objective("trades", robust=True, step_ratio=PGD_STEP_RATIO)
+def trades(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, recipe: Recipe
+) -> LossAndLogits:
+    """TRADES (Zhang et al. 2019): CE(clean) + beta * KL(clean || adversarial), the KL maximised by PGD.
+
+    As in the reference, the inner maximisation runs with the model in eval mode, and the outer KL keeps
+    the gradient through both the clean and the adversarial outputs. The inner PGD starts from a uniform
+    random point of the eps-ball (the reference starts 0.001 * N(0, 1) away from the clean image).
+    """
+    threat = ThreatModel("Linf", recipe.eps)
+    with torch.no_grad(), evaluation_mode(model):
+        clean_probs = F.softmax(model(images).float(), dim=1)
+    with evaluation_mode(model):
+        adv = pgd_perturb(
+            model,
+            images,
+            labels,
+            threat,
+            recipe.attack_steps,
+            attack_step(recipe),
+            True,
+            generator,
+            loss=_kl_to(clean_probs),
+        )
+    logits = model(images)
+    adv_log_probs = F.log_softmax(model(adv).float(), dim=1)
+    robust = F.kl_div(adv_log_probs, F.softmax(logits.float(), dim=1), reduction="batchmean")
+    return F.cross_entropy(logits, labels) + recipe.trades_beta * robust, logits

@@ -1,0 +1,65 @@
+"""Learning-rate schedules as a registry: ``schedule(recipe, t) -> lr`` at training time ``t`` in epochs.
+
+``t`` is fractional (epoch + step / steps per epoch), so a schedule can change the rate every step; the
+study's multistep schedule changes it only at whole-epoch milestones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from cnn_aliasing.errors import UnknownNameError
+
+if TYPE_CHECKING:
+    from cnn_aliasing.training.recipes import Recipe
+
+Schedule = Callable[["Recipe", float], float]
+_SCHEDULES: dict[str, Schedule] = {}
+
+
+def register_schedule(name: str) -> Callable[[Schedule], Schedule]:
+    """Register a schedule function under ``name``."""
+
+    def decorate(schedule: Schedule) -> Schedule:
+        if name in _SCHEDULES:
+            raise ValueError(f"a schedule named {name!r} is already registered")
+        _SCHEDULES[name] = schedule
+        return schedule
+
+    return decorate
+
+
+def list_schedules() -> list[str]:
+    """Names of the registered schedules, sorted."""
+    return sorted(_SCHEDULES)
+
+
+def learning_rate(recipe: Recipe, t: float) -> float:
+    """The learning rate of ``recipe`` at time ``t`` (in epochs, from 0)."""
+    if recipe.schedule not in _SCHEDULES:
+        raise UnknownNameError(f"unknown schedule {recipe.schedule!r}; valid: {', '.join(list_schedules())}")
+    return _SCHEDULES[recipe.schedule](recipe, t)
+
+
+@register_schedule("multistep")
+def multistep(recipe: Recipe, t: float) -> float:
+    """``lr`` times ``gamma`` for every milestone epoch reached (the study's: 0.1, /10 at 100 and 150)."""
+    passed = sum(1 for m in recipe.milestones if t >= m)
+    return recipe.lr * recipe.gamma**passed
+
+
+@register_schedule("cyclic")
+def cyclic(recipe: Recipe, t: float) -> float:
+    """Linear from 0 up to ``lr`` at ``lr_peak * epochs``, then linear down to 0 at ``epochs`` (Wong et
+    al.'s one-cycle schedule for fast adversarial training), changing every step."""
+    peak = recipe.lr_peak * recipe.epochs
+    if t <= peak:
+        return recipe.lr * (t / peak if peak > 0 else 1.0)
+    return recipe.lr * max(0.0, (recipe.epochs - t) / (recipe.epochs - peak))
+
+
+@register_schedule("constant")
+def constant(recipe: Recipe, t: float) -> float:
+    """``lr`` throughout."""
+    return recipe.lr
