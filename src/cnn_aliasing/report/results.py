@@ -292,7 +292,7 @@ def _missing_model(entry: dict[str, Any], file: str) -> ModelResult:
     return ModelResult(
         name=str(entry["name"]),
         file=file,
-        status=str(entry.get("status") or "missing"),
+        status="missing" if entry.get("status") in (None, DONE) else str(entry["status"]),
         error=f"no result file {file} (the study was stopped before this model finished?)",
         robust=bool(entry.get("robust", False)),
         arch=entry.get("arch"),

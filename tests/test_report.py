@@ -1,0 +1,183 @@
+"""The report from result files: loading and validation, the table, report.html and `cnn-aliasing report`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cnn_aliasing import cli
+from cnn_aliasing.report import ResultsError, build_report, load_results
+from cnn_aliasing.report.html import render_html
+from cnn_aliasing.report.results import table_rows
+from cnn_aliasing.report.statistics import compute_statistics
+from test_report_fixtures import FAILED, MODELS, OPS, SPECTRUM_MODEL, TRAINED, WRN, WRN_OPS, make_results
+
+SECTIONS = ["question", "models", "statistics", "figures", "table", "provenance"]
+EVIL = "<script>alert('x')</script>&co"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic results folder with its report built once (figures take a few seconds)."""
+    root = make_results(tmp_path_factory.mktemp("study"))
+    build_report(root, progress=False)
+    return root
+
+
+# ------------------------------------------------------------------------------------------ loading
+def test_load_results_reads_every_model(built: Path) -> None:
+    results = load_results(built)
+    assert [m.name for m in results.models] == [*MODELS, WRN, FAILED]
+    assert [m.name for m in results.done_models] == [*MODELS, WRN]
+    failed = results.models[-1]
+    assert failed.status == "failed" and "checkpoint not found" in failed.error and failed.ops == []
+    wrn = results.models[-2]
+    assert wrn.robust_accuracy is None and wrn.clean_accuracy == 0.9 and [o.name for o in wrn.ops] == WRN_OPS
+    trained = next(m for m in results.models if m.name == TRAINED)
+    assert [r.epoch for r in trained.training] == [1, 2, 3]
+    assert trained.training[1].pgd_accuracy is None and trained.training[2].aliasing[OPS[0]] == 1.0 / 3
+    assert [s.model for s in results.spectra] == [SPECTRUM_MODEL]
+    assert results.spectra[0].full.shape == (16, 16) and results.spectra[0].actual.shape == (8, 8)
+    assert results.op_names == OPS + WRN_OPS and results.variant_names == ["relative_aliasing"]
+    assert results.highlight == [*MODELS, WRN]  # few models: all named
+    assert results.wall_seconds == 42.0 and results.config_path == "/abs/configs/synthetic.toml"
+
+
+def test_table_rows_match_the_files(built: Path) -> None:
+    rows = table_rows(load_results(built))
+    assert len(rows) == len(MODELS) * len(OPS) + len(WRN_OPS)  # the failed model has no rows
+    raw = json.loads((built / "models" / "robust-b.json").read_text())
+    row = next(r for r in rows if r["model"] == "robust-b" and r["op"] == OPS[1])
+    op = raw["aliasing"]["ops"][1]
+    assert row == {
+        "model": "robust-b",
+        "tags": "robust;preact_resnet18",
+        "robust": True,
+        "arch": "preact_resnet18",
+        "clean_accuracy": raw["clean_accuracy"]["accuracy"],
+        "robust_accuracy": raw["robust_accuracy"]["robust_accuracy"],
+        "op": OPS[1],
+        "layer_group": "layer2",
+        "kind": "conv",
+        "factor": "2x2",
+        "aliasing": op["aliasing"],
+        "aliasing_std": op["std"],
+        "aliasing_count": op["count"],
+        "relative_aliasing": op["metrics"]["relative_aliasing"]["mean"],
+    }
+    wrn = [r for r in rows if r["model"] == WRN]
+    assert [r["layer_group"] for r in wrn] == ["block2", "block3"] and wrn[0]["robust_accuracy"] is None
+
+
+def test_results_csv_and_json_hold_the_rows(built: Path) -> None:
+    rows = table_rows(load_results(built))
+    with (built / "results.csv").open(newline="") as fh:
+        from_csv = list(csv.DictReader(fh))
+    assert len(from_csv) == len(rows) and list(from_csv[0]) == list(rows[0])
+    assert float(from_csv[0]["aliasing"]) == rows[0]["aliasing"]
+    assert json.loads((built / "results.json").read_text()) == rows
+
+
+def test_missing_key_names_the_file_and_the_key(tmp_path: Path) -> None:
+    root = make_results(tmp_path)
+    path = root / "models" / "robust-b.json"
+    raw = json.loads(path.read_text())
+    del raw["aliasing"]["ops"][1]["std"]
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ResultsError, match=r"robust-b\.json: missing key 'aliasing\.ops\[1\]\.std'"):
+        load_results(root)
+    study = json.loads((root / "study.json").read_text())
+    del study["models"][0]["file"]
+    (root / "study.json").write_text(json.dumps(study))
+    with pytest.raises(ResultsError, match=r"study\.json: missing key 'models\[0\]\.file'"):
+        load_results(root)
+
+
+def test_unreadable_inputs_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ResultsError, match="not a folder"):
+        load_results(tmp_path / "nowhere")
+    with pytest.raises(ResultsError, match=r"study\.json: no such file"):
+        load_results(tmp_path)
+    (tmp_path / "study.json").write_text("{not json")
+    with pytest.raises(ResultsError, match="not valid JSON"):
+        load_results(tmp_path)
+
+
+def test_a_model_without_its_file_is_listed_as_not_finished(tmp_path: Path) -> None:
+    root = make_results(tmp_path)
+    (root / "models" / "standard-c.json").unlink()
+    results = load_results(root)
+    missing = next(m for m in results.models if m.name == "standard-c")
+    assert not missing.done and "no result file models/standard-c.json" in missing.error
+    assert "standard-c" not in {r["model"] for r in table_rows(results)}
+
+
+def test_highlight_comes_from_the_config(tmp_path: Path) -> None:
+    root = make_results(tmp_path, config={"report": {"highlight": ["robust-a"]}})
+    assert load_results(root).highlight == ["robust-a"]
+
+
+# ------------------------------------------------------------------------------------------- html
+def test_report_html_has_every_section_and_model(built: Path) -> None:
+    page = (built / "report.html").read_text()
+    for section in SECTIONS:
+        assert f'<h2 id="{section}">' in page
+    for name in [*MODELS, WRN, FAILED]:
+        assert f"<td>{name}</td>" in page
+    assert "checkpoint not found: /nowhere/w.pt" in page
+    assert "cnn-aliasing study /abs/configs/synthetic.toml" in page
+    assert f"cnn-aliasing report {built}" in page
+    assert "weak evidence" not in page.split('id="figures"')[0].split(OPS[2])[1].split("</tr>")[0]
+    assert "not enough models" in page and "abc123" in page
+
+
+def test_report_html_is_self_contained(built: Path) -> None:
+    page = (built / "report.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    assert "<script" not in page and "<link" not in page and "@import" not in page
+    sources = re.findall(r'<img src="([^"]*)"', page)
+    assert len(sources) == 4  # robust vs AM, AM per op, one spectrum, training
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    svg_links = re.findall(r'<a href="([^"#]*)"', page)
+    assert svg_links and all((built / link).is_file() for link in svg_links)
+
+
+def test_report_html_escapes_names(tmp_path: Path) -> None:
+    results = load_results(make_results(tmp_path, rename={"robust-b": EVIL}))
+    page = render_html(
+        results, compute_statistics(results, n_resamples=10), {}, table_rows(results), tmp_path, {}
+    )
+    assert EVIL not in page and "<script" not in page
+    escaped = "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;&amp;co"
+    assert page.count(escaped) == 5  # the models, 3 rows of the per-op table, the timings
+
+
+# -------------------------------------------------------------------------------------------- cli
+def test_cli_report_rebuilds_and_prints_a_summary(
+    built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = shutil.copytree(built, tmp_path / "copy")
+    for made in ("report.html", "results.csv", "results.json"):
+        (copy / made).unlink()
+    shutil.rmtree(copy / "figures")
+    page = tmp_path / "elsewhere" / "page.html"
+    assert cli.main(["report", str(copy), "--out", str(page), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {page}" in out and "8 models, 7 finished" in out
+    line = next(x for x in out.splitlines() if x.startswith(OPS[0]))
+    assert re.search(r"\s6\s+-0\.94\s+\[-1\.00, -0\.\d\d\]\s+0\.40\s+\[0\.\d\d, 0\.\d\d\]$", line)
+    assert "agrees with the hypothesis" in out
+    assert not (copy / "report.html").exists() and (copy / "results.csv").is_file()
+    assert len(list((copy / "figures").glob("*.svg"))) == 4
+    links = re.findall(r'<a href="([^"#]*)"', page.read_text())  # the SVGs, relative to the page
+    assert len(links) == 4 and all((page.parent / link).resolve().is_file() for link in links)
+
+
+def test_cli_report_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["report", str(tmp_path)]) == 2
+    assert "study.json: no such file" in capsys.readouterr().err
