@@ -142,7 +142,7 @@ def test_a_toml_file_with_unknown_keys_or_bad_syntax_is_named(tmp_path: Path) ->
     ):
         load_config(path)
     path.write_text("name = \n")
-    with pytest.raises(CnnAliasingError, match="mine.toml: not valid TOML"):
+    with pytest.raises(CnnAliasingError, match=r"mine\.toml: not valid TOML"):
         load_config(path)
     with pytest.raises(CnnAliasingError, match="does not exist"):
         load_config(tmp_path / "other.toml")
@@ -161,7 +161,7 @@ def test_duplicate_names_skip_the_same_model_and_refuse_different_ones(tmp_path:
     with pytest.raises(CnnAliasingError, match="two different models are named 'm'"):
         expand_models(clash.models, tmp_path)
     slugs = parse({"models": [{**CKPT, "name": "a b"}, {**CKPT, "checkpoint": "v.pt", "name": "a_b"}]})
-    with pytest.raises(CnnAliasingError, match="would share the result file a_b.json"):
+    with pytest.raises(CnnAliasingError, match=r"would share the result file a_b\.json"):
         expand_models(slugs.models, tmp_path)
 
 

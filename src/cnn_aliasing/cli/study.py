@@ -56,6 +56,11 @@ class StudyCommand(Subcommand):
             help="torch device (default: the config's; auto = cuda if available)",
         )
         parser.add_argument(
+            "--no-report",
+            action="store_true",
+            help="only the result files; build the report later with `cnn-aliasing report DIR`",
+        )
+        parser.add_argument(
             "--dry-run",
             action="store_true",
             help="print the resolved config and the models it expands to, then exit",
@@ -71,7 +76,9 @@ class StudyCommand(Subcommand):
             _print_plan(config)
             return 0
         device = resolve_device(config.device)
-        summary = run_study(config, force=args.force, progress=not args.quiet, device=device)
+        summary = run_study(
+            config, force=args.force, progress=not args.quiet, device=device, report=not args.no_report
+        )
         done = sum(m.status == "done" for m in summary.models)
         skipped = sum(m.skipped for m in summary.models)
         print(

@@ -1,0 +1,310 @@
+"""Running studies: every file written, resuming after a kill, failures recorded, --force, the CLI."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from cifar_fixtures import make_layout
+from cnn_aliasing import data
+from cnn_aliasing.cli import main
+from cnn_aliasing.evaluation import clean_accuracy
+from cnn_aliasing.measure import measure
+from cnn_aliasing.models import create_model, save_checkpoint
+from cnn_aliasing.probe import find_downsamplers
+from cnn_aliasing.study import parse_config, run_study
+from cnn_aliasing.study import specs as study_specs
+
+N_IMAGES, ATTACK_IMAGES = 6, 4
+LOAD_CHECKPOINT: Callable[..., Any] = study_specs._load_checkpoint
+ARGS = {"width": 4}
+
+
+def _checkpoint(path: Path, seed: int, *, nan: bool = False) -> Path:
+    torch.manual_seed(seed)
+    model = create_model("preact_resnet18", **ARGS)
+    if nan:
+        with torch.no_grad():
+            model.linear.bias.fill_(float("nan"))
+    save_checkpoint(model, path)
+    return path
+
+
+@pytest.fixture
+def study_dir(tmp_path: Path) -> Path:
+    """Fake CIFAR-10 and three tiny checkpoints: a (robust), b (standard), nan (NaN logits)."""
+    make_layout(tmp_path / "data", test_size=N_IMAGES)
+    _checkpoint(tmp_path / "a.safetensors", 0)
+    _checkpoint(tmp_path / "b.safetensors", 1)
+    _checkpoint(tmp_path / "nan.pt", 2, nan=True)
+    return tmp_path
+
+
+def _raw(root: Path, out: str, *names: str, **sections: Any) -> dict[str, Any]:
+    robust = {"a": True, "b": False, "nan": False}
+    models = [
+        {
+            "checkpoint": str(root / (f"{n}.pt" if n in ("nan", "missing") else f"{n}.safetensors")),
+            "arch": "preact_resnet18",
+            "args": ARGS,
+            "robust": robust.get(n, False),
+            "name": n,
+        }
+        for n in names
+    ]
+    return {
+        "name": "tiny",
+        "output": str(root / out),
+        "data": {"dir": str(root / "data"), "n_images": N_IMAGES, "batch_size": 4},
+        "attack": {
+            "name": "apgd-ce",
+            "n_images": ATTACK_IMAGES,
+            "batch_size": 4,
+            "options": {"apgd-ce": {"n_iter": 2}},
+        },
+        "aliasing": {"metrics": ["relative_aliasing"]},
+        "models": models,
+        **sections,
+    }
+
+
+def _run(raw: dict[str, Any], **kwargs: Any) -> Any:
+    return run_study(
+        parse_config(raw, "tiny.toml", default_name="tiny"), progress=False, report=False, **kwargs
+    )
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def _measurements(record: dict[str, Any]) -> dict[str, Any]:
+    """The measured values of a model file (no timings, timestamps or provenance)."""
+    robust = dict(record["robust_accuracy"])
+    for key in ("elapsed", "attack_seconds"):
+        robust.pop(key)
+    aliasing = record["aliasing"]
+    return {
+        "clean": record["clean_accuracy"],
+        "robust": robust,
+        "ops": aliasing["ops"],
+        "status": record["status"],
+        "source": record["source"],
+    }
+
+
+def _count_loads(monkeypatch: pytest.MonkeyPatch, fail_on: str | None = None) -> Counter[str]:
+    """Count checkpoint loads per model; raise KeyboardInterrupt when ``fail_on`` is loaded (a kill)."""
+    loads: Counter[str] = Counter()
+
+    def counting(model: Any, context: Any) -> Any:
+        loads[model.name] += 1
+        if model.name == fail_on:
+            raise KeyboardInterrupt
+        return LOAD_CHECKPOINT(model, context)
+
+    monkeypatch.setattr(study_specs, "_load_checkpoint", counting)
+    return loads
+
+
+def _images(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    return data.load_cifar10(root / "data", "test", n_images=N_IMAGES)
+
+
+def test_a_study_writes_every_file_with_the_measurements_of_direct_calls(study_dir: Path) -> None:
+    summary = _run(_raw(study_dir, "out", "a", "b"))
+    out = study_dir / "out"
+    assert [(m.name, m.status, m.skipped) for m in summary.models] == [
+        ("a", "done", False),
+        ("b", "done", False),
+    ]
+    study = _read(out / "study.json")
+    assert study["models"] == [
+        {"name": "a", "file": "models/a.json", "status": "done"},
+        {"name": "b", "file": "models/b.json", "status": "done"},
+    ]
+    assert study["config"]["attack"]["n_images"] == ATTACK_IMAGES and study["config"]["seed"] == 0
+    assert {"version", "torch", "git"} <= set(study["run"]) and study["wall_seconds"] > 0
+    images, labels = _images(study_dir)
+    for name, robust in (("a", True), ("b", False)):
+        record = _read(out / "models" / f"{name}.json")
+        assert (record["schema"], record["name"], record["status"], record["error"]) == (
+            1,
+            name,
+            "done",
+            None,
+        )
+        assert (
+            record["robust"] is robust and record["arch"] == "preact_resnet18" and record["arch_args"] == ARGS
+        )
+        assert record["tags"] == ["robust" if robust else "standard", "preact_resnet18"]
+        assert record["source"]["type"] == "checkpoint" and len(record["source"]["sha256"]) == 64
+        assert record["training"] is None and set(record["timings"]) == {
+            "load_s",
+            "clean_s",
+            "attack_s",
+            "aliasing_s",
+            "spectrum_s",
+        }
+        model = create_model("preact_resnet18", **ARGS)
+        from cnn_aliasing.models import load_checkpoint
+
+        load_checkpoint(model, record["source"]["checkpoint"])
+        direct = clean_accuracy(model, data.iterate_batches(images, labels, 4), progress=False)
+        assert record["clean_accuracy"] == {"accuracy": direct.accuracy, "n_images": N_IMAGES}
+        assert record["robust_accuracy"]["n_images"] == ATTACK_IMAGES
+        assert record["robust_accuracy"]["attack"] == "apgd-ce"
+        assert record["robust_accuracy"]["robust_accuracy"] <= record["robust_accuracy"]["clean_accuracy"]
+        report = measure(
+            model, data.iterate_batches(images, labels, 4), metrics=["relative_aliasing"], progress=False
+        )
+        ops = record["aliasing"]["ops"]
+        assert [op["name"] for op in ops] == [
+            d.name for d in find_downsamplers(model, data.to_float(images[:1]))
+        ]
+        for stored, op in zip(ops, report.ops, strict=True):
+            assert stored["aliasing"] == pytest.approx(op.aliasing, rel=1e-9) and stored["count"] == op.count
+            assert stored["metrics"]["relative_aliasing"]["mean"] == pytest.approx(
+                op.metrics["relative_aliasing"].mean, rel=1e-9
+            )
+        assert record["spectrum"] == f"spectra/{name}.json"
+        spectrum = _read(out / record["spectrum"])
+        assert spectrum["model"] == name and spectrum["op"] == ops[0]["name"] and spectrum["image"] == 0
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["a.json", "b.json"]
+    assert not any((out / "state").iterdir())  # attack states are removed once a model is done
+
+
+def test_a_kill_between_models_resumes_without_recomputing_and_gives_the_same_files(
+    study_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _run(_raw(study_dir, "whole", "a", "b"))
+    loads = _count_loads(monkeypatch, fail_on="b")
+    with pytest.raises(KeyboardInterrupt):
+        _run(_raw(study_dir, "killed", "a", "b"))
+    killed = study_dir / "killed"
+    assert [m["status"] for m in _read(killed / "study.json")["models"]] == ["done", "pending"]
+    assert not (killed / "models" / "b.json").exists()
+    loads = _count_loads(monkeypatch)
+    summary = _run(_raw(study_dir, "killed", "a", "b"))
+    assert loads == {"b": 1}  # a was not recomputed
+    assert [(m.name, m.skipped) for m in summary.models] == [("a", True), ("b", False)]
+    for name in ("a", "b"):
+        assert _measurements(_read(killed / "models" / f"{name}.json")) == _measurements(
+            _read(study_dir / "whole" / "models" / f"{name}.json")
+        )
+        assert _read(killed / "spectra" / f"{name}.json") == _read(
+            study_dir / "whole" / "spectra" / f"{name}.json"
+        )
+    assert [m["status"] for m in _read(killed / "study.json")["models"]] == ["done", "done"]
+
+
+def test_failing_models_are_recorded_and_the_others_finish(study_dir: Path) -> None:
+    summary = _run(_raw(study_dir, "out", "missing", "nan", "b"))
+    assert [(m.name, m.status) for m in summary.models] == [
+        ("missing", "failed"),
+        ("nan", "failed"),
+        ("b", "done"),
+    ]
+    assert [m.name for m in summary.failed] == ["missing", "nan"]
+    out = study_dir / "out"
+    missing = _read(out / "models" / "missing.json")
+    assert missing["status"] == "failed" and "missing.pt" in missing["error"] and "\n" not in missing["error"]
+    assert (
+        missing["clean_accuracy"] is None
+        and missing["aliasing"] is None
+        and missing["arch"] == "preact_resnet18"
+    )
+    nan = _read(out / "models" / "nan.json")
+    assert nan["error"] == "the model gives non-finite logits (NaN or inf) on the study's images"
+    assert len(nan["source"]["sha256"]) == 64 and nan["spectrum"] is None
+    assert [m["status"] for m in _read(out / "study.json")["models"]] == ["failed", "failed", "done"]
+
+
+def test_failed_models_are_retried_and_force_or_new_settings_recompute(
+    study_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads = _count_loads(monkeypatch)
+    _run(_raw(study_dir, "out", "a", "nan"))
+    assert loads == {"a": 1, "nan": 1}
+    _run(_raw(study_dir, "out", "a", "nan"))
+    assert loads == {"a": 1, "nan": 2}  # done is skipped, failed is retried
+    _run(_raw(study_dir, "out", "a", "nan"), force=True)
+    assert loads == {"a": 2, "nan": 3}
+    _run(_raw(study_dir, "out", "a", "nan", aliasing={"nyquist": "keep_negative"}))
+    assert loads == {"a": 3, "nan": 4}
+    assert _read(study_dir / "out" / "models" / "a.json")["aliasing"]["nyquist"] == "keep_negative"
+
+
+def test_an_attack_state_of_other_settings_is_discarded(study_dir: Path) -> None:
+    state = study_dir / "out" / "state"
+    state.mkdir(parents=True)
+    (state / "a.json").write_text("{not json")
+    (state / "a.fingerprint").write_text("written by another config\n")
+    summary = _run(_raw(study_dir, "out", "a"))
+    assert summary.models[0].status == "done" and not (state / "a.json").exists()
+
+
+def test_recipe_models_are_trained_into_the_results_folder(study_dir: Path) -> None:
+    tiny = {"arch_args": ARGS, "epochs": 1, "batch_size": 6, "eval_every": 0, "n_train": None}
+    raw = _raw(study_dir, "out")
+    raw["attack"] = {"enabled": False}
+    raw["models"] = [{"recipe": "small-standard", "overrides": tiny, "name": "std"}]
+    summary = _run(raw)
+    assert summary.models[0].status == "done", summary.models[0].error
+    record = _read(study_dir / "out" / "models" / "std.json")
+    assert record["source"] == {
+        "type": "recipe",
+        "recipe": "small-standard",
+        "overrides": tiny,
+        "checkpoint": "training/std/model.safetensors",
+    }
+    assert (study_dir / "out" / record["source"]["checkpoint"]).is_file()
+    assert (record["arch"], record["arch_args"]["width"], record["robust"]) == ("preact_resnet18", 4, False)
+    assert len(record["training"]["history"]) == 1 and record["training"]["recipe"]["seed"] == 0
+    assert record["robust_accuracy"] is None and "train_s" in record["timings"]
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+def _toml(raw: dict[str, Any], path: Path) -> Path:
+    """The config as TOML (only the shapes these tests use)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, dict):
+            return "{" + ", ".join(f'"{k}" = {value(x)}' for k, x in v.items()) + "}"
+        return json.dumps(v)
+
+    lines = [f"{k} = {value(v)}" for k, v in raw.items() if not isinstance(v, (dict, list))]
+    for section in ("data", "attack", "aliasing"):
+        lines += [f"[{section}]", *(f"{k} = {value(v)}" for k, v in raw[section].items())]
+    for model in raw["models"]:
+        lines += ["[[models]]", *(f"{k} = {value(v)}" for k, v in model.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_cli_runs_a_study_dry_runs_and_reports_errors_on_one_line(
+    study_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _toml(_raw(study_dir, "out", "a", "missing"), study_dir / "tiny.toml")
+    assert main(["study", str(config), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert '"name": "tiny"' in printed and "2 models ->" in printed
+    assert "1. a: checkpoint (checkpoint=" in printed and "; preact_resnet18; robust" in printed
+    assert not (study_dir / "out").exists()
+    assert main(["study", str(config), "--quiet", "--no-report", "--out", str(study_dir / "cli")]) == 1
+    printed = capsys.readouterr().out
+    assert "study tiny: 1/2 models done (0 from an earlier run), 1 failed" in printed
+    assert "failed: missing: checkpoint file not found" in printed
+    assert _read(study_dir / "cli" / "models" / "a.json")["status"] == "done"
+    bad = study_dir / "bad.toml"
+    bad.write_text('[[models]]\nzoo = "Standard"\ncolour = 1\n')
+    assert main(["study", str(bad), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cnn-aliasing: error: ") and "bad.toml: [[models]] #1: unknown key 'colour'" in err
+    assert "\n" not in err
