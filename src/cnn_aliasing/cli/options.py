@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from cnn_aliasing import data, models, zoo
+from cnn_aliasing import data, models, training, zoo
 from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
 from cnn_aliasing.provenance import run_metadata, sha256_of
 
@@ -168,10 +168,24 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The model named by ``--model`` (an architecture or a zoo model) and its "model"/"checkpoint" meta."""
+    """The model named by ``--model`` (an architecture, a zoo model, or a training run: its folder or
+    model.safetensors with model.json beside it) and its "model"/"checkpoint" meta."""
     torch.manual_seed(args.seed)
     model_args = args.model_args or {}
-    if args.model in zoo.ZOO:
+    if training.has_sidecar(args.model):
+        if model_args or args.checkpoint is not None:
+            raise CnnAliasingError(
+                f"--model-arg and --checkpoint do not apply to the trained run {args.model}: its "
+                "architecture, arguments and weights come from its model.json and model.safetensors"
+            )
+        model = training.load_trained_model(args.model)
+        sidecar = training.read_sidecar(args.model)
+        path = training.weights_file(args.model)
+        described = {
+            **sidecar["model"],
+            "trained": {k: sidecar[k] for k in ("recipe", "objective", "robust", "seed", "epochs_done")},
+        }
+    elif args.model in zoo.ZOO:
         entry = zoo.zoo_entry(args.model)
         if model_args or args.checkpoint is not None:
             raise CnnAliasingError(

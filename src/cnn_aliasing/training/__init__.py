@@ -10,7 +10,7 @@ small ones ``small-standard`` and ``small-fgsm-rs`` (minutes on two CPU cores). 
 """
 
 from cnn_aliasing.training.augment import crop_flip, random_crop_flip
-from cnn_aliasing.training.checkpoints import has_sidecar, load_trained_model, read_sidecar
+from cnn_aliasing.training.checkpoints import has_sidecar, load_trained_model, read_sidecar, weights_file
 from cnn_aliasing.training.loop import Trainer, TrainResult, epoch_seed, load_train_data, train
 from cnn_aliasing.training.objectives import (
     Objective,
@@ -50,4 +50,5 @@ __all__ = [
     "register_schedule",
     "track",
     "train",
+    "weights_file",
 ]

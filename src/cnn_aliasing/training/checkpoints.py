@@ -55,14 +55,18 @@ def read_sidecar(path: StrPath) -> dict[str, Any]:
     return sidecar
 
 
+def weights_file(path: StrPath) -> Path:
+    """The weights of a run: ``path`` itself if it is a file, else ``path/model.safetensors``."""
+    path = Path(path).expanduser()
+    return path if path.is_file() else path / WEIGHTS
+
+
 def load_trained_model(path: StrPath) -> nn.Module:
     """The model of a training run (its folder or ``model.safetensors``), built from the sidecar's
     architecture and arguments with :func:`cnn_aliasing.models.create_model`, weights loaded, eval mode."""
-    path = Path(path).expanduser()
     sidecar = read_sidecar(path)
-    weights = path if path.is_file() else run_folder(path) / WEIGHTS
     model = create_model(sidecar["model"]["name"], **sidecar["model"]["args"])
-    return load_checkpoint(model, weights).eval()
+    return load_checkpoint(model, weights_file(path)).eval()
 
 
 def write_run(
