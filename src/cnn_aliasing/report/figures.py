@@ -111,7 +111,8 @@ def aliasing_per_op(results: StudyResults, out_dir: Path) -> list[Path]:
             by_arch.setdefault(model.arch or "unknown architecture", []).append(model)
     if not by_arch:
         return []
-    fig, axes = _grid(len(by_arch), 1, (max(6.0, 0.9 * len(results.op_names)), 3.8))
+    widest = max(len({o.name for m in models for o in m.ops}) for models in by_arch.values())
+    fig, axes = _grid(len(by_arch), 2, (max(5.5, 0.9 * widest) + 2.0, 3.8))
     for ax, (arch, models) in zip(axes, by_arch.items(), strict=True):
         ops = [op for op in results.op_names if any(m.op(op) for m in models)]
         positions = {op: i for i, op in enumerate(ops)}
@@ -178,7 +179,7 @@ def spectrum_figure(spectrum: SpectrumResult, out_dir: Path, stem: str) -> list[
     axes[0].add_patch(
         Rectangle((-nx, -ny), 2 * nx, 2 * ny, fill=False, edgecolor="cyan", linestyle="--", linewidth=1.2)
     )
-    axes[0].text(-nx, -ny, "new Nyquist", color="cyan", fontsize="x-small", va="bottom")
+    axes[0].text(-nx, -ny, "new Nyquist", color="cyan", fontsize="x-small", va="bottom", ha="left")
     fig.colorbar(image, ax=list(axes), shrink=0.8, label="log10 magnitude")
     fig.suptitle(
         f"{spectrum.model}, op {spectrum.op}, image {spectrum.image}, channel {spectrum.channel}, "

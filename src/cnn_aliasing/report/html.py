@@ -25,6 +25,7 @@ h1 { font-size: 1.6em; margin-bottom: 0.2em; }
 h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 2em; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.88em; }
 th, td { border: 1px solid #ddd; padding: 0.25em 0.55em; text-align: left; vertical-align: top; }
+td:first-child { white-space: nowrap; }
 th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.failed td { background: #fff1f0; }
@@ -88,10 +89,6 @@ def _table(
     return f'<div class="scroll">{table}</div>'
 
 
-def _group(model: ModelResult) -> str:
-    return '<span class="robust">robust</span>' if model.robust else '<span class="standard">standard</span>'
-
-
 def _source(source: dict[str, Any]) -> str:
     kind = source.get("type")
     detail = source.get(str(kind)) if kind in ("zoo", "recipe") else source.get("checkpoint")
@@ -126,7 +123,7 @@ def models_section(results: StudyResults) -> str:
     rows = [
         [
             esc(m.name),
-            _group(m),
+            _cell(m.robust, "robust"),
             esc(m.arch or "\u2013"),
             _source(m.source),
             esc(", ".join(m.tags)),
@@ -225,24 +222,44 @@ def figures_section(figures: dict[str, list[Path]], html_dir: Path) -> str:
     return "".join(parts)
 
 
+#: The per-op table's columns on the page (results.csv has all): (row key, heading); variants follow.
+TABLE_COLUMNS = [
+    ("op", "op"),
+    ("model", "model"),
+    ("robust", "group"),
+    ("robust_accuracy", "robust acc."),
+    ("kind", "kind"),
+    ("factor", "factor"),
+    ("aliasing", "AM"),
+    ("aliasing_std", "std"),
+    ("aliasing_count", "count"),
+]
+_FIXED_KEYS = {*dict(TABLE_COLUMNS), "tags", "arch", "clean_accuracy", "layer_group"}
+
+
 def table_section(rows: list[dict[str, Any]]) -> str:
-    """The per-(model, op) table of results.csv, grouped by op."""
+    """The per-(model, op) table, grouped by op in forward order: AM, its std and count, the variants."""
     if not rows:
         return '<h2 id="table">Per-op table</h2><p>No finished model.</p>'
-    header = list(rows[0])
+    columns = TABLE_COLUMNS + [(k, k) for k in rows[0] if k not in _FIXED_KEYS]
     order = list(dict.fromkeys(r["op"] for r in rows))
     ordered = sorted(rows, key=lambda r: order.index(r["op"]))
-    numeric = {i for i, h in enumerate(header) if isinstance(rows[0][h], (int, float)) and h != "robust"}
-    cells = [[_cell(r[h], h) for h in header] for r in ordered]
+    cells = [[_cell(r[key], key) for key, _ in columns] for r in ordered]
+    numeric = {
+        i for i, (key, _) in enumerate(columns) if key not in ("op", "model", "robust", "kind", "factor")
+    }
     return (
-        '<h2 id="table">Per-op table</h2><p>One row per (model, op), as in results.csv and results.json '
-        "beside this page.</p>" + _table(header, cells, numeric=numeric)
+        '<h2 id="table">Per-op table</h2><p>One row per (model, op). results.csv and results.json beside '
+        "this page hold the same rows with every column (tags, arch, clean accuracy, layer group).</p>"
+        + _table([heading for _, heading in columns], cells, numeric=numeric)
     )
 
 
 def _cell(value: Any, column: str) -> str:
     if value is None:
         return "\u2013"
+    if column == "robust":
+        return '<span class="robust">robust</span>' if value else '<span class="standard">standard</span>'
     if column.endswith("accuracy") and isinstance(value, float):
         return _pct(value)
     if isinstance(value, float):
