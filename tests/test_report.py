@@ -98,6 +98,21 @@ def test_missing_key_names_the_file_and_the_key(tmp_path: Path) -> None:
         load_results(root)
 
 
+def test_a_failed_model_needs_only_its_name_and_status(tmp_path: Path) -> None:
+    root = make_results(tmp_path)
+    (root / "models" / f"{FAILED}.json").write_text(
+        json.dumps({"name": FAILED, "status": "failed", "error": "out of memory"})
+    )
+    failed = load_results(root).models[-1]
+    assert (failed.name, failed.done, failed.error, failed.robust) == (FAILED, False, "out of memory", False)
+    done = root / "models" / "robust-a.json"
+    raw = json.loads(done.read_text())
+    del raw["robust"]
+    done.write_text(json.dumps(raw))
+    with pytest.raises(ResultsError, match=r"robust-a\.json: missing key 'robust'"):
+        load_results(root)
+
+
 def test_unreadable_inputs_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ResultsError, match="not a folder"):
         load_results(tmp_path / "nowhere")

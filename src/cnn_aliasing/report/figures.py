@@ -152,7 +152,7 @@ def spectrum_figure(spectrum: SpectrumResult, out_dir: Path, stem: str) -> list[
     |Y - Z| on one colour scale (they share units: Y and Z are sums of bins of X)."""
     s, t = spectrum.factor
     panels = [
-        ("|X|: full resolution", spectrum.full, (1, 1)),
+        ("|X|: full resolution (box: new Nyquist)", spectrum.full, (1, 1)),
         ("|Z|: alias-free", spectrum.alias_free, (s, t)),
         ("|Y|: actual (down-sampled)", spectrum.actual, (s, t)),
         ("|Y - Z|: aliasing", spectrum.actual - spectrum.alias_free, (s, t)),
@@ -179,7 +179,6 @@ def spectrum_figure(spectrum: SpectrumResult, out_dir: Path, stem: str) -> list[
     axes[0].add_patch(
         Rectangle((-nx, -ny), 2 * nx, 2 * ny, fill=False, edgecolor="cyan", linestyle="--", linewidth=1.2)
     )
-    axes[0].text(-nx, -ny, "new Nyquist", color="cyan", fontsize="x-small", va="bottom", ha="left")
     fig.colorbar(image, ax=list(axes), shrink=0.8, label="log10 magnitude")
     fig.suptitle(
         f"{spectrum.model}, op {spectrum.op}, image {spectrum.image}, channel {spectrum.channel}, "

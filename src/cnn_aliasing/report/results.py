@@ -230,7 +230,7 @@ def load_model_result(path: Path, file: str) -> ModelResult:
         file=file,
         status=status,
         error=raw.get("error"),
-        robust=bool(_get(raw, "robust", path)),
+        robust=bool(_get(raw, "robust", path) if status == DONE else raw.get("robust", False)),
         arch=raw.get("arch"),
         tags=[str(t) for t in raw.get("tags") or []],
         source=raw.get("source") or {},
