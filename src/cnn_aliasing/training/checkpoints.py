@@ -30,9 +30,9 @@ SCHEMA = 1
 
 
 def run_folder(path: StrPath) -> Path:
-    """The run folder of ``path``: the folder itself, or the folder of its ``model.safetensors``."""
+    """The run folder of ``path``: the folder of a weights file, else ``path`` itself."""
     path = Path(path).expanduser()
-    return path if path.is_dir() else path.parent
+    return path.parent if path.is_file() else path
 
 
 def has_sidecar(path: StrPath) -> bool:
