@@ -587,3 +587,48 @@ def test_evaluate_with_attack_writes_robust_accuracy_and_resumes(tmp_path: Path,
     assert state.exists()
     assert cli.main(argv) == 0  # the saved state is complete: the rerun reads it and agrees
     assert json.loads(out.read_text())["robust"]["robust_accuracy"] == robust["robust_accuracy"]
+
+
+# ------------------------------------------------------------------------------------------------ train
+def test_train_dry_run_prints_the_resolved_recipe(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["train", "--recipe", "small-fgsm-rs", "--set", "epochs=3", "--set", "eps=4/255"]
+    code, out, _ = run_cli(
+        capsys, *argv, "--set", "arch_args.width=8", "--set", "milestones=[1,2]", "--dry-run"
+    )
+    shown = json.loads(out)
+    assert code == 0 and shown["name"] == "small-fgsm-rs" and shown["epochs"] == 3
+    assert shown["eps"] == pytest.approx(4 / 255) and shown["attack_step_used"] == pytest.approx(
+        1.25 * 4 / 255
+    )
+    assert shown["arch_args"] == {"width": 8, "normalize": "cifar10"} and shown["milestones"] == [1, 2]
+    code, _, err = run_cli(capsys, "train", "--recipe", "small-standard", "--set", "epoch=3", "--dry-run")
+    assert code == 2 and "unknown field 'epoch'; valid fields: name" in err
+    code, _, err = run_cli(capsys, "train", "--recipe", "small-standard")
+    assert code == 2 and "train needs --data-dir and --out" in err
+
+
+def test_train_then_measure_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root, run = tmp_path / "data", tmp_path / "run"
+    make_layout(root, train_sizes=(8, 8, 8, 4, 4), test_size=6)
+    settings = ["epochs=2", "n_train=none", "batch_size=16", "eval_images=6", "eval_pgd_steps=1"]
+    argv = ["train", "--recipe", "small-standard", "--data-dir", str(root), "--out", str(run), "--quiet"]
+    argv += [arg for s in [*settings, "arch_args.width=4"] for arg in ("--set", s)]
+    threads = torch.get_num_threads()
+    try:
+        code, out, _ = run_cli(capsys, *argv, "--threads", "1")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0 and "epoch   2" in out and "pgd" in out and f"wrote {run / 'model.safetensors'}" in out
+    sidecar = json.loads((run / "model.json").read_text())
+    assert sidecar["complete"] and sidecar["model"]["args"] == {"width": 4, "normalize": "cifar10"}
+    report = tmp_path / "r.json"
+    code, _, _ = run_cli(capsys, *measure_args(root, report, model=["--model", str(run)]), "--n-images", "6")
+    meta = json.loads(report.read_text())["meta"]
+    assert code == 0 and meta["model"]["name"] == "preact_resnet18"
+    assert meta["model"]["trained"]["recipe"]["name"] == "small-standard"
+    assert meta["checkpoint"]["path"] == str((run / "model.safetensors").resolve())
+    code, _, err = run_cli(
+        capsys, *measure_args(root, report, "--checkpoint", "x.pt", model=["--model", str(run)])
+    )
+    assert code == 2 and "do not apply to the trained run" in err
