@@ -11,7 +11,7 @@ small ones ``small-standard`` and ``small-fgsm-rs`` (minutes on two CPU cores). 
 
 from cnn_aliasing.training.augment import crop_flip, random_crop_flip
 from cnn_aliasing.training.checkpoints import has_sidecar, load_trained_model, read_sidecar, weights_file
-from cnn_aliasing.training.loop import Trainer, TrainResult, epoch_seed, load_train_data, train
+from cnn_aliasing.training.loop import Trainer, TrainResult, epoch_seed, load_train_data, train, use_autocast
 from cnn_aliasing.training.objectives import (
     Objective,
     attack_step,
@@ -50,5 +50,6 @@ __all__ = [
     "register_schedule",
     "track",
     "train",
+    "use_autocast",
     "weights_file",
 ]
