@@ -241,6 +241,16 @@ def test_failed_models_are_retried_and_force_or_new_settings_recompute(
     assert _read(study_dir / "out" / "models" / "a.json")["aliasing"]["nyquist"] == "keep_negative"
 
 
+def test_a_failure_after_some_measurements_leaves_none_of_them(study_dir: Path) -> None:
+    summary = _run(_raw(study_dir, "out", "a", spectrum={"op": "layer9.conv"}))
+    record = _read(study_dir / "out" / "models" / "a.json")
+    assert summary.models[0].status == "failed" and record["error"].startswith(
+        "no down-sampling op named 'layer9.conv'; the model's ops are: layer2.0.shortcut.0, layer2.0.conv1"
+    )
+    assert [record[k] for k in ("clean_accuracy", "robust_accuracy", "aliasing", "spectrum")] == [None] * 4
+    assert record["source"]["sha256"] and set(record["timings"]) >= {"clean_s", "attack_s", "aliasing_s"}
+
+
 def test_an_attack_state_of_other_settings_is_discarded(study_dir: Path) -> None:
     state = study_dir / "out" / "state"
     state.mkdir(parents=True)

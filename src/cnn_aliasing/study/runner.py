@@ -40,6 +40,7 @@ from cnn_aliasing.study.spectra import capture_spectrum
 
 SCHEMA = 1
 DONE, FAILED, PENDING = "done", "failed", "pending"
+MEASUREMENTS = ("clean_accuracy", "robust_accuracy", "aliasing", "spectrum")
 
 
 class StudyModelError(CnnAliasingError):
@@ -211,6 +212,7 @@ class _ModelRun:
             record["status"] = DONE
         except Exception as error:  # one model failing must not stop the study; interrupts do
             record["error"] = one_line_reason(error)
+            record.update(dict.fromkeys(MEASUREMENTS))  # a failed model has no (partial) measurements
         for stale in (self.paths.state_file(model), self.paths.state_owner(model)):
             stale.unlink(missing_ok=True)
         return record
