@@ -65,7 +65,7 @@ def test_paper_baseline_is_the_study_schedule() -> None:
     r = get_recipe("paper-baseline")
     assert (r.epochs, r.batch_size, r.objective) == (200, 512, "standard")
     assert (r.lr, r.momentum, r.weight_decay, r.nesterov) == (0.1, 0.9, 5e-4, False)
-    assert (r.schedule, r.milestones, r.gamma) == ("multistep", (100, 150), 0.1)
+    assert (r.schedule, r.milestones, r.gamma, r.warmup_epochs) == ("multistep", (100, 150), 0.1, 1.0)
     assert (r.crop_padding, r.flip) == (4, True)
     assert (r.arch, r.arch_args) == ("preact_resnet18", {"normalize": "cifar10"})
 
@@ -122,8 +122,15 @@ def test_overrides_and_their_errors() -> None:
 # --------------------------------------------------------------------------------------------- schedules
 def test_multistep_schedule_at_the_milestones() -> None:
     r = get_recipe("paper-baseline")
-    for t, lr in [(0, 0.1), (99.999, 0.1), (100, 0.01), (149.5, 0.01), (150, 0.001), (199.99, 0.001)]:
+    for t, lr in [(1, 0.1), (99.999, 0.1), (100, 0.01), (149.5, 0.01), (150, 0.001), (199.99, 0.001)]:
         assert learning_rate(r, t) == pytest.approx(lr, rel=1e-12)
+
+
+def test_warm_up_scales_the_first_epochs_linearly() -> None:
+    r = get_recipe("paper-baseline")  # 1 epoch of linear warm-up, then 0.1 until epoch 100
+    for t, lr in [(0, 0.0), (0.25, 0.025), (0.5, 0.05), (1, 0.1), (50, 0.1), (100, 0.01)]:
+        assert learning_rate(r, t) == pytest.approx(lr, rel=1e-12, abs=1e-15)
+    assert learning_rate(r.replace(warmup_epochs=0.0), 0) == 0.1
 
 
 def test_cyclic_schedule_known_values() -> None:
@@ -349,7 +356,7 @@ def test_a_complete_run_returns_at_once_and_another_recipe_is_refused(
 
 def test_the_sidecar_records_what_was_run(cifar_dir: Path, tmp_path: Path) -> None:
     recipe = tiny_recipe(epochs=2, eval_every=2)
-    result = train(recipe, cifar_dir, tmp_path, progress=False)
+    result = train(recipe, cifar_dir, tmp_path, device="cpu", progress=False)
     sidecar = json.loads((tmp_path / "model.json").read_text())
     assert sidecar == result.sidecar == read_sidecar(tmp_path / "model.safetensors")
     assert result.checkpoint == tmp_path / "model.safetensors"

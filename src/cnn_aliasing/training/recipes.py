@@ -45,6 +45,7 @@ class Recipe:
     milestones: tuple[int, ...] = (100, 150)
     gamma: float = 0.1
     lr_peak: float = 0.4
+    warmup_epochs: float = 0.0
     crop_padding: int = 4
     flip: bool = True
     eps: float = EPS_8
@@ -134,7 +135,16 @@ def _validate(recipe: Recipe) -> None:
     for name in ("crop_padding", "eval_every", "seed", "subset_seed"):
         if not _is_int(getattr(recipe, name)) or getattr(recipe, name) < 0:
             raise bad(name, "expected an integer >= 0")
-    non_negative = ("lr", "momentum", "weight_decay", "gamma", "eps", "trades_beta", "eval_pgd_step")
+    non_negative = (
+        "lr",
+        "momentum",
+        "weight_decay",
+        "gamma",
+        "warmup_epochs",
+        "eps",
+        "trades_beta",
+        "eval_pgd_step",
+    )
     for name in non_negative:
         if not _is_number(getattr(recipe, name)) or getattr(recipe, name) < 0:
             raise bad(name, "expected a finite number >= 0")
@@ -199,6 +209,7 @@ _register_all(
     lambda: Recipe(
         name="paper-baseline",
         description="the study's normal training: 200 epochs, batch 512, SGD 0.1 (/10 at 100 and 150)",
+        warmup_epochs=1.0,  # without it PreAct ResNet-18 (no BN before its classifier) diverges in epoch 1
     ),
     lambda: Recipe(
         name="pgd-at",

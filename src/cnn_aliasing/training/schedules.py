@@ -36,10 +36,12 @@ def list_schedules() -> list[str]:
 
 
 def learning_rate(recipe: Recipe, t: float) -> float:
-    """The learning rate of ``recipe`` at time ``t`` (in epochs, from 0)."""
+    """The learning rate of ``recipe`` at time ``t`` (in epochs, from 0): its schedule's, scaled by
+    ``t / warmup_epochs`` during a linear warm-up (none when ``warmup_epochs`` is 0)."""
     if recipe.schedule not in _SCHEDULES:
         raise UnknownNameError(f"unknown schedule {recipe.schedule!r}; valid: {', '.join(list_schedules())}")
-    return _SCHEDULES[recipe.schedule](recipe, t)
+    warmup = min(1.0, t / recipe.warmup_epochs) if recipe.warmup_epochs > 0 else 1.0
+    return _SCHEDULES[recipe.schedule](recipe, t) * warmup
 
 
 @register_schedule("multistep")
