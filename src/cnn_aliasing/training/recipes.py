@@ -213,9 +213,11 @@ _register_all(
     ),
     lambda: Recipe(
         name="pgd-at",
-        description="PGD-AT (Madry et al.): Linf 8/255, 10 steps of 2/255; Rice et al.'s schedule",
+        description="PGD-AT (Madry et al.): Linf 8/255, 10 steps of 2/255; lr 0.05 /10 at 100 and 150",
         objective="pgd-at",
         batch_size=128,
+        lr=0.05,  # 0.1 diverged in 2 epochs on this model (no BN before its classifier), fp32 and bf16
+        warmup_epochs=1.0,
     ),
     lambda: Recipe(
         name="fgsm-rs",
@@ -229,9 +231,11 @@ _register_all(
     ),
     lambda: Recipe(
         name="trades",
-        description="TRADES (Zhang et al. 2019): beta 6, KL inner maximisation, 10 steps of 2/255",
+        description="TRADES (Zhang et al. 2019): beta 6, KL inner maximisation, 10 steps of 2/255; as pgd-at",
         objective="trades",
         batch_size=128,
+        lr=0.05,  # as pgd-at
+        warmup_epochs=1.0,
     ),
     lambda: Recipe(
         name="small-standard",
