@@ -50,6 +50,14 @@ def test_round_trip(tmp_path: Path, suffix: str) -> None:
     torch.testing.assert_close(loaded.eval()(x), source(x))
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_channels_last_model_saves_and_loads_back(tmp_path: Path, suffix: str) -> None:
+    source = trained_like().to(memory_format=torch.channels_last)
+    path = tmp_path / f"weights{suffix}"
+    save_checkpoint(source, path)
+    assert_same_weights(load_checkpoint(small_model(), path), source)
+
+
 def test_save_failure_keeps_old_file_and_leaves_no_temp(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

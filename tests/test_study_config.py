@@ -81,6 +81,12 @@ def test_defaults_are_filled_in_and_paths_resolve_against_the_working_directory(
         }
     ]
     assert resolved["device"] is None and resolved["spectrum"] == {"enabled": True, "op": None, "image": 0}
+    assert resolved["report"] == {"highlight": [], "n_resamples": 2000, "seed": 0}
+
+
+def test_the_report_section_reaches_the_report_through_the_resolved_config() -> None:
+    config = parse({"report": {"highlight": ["a", "b"], "n_resamples": 50, "seed": 3}, "models": [CKPT]})
+    assert config.to_dict()["report"] == {"highlight": ["a", "b"], "n_resamples": 50, "seed": 3}
 
 
 def test_no_attack_section_or_enabled_false_means_no_attack() -> None:
@@ -128,6 +134,8 @@ def test_no_attack_section_or_enabled_false_means_no_attack() -> None:
         ({"attack": {"n_images": 2000}, "models": [CKPT]}, "[attack] n_images = 2000 is more than [data]"),
         ({"spectrum": {"image": 1000}, "models": [CKPT]}, "[spectrum] image = 1000 is not among"),
         ({"attack": [1], "models": [CKPT]}, "s.toml: [attack] must be a table, got list"),
+        ({"report": {"n_resamples": 0}, "models": [CKPT]}, "[report]: n_resamples must be an integer >= 1"),
+        ({"report": {"highlight": "a"}, "models": [CKPT]}, "[report]: highlight"),
     ],
 )
 def test_errors_name_the_file_section_key_and_what_is_valid(raw: dict[str, Any], expected: str) -> None:

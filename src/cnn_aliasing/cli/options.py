@@ -108,8 +108,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         required=True,
         metavar="NAME",
-        help=f"a registered architecture ({', '.join(models.list_models())}) or a zoo model "
-        "(e.g. Carmon2019Unlabeled, Standard); see `cnn-aliasing models`",
+        help=f"a registered architecture ({', '.join(models.list_models())}), a zoo model "
+        "(e.g. Carmon2019Unlabeled, Standard; see `cnn-aliasing models`) or a run of `cnn-aliasing train` "
+        "(its folder or its model.safetensors)",
     )
     model.add_argument(
         "--model-arg",

@@ -62,7 +62,8 @@ def load_checkpoint(
 def save_checkpoint(model: nn.Module, path: StrPath) -> None:
     """Save ``model.state_dict()`` to ``path`` atomically: safetensors for ``.safetensors``, else torch."""
     path = Path(path)
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    # contiguous: safetensors refuses tensors in another memory format (a channels_last model's weights)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_file(path) as tmp:
         if path.suffix == ".safetensors":
             safetensors.torch.save_file(state, tmp, metadata={"format": "pt"})

@@ -1,7 +1,7 @@
 """Study configs: a TOML file read into frozen dataclasses with every default filled in.
 
 Sections: top-level keys (name, output, seed, device, model_dir), ``[data]``, ``[attack]``,
-``[aliasing]``, ``[spectrum]`` and ``[[models]]`` (see :mod:`cnn_aliasing.study.specs`). Unknown keys
+``[aliasing]``, ``[spectrum]``, ``[report]`` and ``[[models]]`` (see :mod:`cnn_aliasing.study.specs`). Unknown keys
 are errors naming the file, the section, the key and the valid keys. Relative paths resolve against the
 current working directory. The reference with every key and default is ``docs/study.md``.
 """
@@ -101,6 +101,16 @@ class SpectrumConfig:
     image: int = field(default=0, metadata=reads(is_int(0)))
 
 
+@dataclass(frozen=True)
+class ReportConfig:
+    """``[report]``: models named in the figures (default: all when there are few) and the bootstrap's
+    resamples and seed. Read by :mod:`cnn_aliasing.report` from ``study.json``."""
+
+    highlight: tuple[str, ...] = field(default=(), metadata=reads(is_str_list))
+    n_resamples: int = field(default=2000, metadata=reads(is_int(1)))
+    seed: int = field(default=0, metadata=reads(is_int(0)))
+
+
 def _device(value: Any, where: str) -> str | None:
     text = is_str(value, where)
     return None if text == "auto" else text
@@ -119,6 +129,7 @@ class StudyConfig:
     attack: AttackConfig = NO_ATTACK
     aliasing: AliasingConfig = AliasingConfig()
     spectrum: SpectrumConfig = SpectrumConfig()
+    report: ReportConfig = ReportConfig()
     models: tuple[ModelSpec, ...] = ()
     path: Path | None = None  # the file it was read from
 
@@ -145,6 +156,7 @@ _SECTIONS = {
     "attack": AttackConfig,
     "aliasing": AliasingConfig,
     "spectrum": SpectrumConfig,
+    "report": ReportConfig,
 }
 
 
