@@ -1,9 +1,9 @@
 """Study configs: a TOML file read into frozen dataclasses with every default filled in.
 
 Sections: top-level keys (name, output, seed, device, model_dir), ``[data]``, ``[attack]``,
-``[aliasing]``, ``[spectrum]``, ``[report]`` and ``[[models]]`` (see :mod:`cnn_aliasing.study.specs`). Unknown keys
-are errors naming the file, the section, the key and the valid keys. Relative paths resolve against the
-current working directory. The reference with every key and default is ``docs/study.md``.
+``[aliasing]``, ``[spectrum]``, ``[report]`` and ``[[models]]`` (see :mod:`cnn_aliasing.study.specs`).
+Unknown keys are errors naming the file, the section, the key and the valid keys. Relative paths resolve
+against the current working directory. The reference with every key and default is ``docs/study.md``.
 """
 
 from __future__ import annotations
