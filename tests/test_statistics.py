@@ -25,7 +25,7 @@ from cnn_aliasing.report.statistics import (
     resample_indices,
     spearman,
 )
-from test_report_fixtures import MODELS, OPS, make_results
+from test_report_fixtures import MODELS, OPS, make_results, model_file, write
 
 
 # ---------------------------------------------------------------------------------- slow references
@@ -226,6 +226,20 @@ def test_compute_statistics_on_a_study(results_dir: Path) -> None:
     assert wrn.correlation.n == 0 and math.isnan(wrn.correlation.rho) and wrn.ratio.n_standard == 1
     assert "agrees with the hypothesis" in stats.verdict
     assert "Of 5 down-sampling ops" in stats.verdict
+
+
+def test_one_model_per_group_gives_the_ratio_but_no_interval(tmp_path: Path) -> None:
+    entries = []
+    for name, robust, am in (("r", True, 1.0), ("s", False, 4.0)):
+        write(tmp_path / f"models/{name}.json", model_file(name, robust, 0.5, {OPS[0]: am}, "preact_resnet18"))
+        entries.append({"name": name, "file": f"models/{name}.json", "status": "done"})
+    write(tmp_path / "study.json", {"schema": 1, "name": "pair", "config": {}, "run": {}, "models": entries})
+    ratio = compute_statistics(load_results(tmp_path), n_resamples=50).ops[0].ratio
+    assert ratio.ratio == pytest.approx(0.25)
+    assert not ratio.interval.defined  # resampling a single model has no spread: a point is no interval
+    text = ratio_verdict(ratio)
+    assert text.startswith("weak evidence (only 1 robust vs 1 standard models, no interval)")
+    assert "no bootstrap interval (a group of one model)" in text
 
 
 def test_overall_verdict_when_nothing_is_clear() -> None:

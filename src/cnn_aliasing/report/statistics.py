@@ -239,7 +239,11 @@ def ratio_verdict(r: Ratio) -> str:
         return "undefined: the standard models' mean AM is 0."
     ci = f"{_pct(r.interval.level)} interval [{r.interval.low:.2f}, {r.interval.high:.2f}]"
     if not r.interval.defined:
-        ci = "no bootstrap interval (every resample was degenerate)"
+        ci = (
+            "no bootstrap interval (a group of one model)"
+            if min(r.n_robust, r.n_standard) < MIN_PER_GROUP
+            else "no bootstrap interval (every resample was degenerate)"
+        )
     if r.ratio < 1:
         direction = f"robust models alias less (ratio {r.ratio:.2f}, {100 * (1 - r.ratio):.0f}% less AM)"
     elif r.ratio > 1:
@@ -300,12 +304,16 @@ def _op_statistics(
     rho_stats = bootstrap_spearman(am, acc, resample_indices(rng, len(attacked), n_resamples))
     robust = np.array([o.aliasing for m, o in present if m.robust])
     standard = np.array([o.aliasing for m, o in present if not m.robust])
-    ratio_stats = bootstrap_ratio(
-        robust,
-        standard,
-        resample_indices(rng, robust.size, n_resamples),
-        resample_indices(rng, standard.size, n_resamples),
-    )
+    if min(robust.size, standard.size) < MIN_PER_GROUP:
+        # resampling a group of one model has no spread: its interval would be a point, not an interval
+        ratio_stats = np.full(n_resamples, np.nan)
+    else:
+        ratio_stats = bootstrap_ratio(
+            robust,
+            standard,
+            resample_indices(rng, robust.size, n_resamples),
+            resample_indices(rng, standard.size, n_resamples),
+        )
     return OpStatistics(
         op=op,
         layer_group=op.split(".", 1)[0],
