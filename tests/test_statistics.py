@@ -231,7 +231,8 @@ def test_compute_statistics_on_a_study(results_dir: Path) -> None:
 def test_one_model_per_group_gives_the_ratio_but_no_interval(tmp_path: Path) -> None:
     entries = []
     for name, robust, am in (("r", True, 1.0), ("s", False, 4.0)):
-        write(tmp_path / f"models/{name}.json", model_file(name, robust, 0.5, {OPS[0]: am}, "preact_resnet18"))
+        content = model_file(name, robust, 0.5, {OPS[0]: am}, "preact_resnet18")
+        write(tmp_path / f"models/{name}.json", content)
         entries.append({"name": name, "file": f"models/{name}.json", "status": "done"})
     write(tmp_path / "study.json", {"schema": 1, "name": "pair", "config": {}, "run": {}, "models": entries})
     ratio = compute_statistics(load_results(tmp_path), n_resamples=50).ops[0].ratio
