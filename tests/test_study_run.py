@@ -318,3 +318,22 @@ def test_cli_runs_a_study_dry_runs_and_reports_errors_on_one_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith("cnn-aliasing: error: ") and "bad.toml: [[models]] #1: unknown key 'colour'" in err
     assert "\n" not in err
+
+
+def test_a_study_with_its_report_produces_every_artefact(study_dir: Path) -> None:
+    summary = run_study(
+        parse_config(_raw(study_dir, "full", "a", "b"), "tiny.toml", default_name="tiny"), progress=False
+    )
+    out = study_dir / "full"
+    assert summary.report == out / "report.html"
+    rows = _read(out / "results.json")
+    n_ops = len(_read(out / "models" / "a.json")["aliasing"]["ops"])
+    assert len(rows) == 2 * n_ops and {r["model"] for r in rows} == {"a", "b"}
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == 1 + 2 * n_ops and csv_lines[0].startswith("model,tags,robust,arch")
+    figures = {p.name for p in (out / "figures").iterdir()}
+    for stem in ("robust_accuracy_vs_aliasing", "aliasing_per_op", "spectrum_a", "spectrum_b"):
+        assert {f"{stem}.png", f"{stem}.svg"} <= figures
+        assert (out / "figures" / f"{stem}.png").stat().st_size > 1000
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4 and ">a<" in page and ">b<" in page
