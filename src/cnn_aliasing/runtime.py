@@ -17,6 +17,27 @@ from torch import nn
 from cnn_aliasing.errors import CnnAliasingError, ModelInputError
 
 
+def resolve_device(device: str | torch.device | None, *, option: str = "device") -> torch.device:
+    """The torch device ``device`` (None: cuda if available, else cpu), checked to be usable here.
+
+    ``option`` names the setting in error messages (e.g. ``"--device"``).
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise CnnAliasingError(f"{option} {device!r} is not a device name; e.g. cpu, cuda, cuda:1") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise CnnAliasingError(f"{option} {device}: CUDA is not available on this machine; use {option} cpu")
+    try:
+        torch.empty(0, device=resolved)
+    except (RuntimeError, AssertionError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CnnAliasingError(f"{option} {device} cannot be used here: {first}") from None
+    return resolved
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (the CPU for a model without any)."""
     for tensor in (*model.parameters(), *model.buffers()):

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from cnn_aliasing import data, models, training, zoo
+from cnn_aliasing import data, models, runtime, training, zoo
 from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
 from cnn_aliasing.provenance import run_metadata, sha256_of
 
@@ -76,20 +76,8 @@ def positive_int(text: str) -> int:
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """The torch device named ``name`` (None: cuda if available, else cpu), checked to be usable here."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CnnAliasingError(f"--device {name!r} is not a device name; e.g. cpu, cuda, cuda:1") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CnnAliasingError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    try:
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as error:
-        raise CnnAliasingError(f"--device {name} cannot be used here: {_first_line(error)}") from None
-    return device
+    """The device given by ``--device`` (None: cuda if available, else cpu), checked to be usable here."""
+    return runtime.resolve_device(name, option="--device")
 
 
 def build_model(name: str, model_args: dict[str, Any]) -> torch.nn.Module:

@@ -33,7 +33,7 @@ from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.evaluation import clean_accuracy
 from cnn_aliasing.measure import AliasingReport, measure
 from cnn_aliasing.provenance import run_metadata, write_json_atomic
-from cnn_aliasing.runtime import evaluation_mode, run_model
+from cnn_aliasing.runtime import evaluation_mode, resolve_device, run_model
 from cnn_aliasing.study.config import StudyConfig
 from cnn_aliasing.study.specs import LoadContext, StudyModel, expand_models
 from cnn_aliasing.study.spectra import capture_spectrum
@@ -94,18 +94,6 @@ class StudySummary:
     def failed(self) -> list[ModelOutcome]:
         """The models that failed."""
         return [m for m in self.models if m.status == FAILED]
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """The torch device called ``name``; None: cuda if available, else cpu."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise CnnAliasingError(
-            f"device {name!r} is not a torch device name; e.g. cpu, cuda, cuda:1"
-        ) from None
 
 
 def _data_digest(images: torch.Tensor, labels: torch.Tensor) -> str:

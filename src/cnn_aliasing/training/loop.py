@@ -26,6 +26,7 @@ from cnn_aliasing.data import load_cifar10, to_float
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.models import create_model
 from cnn_aliasing.provenance import run_metadata
+from cnn_aliasing.runtime import resolve_device
 from cnn_aliasing.training.augment import random_crop_flip
 from cnn_aliasing.training.checkpoints import (
     SCHEMA,
@@ -159,13 +160,6 @@ class Trainer:
             "seconds": seconds,
             "eval": None,
         }
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device``, or CUDA where available, else the CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def load_train_data(data_dir: StrPath, recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
