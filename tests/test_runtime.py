@@ -1,11 +1,12 @@
-"""runtime.resolve_device: the one place that turns a device setting into a usable torch device."""
+"""runtime.resolve_device (the one place that turns a device setting into a usable torch device) and
+errors.first_line."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.errors import CnnAliasingError, first_line
 from cnn_aliasing.runtime import resolve_device
 
 
@@ -25,3 +26,9 @@ def test_errors_name_the_setting() -> None:
 def test_cuda_without_cuda_is_a_clear_error() -> None:
     with pytest.raises(CnnAliasingError, match="CUDA is not available on this machine; use device cpu"):
         resolve_device("cuda")
+
+
+def test_first_line_of_an_error() -> None:
+    assert first_line(ValueError("bad value\n  details")) == "bad value"
+    assert first_line(ValueError("  ")) == "ValueError"
+    assert first_line(OSError(), "no details") == "no details"

@@ -5,6 +5,15 @@ file or argument and what would be valid. The command line prints such errors as
 """
 
 
+def first_line(error: BaseException, default: str | None = None) -> str:
+    """The first line of ``error``'s message, for quoting it inside one-line messages; an empty message
+    gives ``default`` (None: the error's type name)."""
+    text = str(error).strip()
+    if text:
+        return text.splitlines()[0]
+    return type(error).__name__ if default is None else default
+
+
 class CnnAliasingError(Exception):
     """Base class of all errors caused by user input (bad names, files, shapes or options)."""
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnn_aliasing.errors import CnnAliasingError, ModelInputError
+from cnn_aliasing.errors import CnnAliasingError, ModelInputError, first_line
 
 
 def resolve_device(device: str | torch.device | None, *, option: str = "device") -> torch.device:
@@ -33,8 +33,7 @@ def resolve_device(device: str | torch.device | None, *, option: str = "device")
     try:
         torch.empty(0, device=resolved)
     except (RuntimeError, AssertionError) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise CnnAliasingError(f"{option} {device} cannot be used here: {first}") from None
+        raise CnnAliasingError(f"{option} {device} cannot be used here: {first_line(error)}") from None
     return resolved
 
 
@@ -106,7 +105,6 @@ def run_model(model: nn.Module, images: torch.Tensor) -> Any:
     try:
         return model(images)
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelInputError(
-            f"{type(model).__name__} cannot run on input of shape {tuple(images.shape)}: {first}"
+            f"{type(model).__name__} cannot run on input of shape {tuple(images.shape)}: {first_line(error)}"
         ) from error

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from cnn_aliasing import data, models, runtime, training, zoo
-from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
+from cnn_aliasing.errors import CnnAliasingError, UnknownNameError, first_line
 from cnn_aliasing.provenance import run_metadata, sha256_of
 
 _WORDS: dict[str, Any] = {"true": True, "false": False, "none": None, "null": None}
@@ -86,7 +86,7 @@ def build_model(name: str, model_args: dict[str, Any]) -> torch.nn.Module:
         return models.create_model(name, **model_args)
     except (TypeError, ValueError) as error:
         given = ", ".join(f"{k}={v!r}" for k, v in model_args.items()) or "no arguments"
-        raise CnnAliasingError(f"cannot build model {name!r} with {given}: {_first_line(error)}") from error
+        raise CnnAliasingError(f"cannot build model {name!r} with {given}: {first_line(error)}") from error
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -243,11 +243,6 @@ def run_meta(
 def _config(args: argparse.Namespace) -> dict[str, Any]:
     """All parsed arguments as a JSON-ready dict (paths as strings)."""
     return {k: os.fspath(v) if isinstance(v, Path) else v for k, v in sorted(vars(args).items())}
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def one_line(message: str) -> str:

@@ -18,7 +18,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from cnn_aliasing.errors import CheckpointError
+from cnn_aliasing.errors import CheckpointError, first_line
 from cnn_aliasing.provenance import atomic_file
 
 StrPath = str | os.PathLike[str]
@@ -99,7 +99,7 @@ def _read(path: Path) -> object:
     except Exception as err:
         raise CheckpointError(
             f"cannot read checkpoint {path}: the file is corrupt, truncated or not a checkpoint "
-            f"({type(err).__name__}: {_first_line(err)})"
+            f"({type(err).__name__}: {first_line(err, 'no details')})"
         ) from err
 
 
@@ -164,8 +164,3 @@ def _listing(kind: str, keys: list[str]) -> str:
     shown = ", ".join(keys[:_MAX_LISTED])
     more = f", ... and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else ""
     return f"  {len(keys)} {kind} key{'s' if len(keys) != 1 else ''}: {shown}{more}"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else "no details"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
-from cnn_aliasing.errors import CheckpointError
+from cnn_aliasing.errors import CheckpointError, first_line
 from cnn_aliasing.models import load_checkpoint
 from cnn_aliasing.zoo.entry import ZooEntry
 from cnn_aliasing.zoo.registry import zoo_entry
@@ -85,8 +85,8 @@ def download_checkpoint(
             download(entry.gdrive_id, part)
         except Exception as error:
             raise CheckpointError(
-                f"download of {source} failed ({type(error).__name__}: {_first_line(error)}); nothing was "
-                f"kept. Try again, or copy the file to {path} from a machine with internet"
+                f"download of {source} failed ({type(error).__name__}: {first_line(error, 'no details')}); "
+                f"nothing was kept. Try again, or copy the file to {path} from a machine with internet"
             ) from error
         if not part.is_file():
             raise CheckpointError(f"download of {source} wrote no file; nothing was kept")
@@ -128,8 +128,3 @@ def load_zoo_model(
             )
         download_checkpoint(name, model_dir, downloader=downloader, progress=progress)
     return load_weights(entry.build(), path, entry).eval()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no details"
