@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cnn_aliasing.cli.registry import Subcommand, register_subcommand
-from cnn_aliasing.report import Report, make_report
-from cnn_aliasing.report.statistics import Interval
+
+if TYPE_CHECKING:
+    from cnn_aliasing.report import Report
+    from cnn_aliasing.report.statistics import Interval
 
 
 @register_subcommand
@@ -37,6 +40,8 @@ class ReportCommand(Subcommand):
         )
 
     def run(self, args: argparse.Namespace) -> int:
+        from cnn_aliasing.report import make_report  # here, not at start-up: matplotlib is slow to load
+
         report = make_report(args.results_dir, out=args.out, progress=not args.quiet)
         _print_summary(report)
         return 0

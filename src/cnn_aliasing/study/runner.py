@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
-import importlib.util
 import json
 import math
 import sys
@@ -309,15 +307,6 @@ class _ModelRun:
         return result.to_dict()
 
 
-def _build_report(root: Path, progress: bool, say: Callable[[str], None]) -> Path | None:
-    """The report from the result files, where the report module is installed."""
-    if importlib.util.find_spec("cnn_aliasing.report") is None:
-        say("no report module (cnn_aliasing.report) in this installation; the result files are complete")
-        return None
-    report = importlib.import_module("cnn_aliasing.report")
-    return Path(report.build_report(root, progress=progress))
-
-
 def _printer(enabled: bool) -> Callable[[str], None]:
     def say(message: str) -> None:
         if enabled:
@@ -397,5 +386,9 @@ def run_study(
         if target.type == "cuda":
             torch.cuda.empty_cache()
     save_study()
-    report_path = _build_report(paths.root, progress, say) if report else None
+    report_path = None
+    if report:
+        from cnn_aliasing.report import build_report  # here, not at import: matplotlib is slow to load
+
+        report_path = build_report(paths.root, progress=progress)
     return StudySummary(paths.root, outcomes, report_path, time.perf_counter() - start)

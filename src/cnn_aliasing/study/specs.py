@@ -9,7 +9,6 @@ train) itself and what it is (source, architecture, robust or not, tags) before 
 from __future__ import annotations
 
 import abc
-import importlib
 import os
 import re
 import time
@@ -22,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from cnn_aliasing import models, zoo
+from cnn_aliasing import models, training, zoo
 from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
 from cnn_aliasing.provenance import sha256_of
 from cnn_aliasing.study.tables import from_table, is_bool, is_path, is_str, is_str_list, is_table, reads
@@ -261,12 +260,7 @@ class CheckpointSpec(ModelSpec):
         ]
 
 
-def _training_api() -> Any:
-    return importlib.import_module("cnn_aliasing.training")
-
-
 def _train_recipe(model: StudyModel, context: LoadContext) -> LoadedModel:
-    training = _training_api()
     overrides = {"seed": context.seed, **model.source["overrides"]}  # the study's seed unless overridden
     recipe = training.get_recipe(model.source["recipe"], **overrides)
     out_dir = context.output / "training" / model.slug
@@ -302,7 +296,6 @@ class RecipeSpec(ModelSpec):
     name: str | None = field(default=None, metadata=reads(is_str))
 
     def expand(self, model_dir: Path) -> list[StudyModel]:
-        training = _training_api()
         recipe = training.get_recipe(self.recipe, **self.overrides)  # a bad name or override fails now
         robust = bool(training.get_objective(recipe.objective).robust)
         return [
