@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnn_aliasing.errors import ModelInputError, UnknownNameError
+from cnn_aliasing.errors import ModelArgumentError, ModelInputError, UnknownNameError
 from cnn_aliasing.models import (
     NORMALIZATION_PRESETS,
     create_model,
@@ -305,3 +305,10 @@ def test_normalize_rejects_wrong_channel_count() -> None:
     model = create_model("preact_resnet18", width=4, normalize="cifar10")
     with pytest.raises(ModelInputError, match=r"\(N, 3, H, W\)"):
         model(torch.rand(2, 1, 32, 32))
+
+
+def test_an_argument_the_factory_refuses_is_a_clear_error() -> None:
+    with pytest.raises(ModelArgumentError, match=r"^cannot build model 'preact_resnet18' with width=0: "):
+        create_model("preact_resnet18", width=0)
+    with pytest.raises(ModelArgumentError, match=r"^cannot build model 'wrn_28_10' with depth='28': "):
+        create_model("wrn_28_10", depth="28")

@@ -35,3 +35,7 @@ class DataError(CnnAliasingError):
 
 class ModelInputError(CnnAliasingError):
     """A model cannot run on the given input (for example an image size it cannot take)."""
+
+
+class ModelArgumentError(CnnAliasingError, ValueError):
+    """A registered model's factory refused its arguments (a wrong type or value)."""

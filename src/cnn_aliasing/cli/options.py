@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from cnn_aliasing import data, models, runtime, training, zoo
-from cnn_aliasing.errors import CnnAliasingError, UnknownNameError, first_line
+from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
 from cnn_aliasing.provenance import run_metadata, sha256_of
 
 _WORDS: dict[str, Any] = {"true": True, "false": False, "none": None, "null": None}
@@ -78,15 +78,6 @@ def positive_int(text: str) -> int:
 def resolve_device(name: str | None) -> torch.device:
     """The device given by ``--device`` (None: cuda if available, else cpu), checked to be usable here."""
     return runtime.resolve_device(name, option="--device")
-
-
-def build_model(name: str, model_args: dict[str, Any]) -> torch.nn.Module:
-    """``models.create_model(name, **model_args)``; a bad argument value becomes a CnnAliasingError."""
-    try:
-        return models.create_model(name, **model_args)
-    except (TypeError, ValueError) as error:
-        given = ", ".join(f"{k}={v!r}" for k, v in model_args.items()) or "no arguments"
-        raise CnnAliasingError(f"cannot build model {name!r} with {given}: {first_line(error)}") from error
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -193,7 +184,7 @@ def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any
             "zoo": entry.to_dict(),
         }
     elif args.model in models.list_models():
-        model = build_model(args.model, model_args)
+        model = models.create_model(args.model, **model_args)
         path = args.checkpoint
         if path is not None:
             models.load_checkpoint(model, path)

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from cnn_aliasing.errors import UnknownNameError
+from cnn_aliasing.errors import ModelArgumentError, UnknownNameError, first_line
 
 Factory = TypeVar("Factory", bound=Callable[..., nn.Module])
 
@@ -35,7 +35,11 @@ def model_descriptions() -> dict[str, str]:
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the registered model ``name`` with the factory's keyword arguments ``kwargs``."""
+    """Build the registered model ``name`` with the factory's keyword arguments ``kwargs``.
+
+    An unknown name or argument is an :class:`UnknownNameError` listing the valid ones; an argument the
+    factory refuses (wrong type or value) is a :class:`ModelArgumentError` naming the model and arguments.
+    """
     if name not in _FACTORIES:
         raise UnknownNameError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
     factory = _FACTORIES[name]
@@ -47,7 +51,11 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
                 f"model {name!r} takes no argument {', '.join(map(repr, unknown))}; "
                 f"valid arguments: {', '.join(parameters)}"
             )
-    return factory(**kwargs)
+    try:
+        return factory(**kwargs)
+    except (TypeError, ValueError) as error:
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no arguments"
+        raise ModelArgumentError(f"cannot build model {name!r} with {given}: {first_line(error)}") from error
 
 
 def _description(factory: Callable[..., nn.Module]) -> str:

@@ -224,10 +224,7 @@ class ZooOnDiskSpec(ModelSpec):
 
 def _load_checkpoint(model: StudyModel, context: LoadContext) -> LoadedModel:
     assert model.arch is not None
-    try:
-        module = models.create_model(model.arch, **model.arch_args)
-    except (TypeError, ValueError) as error:
-        raise CnnAliasingError(f"cannot build {model.arch} with {model.arch_args}: {error}") from error
+    module = models.create_model(model.arch, **model.arch_args)
     path = Path(model.source["checkpoint"])
     models.load_checkpoint(module, path)
     source = {**model.source, "sha256": sha256_of(path)}
