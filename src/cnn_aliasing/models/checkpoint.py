@@ -61,9 +61,19 @@ def load_checkpoint(
 
 def save_checkpoint(model: nn.Module, path: StrPath) -> None:
     """Save ``model.state_dict()`` to ``path`` atomically: safetensors for ``.safetensors``, else torch."""
+    save_state_dict(cpu_state_dict(model), path)
+
+
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A contiguous CPU copy of ``model.state_dict()`` (safetensors refuses tensors in another memory
+    format, such as a channels_last model's weights)."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: StrPath) -> None:
+    """Save a state dict of contiguous CPU tensors to ``path`` atomically: safetensors for
+    ``.safetensors``, else torch."""
     path = Path(path)
-    # contiguous: safetensors refuses tensors in another memory format (a channels_last model's weights)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_file(path) as tmp:
         if path.suffix == ".safetensors":
             safetensors.torch.save_file(state, tmp, metadata={"format": "pt"})

@@ -14,12 +14,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from torch import nn
 
 from cnn_aliasing.errors import CheckpointError
 from cnn_aliasing.models import create_model, load_checkpoint
+from cnn_aliasing.models.checkpoint import cpu_state_dict, save_state_dict
 from cnn_aliasing.provenance import atomic_file, write_json_atomic
 
 StrPath = str | os.PathLike[str]
@@ -76,7 +76,7 @@ def write_run(
     sidecar: dict[str, Any],
 ) -> None:
     """Write the resume state, the weights and the sidecar of the epochs done so far (in that order)."""
-    weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    weights = cpu_state_dict(model)
     state = {
         "epochs_done": sidecar["epochs_done"],
         "model": weights,
@@ -86,8 +86,7 @@ def write_run(
     }
     with atomic_file(out_dir / STATE) as tmp:
         torch.save(state, tmp)
-    with atomic_file(out_dir / WEIGHTS) as tmp:  # contiguous: safetensors refuses channels_last tensors
-        safetensors.torch.save_file(weights, tmp, metadata={"format": "pt"})
+    save_state_dict(weights, out_dir / WEIGHTS)
     write_json_atomic(out_dir / SIDECAR, sidecar)
 
 
