@@ -228,9 +228,7 @@ class _ModelRun:
         with _timed(timings, "clean_s"):
             result = clean_accuracy(
                 module,
-                data.iterate_batches(
-                    self.images, self.labels, self.config.data.batch_size, device=self.device
-                ),
+                self._batches(),
                 progress=self.progress,
                 total_images=len(self.images),
             )
@@ -246,9 +244,7 @@ class _ModelRun:
         with _timed(timings, "aliasing_s"):
             report = measure(
                 module,
-                data.iterate_batches(
-                    self.images, self.labels, self.config.data.batch_size, device=self.device
-                ),
+                self._batches(),
                 device=self.device,
                 include=aliasing.include,
                 exclude=aliasing.exclude,
@@ -275,6 +271,10 @@ class _ModelRun:
                 )
             path = write_json_atomic(self.paths.spectrum_file(model), spectra)
             record["spectrum"] = path.relative_to(self.paths.root).as_posix()
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The study's images and labels in batches, on the study's device."""
+        return data.iterate_batches(self.images, self.labels, self.config.data.batch_size, device=self.device)
 
     def _check_logits(self, module: torch.nn.Module) -> None:
         batch = data.to_float(self.images[: self.config.data.batch_size]).to(self.device)
