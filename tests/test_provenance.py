@@ -149,3 +149,26 @@ def test_sha256_of_and_csv_written_atomically(tmp_path: Path) -> None:
     )
     assert table.read_text() == "op,aliasing\nlayer2.0.conv1,0.25\nx,1\n"
     assert [p.name for p in table.parent.iterdir()] == ["table.csv"]
+
+
+def test_write_json_atomic_writes_non_finite_floats_as_null(tmp_path: Path) -> None:
+    path = tmp_path / "result.json"
+    obj = {
+        "a": float("nan"),
+        "b": [float("inf")],
+        "c": (1.5, -float("inf")),
+        "d": {"e": np.float32("nan"), "f": np.float64("-inf"), "g": [{"h": float("nan")}]},
+        "i": 2.0,
+    }
+    write_json_atomic(path, obj)
+
+    def refuse(token: str) -> float:
+        raise ValueError(f"non-standard JSON token {token}")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {
+        "a": None,
+        "b": [None],
+        "c": [1.5, None],
+        "d": {"e": None, "f": None, "g": [{"h": None}]},
+        "i": 2.0,
+    }

@@ -1,13 +1,14 @@
-"""runtime.resolve_device (the one place that turns a device setting into a usable torch device) and
-errors.first_line."""
+"""runtime.resolve_device (the one place that turns a device setting into a usable torch device), the input
+checks check_unit_range and check_finite_weights, and errors.first_line."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from cnn_aliasing.errors import CnnAliasingError, first_line
-from cnn_aliasing.runtime import resolve_device
+from cnn_aliasing.runtime import check_finite_weights, check_unit_range, resolve_device
 
 
 def test_none_is_cuda_where_available_else_cpu() -> None:
@@ -32,3 +33,35 @@ def test_first_line_of_an_error() -> None:
     assert first_line(ValueError("bad value\n  details")) == "bad value"
     assert first_line(ValueError("  ")) == "ValueError"
     assert first_line(OSError(), "no details") == "no details"
+
+
+def test_check_unit_range_messages() -> None:
+    check_unit_range(torch.tensor([0.0, 1.0]))
+    check_unit_range(torch.empty(0, 3))
+    with pytest.raises(
+        CnnAliasingError, match=r"^images must lie in \[0, 1\] .*got values in \[-0\.5, 0\.25\]$"
+    ):
+        check_unit_range(torch.tensor([-0.5, 0.25]))
+    half = torch.tensor([0.25, float("nan"), float("nan"), float("inf")], dtype=torch.float16)
+    with pytest.raises(
+        CnnAliasingError,
+        match=r"^images of batch 7 .*got 2 NaN and 1 Inf values \(finite values: \[0\.25, 0\.25\]\)$",
+    ):
+        check_unit_range(half, batch=7)
+    with pytest.raises(CnnAliasingError, match=r"got 1 NaN and 0 Inf values \(finite values: none\)$"):
+        check_unit_range(torch.tensor([float("nan")]))
+
+
+def test_check_finite_weights_names_every_bad_tensor() -> None:
+    model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+    check_finite_weights(model)  # the integer buffer num_batches_tracked is not looked at
+    check_finite_weights(nn.ReLU())
+    with torch.no_grad():
+        model[0].bias[1] = float("-inf")
+        model[1].running_mean[:] = float("nan")
+    with pytest.raises(
+        CnnAliasingError,
+        match=r"^the model's weights hold NaN or Inf: 0\.bias \(0 NaN, 1 Inf of 3 values\), "
+        r"1\.running_mean \(3 NaN, 0 Inf of 3 values\); measuring needs finite weights$",
+    ):
+        check_finite_weights(model)

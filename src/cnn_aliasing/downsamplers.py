@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnn_aliasing.spectral import as_factor
+from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.spectral import MAX_FACTOR
 
 Params = dict[str, Any]
 
@@ -44,8 +45,10 @@ class StridedCall:
 
     ``full()`` is the stride-1 output: a tensor, or a tuple whose first item is the tensor to measure
     (max-pooling values and indices), computed once. ``real_output()`` is the op's real output: the slice
-    of the full-resolution output, or the op run as it is where that is cheaper (a ``pointwise`` op whose
-    full output was not needed) or where the two differ (``ceil_mode`` pooling).
+    of the full-resolution output, or the op run as it is where that is cheaper (the full output was not
+    formed) or where the two differ (``ceil_mode`` pooling). ``full_size`` is given where the kind knows
+    the (H, W) of the stride-1 output without forming it; ``unmeasurable`` says why the engine cannot
+    measure the call (None: it can).
     """
 
     def __init__(
@@ -55,14 +58,18 @@ class StridedCall:
         full_resolution: Callable[[], Any],
         original: Callable[[], Any],
         *,
+        full_size: tuple[int, int] | None = None,
+        unmeasurable: str | None = None,
         exact_slice: bool = True,
         pointwise: PointwiseLinear | None = None,
     ) -> None:
         self.kind = kind
         self.factor = factor
+        self.unmeasurable = unmeasurable
         self.pointwise = pointwise
         self._full_resolution = full_resolution
         self._original = original
+        self._full_size = full_size
         self._exact_slice = exact_slice
         self._full: Any = None
 
@@ -84,6 +91,19 @@ class StridedCall:
             return (*x.shape[:-3], self.pointwise.weight.shape[0], *x.shape[-2:])
         return tuple(self.measured().shape)
 
+    def full_size(self) -> tuple[int, int]:
+        """(H, W) of the full-resolution output, formed only where the kind does not know it."""
+        if self._full_size is not None:
+            return self._full_size
+        shape = self.measured().shape
+        return (shape[-2], shape[-1])
+
+    def below_factor(self) -> bool:
+        """Whether the full-resolution output is smaller than the factor on an axis (global pooling to
+        one pixel): such a call has nothing to measure."""
+        h, w = self.full_size()
+        return h < self.factor[0] or w < self.factor[1]
+
     def real_output(self) -> Any:
         """The op's real output."""
         if not self._exact_slice or self._full is None:
@@ -91,6 +111,17 @@ class StridedCall:
         if isinstance(self._full, tuple):
             return tuple(subsample(item, self.factor) for item in self._full)
         return subsample(self._full, self.factor)
+
+
+def _why_unmeasurable(factor: tuple[int, int], maps: torch.Tensor | None) -> str | None:
+    """Why the engine cannot measure a down-sampling call with this factor on these input maps (None: it
+    can): a factor above :data:`cnn_aliasing.spectral.MAX_FACTOR`, or maps that are not real floats."""
+    if max(factor) > MAX_FACTOR:
+        s, t = factor
+        return f"its factor {s}x{t} is above spectral.MAX_FACTOR = {MAX_FACTOR}, the largest measured"
+    if maps is not None and (maps.is_complex() or not maps.is_floating_point()):
+        return f"its maps are {maps.dtype}; the engine measures real floating-point maps"
+    return None
 
 
 def subsample(x: torch.Tensor, factor: tuple[int, int]) -> torch.Tensor:
@@ -108,6 +139,13 @@ def _pair(value: Any) -> tuple[int, int]:
         return (value, value)
     pair = tuple(value)
     return (pair[0], pair[0]) if len(pair) == 1 else (pair[0], pair[1])
+
+
+def _padding(value: Any) -> tuple[int, int] | None:
+    """Padding as a pair; ``"valid"`` is no padding, ``"same"`` (refused with a stride) is None."""
+    if isinstance(value, str):
+        return (0, 0) if value == "valid" else None
+    return _pair(value)
 
 
 @dataclass(frozen=True)
@@ -135,11 +173,16 @@ class FunctionalKind:
         return _pair(stride)
 
     def strided_call(self, params: Params) -> StridedCall | None:
-        """The call as a :class:`StridedCall`, or None when it does not reduce resolution."""
-        factor = self.factor(params)
-        if factor == (1, 1) or not isinstance(params.get("input"), torch.Tensor):
+        """The call as a :class:`StridedCall`, or None when it does not reduce the resolution of an
+        (N, C, H, W) feature map (other ranks are not feature maps; non-positive strides and
+        ``padding="same"`` with a stride are refused by the op itself)."""
+        x = params.get("input")
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
             return None
-        as_factor(factor)
+        factor = self.factor(params)
+        padding = _padding(params.get("padding", 0))
+        if factor == (1, 1) or min(factor) < 1 or padding is None:
+            return None
         ceil_mode = bool(params.get("ceil_mode", False))
         full_params = {**params, "stride": 1, **({"ceil_mode": False} if ceil_mode else {})}
         return StridedCall(
@@ -147,8 +190,23 @@ class FunctionalKind:
             factor,
             lambda: self.call(full_params),
             lambda: self.call(params),
+            full_size=self._full_size(params, padding),
+            unmeasurable=_why_unmeasurable(factor, x),
             exact_slice=not ceil_mode,
             pointwise=self.pointwise(params) if self.pointwise else None,
+        )
+
+    def _full_size(self, params: Params, padding: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) of the stride-1 output: the padded input less the dilated window, plus one."""
+        if self.kernel_param:
+            kernel = _pair(params[self.kernel_param])
+        else:  # a convolution: the window is the weight's
+            kernel = (params["weight"].shape[-2], params["weight"].shape[-1])
+        dilation = _pair(params.get("dilation", 1))
+        h, w = params["input"].shape[-2:]
+        return (
+            h + 2 * padding[0] - dilation[0] * (kernel[0] - 1),
+            w + 2 * padding[1] - dilation[1] * (kernel[1] - 1),
         )
 
     def call(self, params: Params) -> Any:
@@ -177,20 +235,29 @@ class SliceKind:
         return items if len(items) == ndim else None
 
     def strided_call(self, x: Any, index: Any) -> StridedCall | None:
-        """The slicing as a :class:`StridedCall`, or None when it does not step over spatial axes."""
-        if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        """The slicing as a :class:`StridedCall`, or None when it does not step over the spatial axes of
+        an (N, C, H, W) feature map (slicing logits or tokens is not down-sampling; torch refuses
+        non-positive steps itself)."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
             return None
         items = self.expand_index(x.dim(), index)
         if items is None or not all(isinstance(i, slice) for i in items[-2:]):
             return None
         h, w = items[-2], items[-1]
         factor = (h.step or 1, w.step or 1)
-        if factor == (1, 1):
+        if factor == (1, 1) or min(factor) < 1:
             return None
-        as_factor(factor)
         items[-2], items[-1] = slice(h.start, h.stop), slice(w.start, w.stop)
         full_index = tuple(items)
-        return StridedCall(self.name, factor, lambda: x[full_index], lambda: x[index])
+        full_size = (len(range(x.shape[-2])[items[-2]]), len(range(x.shape[-1])[items[-1]]))
+        return StridedCall(
+            self.name,
+            factor,
+            lambda: x[full_index],
+            lambda: x[index],
+            full_size=full_size,
+            unmeasurable=_why_unmeasurable(factor, x),
+        )
 
 
 def _pointwise_conv(params: Params) -> PointwiseLinear | None:
@@ -200,7 +267,7 @@ def _pointwise_conv(params: Params) -> PointwiseLinear | None:
     full-resolution output would hold zeros there, not the bias).
     """
     x, weight, bias = params["input"], params["weight"], params["bias"]
-    if weight.dim() != 4 or weight.shape[-2:] != (1, 1) or x.dim() < 3:
+    if weight.dim() != 4 or weight.shape[-2:] != (1, 1):
         return None
     if params["padding"] not in (0, (0, 0), [0, 0], "valid"):
         return None
@@ -340,10 +407,22 @@ def is_known_module(module: nn.Module) -> bool:
     return isinstance(module, DeclaredDownsampler) or _module_kind(module) is not None
 
 
+def _declared_factor(module: DeclaredDownsampler) -> tuple[int, int]:
+    """A declared down-sampler's ``downsampling_factor`` as a pair, checked to be ints >= 1."""
+    factor = module.downsampling_factor
+    pair = (factor, factor) if isinstance(factor, int) else tuple(factor)
+    if len(pair) != 2 or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in pair):
+        raise CnnAliasingError(
+            f"{type(module).__name__}.downsampling_factor must be an int or a pair of ints >= 1, "
+            f"got {factor!r}"
+        )
+    return pair  # type: ignore[return-value]
+
+
 def module_may_downsample(module: nn.Module) -> bool:
     """Whether a module is a declared down-sampler or a registered kind with a stride above 1."""
     if isinstance(module, DeclaredDownsampler):
-        return as_factor(module.downsampling_factor) != (1, 1)
+        return _declared_factor(module) != (1, 1)
     found = _module_kind(module)
     if found is None:
         return False
@@ -357,12 +436,13 @@ def module_strided_call(
 ) -> StridedCall | None:
     """A call of a known module as a StridedCall (``forward`` is its own, unprobed forward), or None."""
     if isinstance(module, DeclaredDownsampler):
-        factor = as_factor(module.downsampling_factor)
+        factor = _declared_factor(module)
         return StridedCall(
             getattr(module, "downsampling_kind", type(module).__name__),
             factor,
             lambda: module.full_resolution_forward(*args, **kwargs),
             lambda: forward(*args, **kwargs),
+            unmeasurable=_why_unmeasurable(factor, None),
         )
     found = _module_kind(module)
     if found is None or len(args) != 1 or kwargs:

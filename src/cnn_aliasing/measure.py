@@ -2,8 +2,9 @@
 
 :func:`measure` runs the model once per batch with the probe active; each op's full-resolution output is
 reduced on the device to per-map metrics and merged into per-channel running means and sums of squared
-deviations (float64, Chan et al.'s parallel update), so memory does not grow with the number of images
-and nothing is synchronised with the host until the end.
+deviations (float64, Chan et al.'s parallel update), so memory does not grow with the number of images.
+Per batch, only the [0, 1] check of the images meets the host; per-op counts of non-finite per-map values
+stay on the device until the end, where ops whose full-resolution output held NaN or Inf are an error.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from cnn_aliasing.downsamplers import StridedCall
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.probe import OpCall, OpSelector, probing
 from cnn_aliasing.runtime import (
+    check_finite_weights,
     check_unit_range,
     evaluation_mode,
     model_device,
@@ -126,7 +128,7 @@ class AliasingReport:
                 factor=tuple(o["factor"]),  # type: ignore[arg-type]
                 full_size=tuple(o["full_size"]),  # type: ignore[arg-type]
                 channels=o["channels"],
-                metrics={k: MetricSummary(**v) for k, v in o["metrics"].items()},
+                metrics={k: _summary_from_json(v) for k, v in o["metrics"].items()},
             )
             for o in data["ops"]
         ]
@@ -164,6 +166,21 @@ class AliasingReport:
     def __str__(self) -> str:
         head = f"aliasing of {len(self.ops)} down-sampling ops over {self.n_images} images"
         return f"{head} (nyquist={self.nyquist})\n{self.format_table()}"
+
+
+def _summary_from_json(data: dict[str, Any]) -> MetricSummary:
+    """A MetricSummary as written to JSON, where NaN is stored as null."""
+
+    def number(value: float | None) -> float:
+        return float("nan") if value is None else value
+
+    per_channel = data.get("per_channel")
+    return MetricSummary(
+        number(data["mean"]),
+        number(data["std"]),
+        data["count"],
+        None if per_channel is None else [number(v) for v in per_channel],
+    )
 
 
 def _format_cell(value: Any) -> str:
@@ -211,6 +228,7 @@ class _OpState:
     full_size: tuple[int, int]
     channels: int
     moments: dict[str, _RunningMoments]
+    nonfinite: torch.Tensor  # maps whose aliasing is NaN or Inf (a count on the device)
 
 
 class _Accumulator:
@@ -227,16 +245,36 @@ class _Accumulator:
         channels = shape[-3] if len(shape) >= 3 else 1
         state = self.ops.get(op.name)
         if state is None:
-            device = next(iter(values.values())).device
+            device = values[AM].device
             moments = {m: _RunningMoments(channels, device) for m in self.metrics}
-            state = _OpState(op.kind, op.factor, (shape[-2], shape[-1]), channels, moments)
+            nonfinite = torch.zeros((), dtype=torch.int64, device=device)
+            state = _OpState(op.kind, op.factor, (shape[-2], shape[-1]), channels, moments, nonfinite)
             self.ops[op.name] = state
         elif state.channels != channels:
             raise CnnAliasingError(
                 f"op {op.name!r} produced {channels} channels after {state.channels} in an earlier call"
             )
+        state.nonfinite += values[AM].isfinite().logical_not().sum()
         for name, v in values.items():
             state.moments[name].add(v.reshape(-1, channels))
+
+    def check_finite(self) -> None:
+        """Raise naming the ops whose full-resolution output held NaN or Inf (one host sync)."""
+        if not self.ops:
+            return
+        device = next(iter(self.ops.values())).nonfinite.device
+        counts = torch.stack([s.nonfinite.to(device) for s in self.ops.values()]).tolist()
+        bad = [
+            f"{name!r} ({n} of {s.moments[AM].n * s.channels} maps)"
+            for (name, s), n in zip(self.ops.items(), counts, strict=True)
+            if n
+        ]
+        if bad:
+            raise CnnAliasingError(
+                f"NaN or Inf in the full-resolution output of {', '.join(bad)}: the model's activations "
+                "are not finite on these images (its weights and the images are), so their aliasing is "
+                "undefined"
+            )
 
     def _per_map(self, op: OpCall, call: StridedCall) -> dict[str, torch.Tensor]:
         """Per-map metrics: from the input's spectra for a 1x1 convolution, else from the stride-1 output."""
@@ -304,6 +342,10 @@ def measure(
     are shell-style name patterns; ``metrics`` adds variants from
     :data:`cnn_aliasing.spectral.PER_MAP_METRICS` to AM; ``per_channel`` keeps per-channel means.
     ``total_images`` sizes the progress bar when ``batches`` has no length.
+
+    Every batch is checked to lie in [0, 1]; images, weights or activations holding NaN or Inf raise a
+    :class:`CnnAliasingError` naming the batch, parameter or op. Ops the engine cannot measure run
+    unchanged with an :class:`~cnn_aliasing.probe.UnmeasurableOpWarning` each.
     """
     names = spectral.check_metric_names([AM, *(m for m in metrics if m != AM)])
     accumulator = _Accumulator(names, spectral.as_nyquist(nyquist))
@@ -316,15 +358,16 @@ def measure(
         stack.enter_context(torch.no_grad())
         stack.enter_context(on_device(model, target))
         stack.enter_context(evaluation_mode(model))
+        check_finite_weights(model)
         stack.enter_context(probing(model, accumulator, OpSelector(include, exclude)))
         dtype = model_dtype(model)
-        for batch in batches:
+        for index, batch in enumerate(batches):
             images = _images_of(batch).to(target, dtype=dtype, non_blocking=True)
-            if n_images == 0:
-                check_unit_range(images)
+            check_unit_range(images, batch=index)
             run_model(model, images)
             n_images += images.shape[0]
             bar.update(images.shape[0])
     if n_images == 0:
         raise CnnAliasingError("measure() got no images: the batches iterable was empty")
+    accumulator.check_finite()
     return accumulator.report(n_images, per_channel)

@@ -6,7 +6,11 @@ computed twice. Modules of known kinds (see :mod:`cnn_aliasing.downsamplers`) ge
 replaced on the instance; functional down-sampling inside a module's forward (``F.conv2d``, ``F.avg_pool2d``,
 ``x[..., ::2, ::2]`` ...) is found by ``torch.fx`` tracing, and the module's ``forward`` is replaced by the
 traced graph with those calls wrapped. Modules that cannot be traced are named in a warning; the module
-cases inside them are still covered. Everything is restored when the probe exits, exceptions included.
+cases inside them are still covered. Only spatial down-sampling of (N, C, H, W) feature maps counts.
+Ops left out by name are never touched; ops the engine cannot measure (a factor above
+``spectral.MAX_FACTOR``, maps that are not real floats) run unchanged, with one
+:class:`UnmeasurableOpWarning` per op and probe. Everything is restored when the probe exits, exceptions
+included.
 """
 
 from __future__ import annotations
@@ -54,31 +58,59 @@ class Downsampler:
 
 
 class OpSelector:
-    """Which ops to measure: names matching any ``include`` pattern (all if none) and no ``exclude`` one.
+    """Which ops to measure, by name: those matching any ``include`` pattern (all if none) and no
+    ``exclude`` one. Patterns are shell-style (``layer2.*``, ``*shortcut*``).
 
-    Patterns are shell-style (``layer2.*``, ``*shortcut*``). Ops whose full-resolution output is smaller
-    than the factor on an axis (global pooling to one pixel) are never measured.
+    An op left out is never touched: its own forward (or function) runs, unprobed.
     """
 
     def __init__(self, include: Sequence[str] | None = None, exclude: Sequence[str] | None = None):
         self.include = list(include or [])
         self.exclude = list(exclude or [])
 
-    def __call__(self, op: OpCall, call: downsamplers.StridedCall) -> bool:
-        if any(fnmatch.fnmatchcase(op.name, p) for p in self.exclude):
+    def __call__(self, name: str) -> bool:
+        """Whether the op named ``name`` is measured."""
+        if any(fnmatch.fnmatchcase(name, p) for p in self.exclude):
             return False
-        if self.include and not any(fnmatch.fnmatchcase(op.name, p) for p in self.include):
-            return False
-        shape = call.full_shape()
-        return len(shape) >= 2 and shape[-2] >= op.factor[0] and shape[-1] >= op.factor[1]
+        return not self.include or any(fnmatch.fnmatchcase(name, p) for p in self.include)
 
 
-def _run(call: downsamplers.StridedCall, name: str, observe: Observer, select: OpSelector) -> Any:
-    """Show a selected call to the observer, then return the op's real output."""
-    op = OpCall(name, call.kind, call.factor)
-    if select(op, call):
-        observe(op, call)
-    return call.real_output()
+class UnmeasurableOpWarning(UserWarning):
+    """A down-sampling op the engine cannot measure runs unchanged and is left out of the results."""
+
+
+class _Session:
+    """One probe's calls: measurable ones go to the observer; each unmeasurable op is warned about once.
+
+    Ops whose full-resolution output is smaller than the factor on an axis (global pooling to one pixel)
+    have nothing to measure and are passed over silently.
+    """
+
+    def __init__(self, observe: Observer) -> None:
+        self.observe = observe
+        self.warned: set[str] = set()
+
+    def run(self, call: downsamplers.StridedCall, name: str) -> Any:
+        """Show a measurable call to the observer; return the op's real output in every case."""
+        if call.below_factor():
+            return call.real_output()
+        if call.unmeasurable is None:
+            self.observe(OpCall(name, call.kind, call.factor), call)
+        else:
+            self._warn(name, call)
+        return call.real_output()
+
+    def _warn(self, name: str, call: downsamplers.StridedCall) -> None:
+        if name in self.warned:
+            return
+        self.warned.add(name)
+        s, t = call.factor
+        warnings.warn(
+            f"op {name!r} ({call.kind}, factor {s}x{t}) is not measured: {call.unmeasurable}. It runs "
+            f"unchanged; exclude=[{name!r}] silences this warning.",
+            UnmeasurableOpWarning,
+            stacklevel=3,
+        )
 
 
 # ---- tracing -------------------------------------------------------------------------------------------
@@ -144,12 +176,12 @@ class UntraceableWarning(UserWarning):
     """Some modules could not be traced, so functional down-sampling in their own code is not seen."""
 
 
-def _functional_wrapper(function: Callable[..., Any], name: str, observe: Observer, select: OpSelector):
+def _functional_wrapper(function: Callable[..., Any], name: str, session: _Session):
     def measured(*args: Any, **kwargs: Any) -> Any:
         call = downsamplers.functional_strided_call(function, args, kwargs)
         if call is None:
             return function(*args, **kwargs)
-        return _run(call, name, observe, select)
+        return session.run(call, name)
 
     measured.__name__ = f"measured_{getattr(function, '__name__', 'op')}"
     return measured
@@ -162,13 +194,15 @@ def _node_name(traced_path: str, node: fx.Node) -> str:
     return f"{owner}:{node.name}" if owner else node.name
 
 
-def _rewrite(traced: _Traced, observe: Observer, select: OpSelector) -> bool:
-    """Wrap the functional down-sampling calls of a traced graph; False if it has none."""
+def _rewrite(traced: _Traced, session: _Session, select: OpSelector) -> bool:
+    """Wrap the selected functional down-sampling calls of a traced graph; False if it has none."""
     found = False
     for node in traced.graph.graph.nodes:
         if node.op == "call_function" and downsamplers.is_functional_downsampler(node.target, node.args):
-            node.target = _functional_wrapper(node.target, _node_name(traced.path, node), observe, select)
-            found = True
+            name = _node_name(traced.path, node)
+            if select(name):
+                node.target = _functional_wrapper(node.target, name, session)
+                found = True
     if found:
         traced.graph.recompile()
     return found
@@ -183,14 +217,14 @@ def _walk(module: nn.Module, path: str = "") -> Iterator[tuple[str, nn.Module]]:
         yield from _walk(child, f"{path}.{name}" if path else name)
 
 
-def _module_forward(module: nn.Module, name: str, observe: Observer, select: OpSelector):
+def _module_forward(module: nn.Module, name: str, session: _Session):
     original = module.forward
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         call = downsamplers.module_strided_call(module, args, kwargs, original)
         if call is None:
             return original(*args, **kwargs)
-        return _run(call, name, observe, select)
+        return session.run(call, name)
 
     return forward
 
@@ -224,14 +258,16 @@ def probing(
 
     The model's outputs stay those of the unprobed model (the real output of a strided op is the slice of
     its full-resolution output: equal up to float rounding for convolutions, exactly for pooling and
-    slicing). ``trace=False`` skips fx tracing (only module ops are seen).
+    slicing). Ops ``select`` leaves out are not touched; ops the engine cannot measure run unchanged with
+    an :class:`UnmeasurableOpWarning` each. ``trace=False`` skips fx tracing (only module ops are seen).
     """
     select = select or OpSelector()
+    session = _Session(observe)
     patches = _Patches()
     try:
         for name, module in _walk(model):
-            if name and downsamplers.module_may_downsample(module):
-                patches.replace_forward(module, _module_forward(module, name, observe, select))
+            if name and select(name) and downsamplers.module_may_downsample(module):
+                patches.replace_forward(module, _module_forward(module, name, session))
         if trace:
             failures: list[tuple[str, str]] = []
             traced = _trace_tree(model, "", failures)
@@ -245,7 +281,7 @@ def probing(
                 )
             modules = dict(model.named_modules())
             for t in traced:
-                if _rewrite(t, observe, select):
+                if _rewrite(t, session, select):
                     patches.replace_forward(modules[t.path], t.graph.forward)
         yield
     finally:
@@ -259,7 +295,8 @@ def find_downsamplers(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
 ) -> list[Downsampler]:
-    """Every op of ``model`` that reduces spatial resolution on ``example_input``, in forward order.
+    """Every op of ``model`` that reduces the spatial resolution of a feature map on ``example_input`` and
+    can be measured, in forward order (ops that cannot are named in an :class:`UnmeasurableOpWarning`).
 
     Runs one forward pass (eval mode, no gradients) with the probe active; the model is left as found.
     """

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import hashlib
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import subprocess
@@ -80,12 +82,24 @@ def run_metadata() -> dict[str, Any]:
     }
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, Inf) replaced by None, through dicts, lists and tuples,
+    so that it is written as standard JSON (``null``), which has no NaN or Infinity."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(value) for value in obj]
+    return obj
+
+
 def _json_default(obj: Any) -> Any:
     """JSON for paths and numpy scalars; anything else is a TypeError as in `json.dumps`."""
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     if isinstance(obj, np.generic):
-        return obj.item()
+        return json_safe(obj.item())
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable")
 
 
@@ -94,10 +108,13 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block ends, rename it onto ``path``.
 
     Parent folders are created; readers see the old file or the new one, never a partial one. If the block
-    raises, the temporary file is removed and ``path`` is left untouched. The file gets mode 0644.
+    raises, the temporary file is removed and ``path`` is left untouched; temporary files of ``path`` left
+    by a writer that was killed are removed first. The file gets mode 0644.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for orphan in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a writer that was killed
+        orphan.unlink(missing_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -112,14 +129,15 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write `obj` as indented JSON to `path` atomically (temp file in the same folder, fsync, rename).
+    """Write `obj` as indented standard JSON to `path` atomically (temp file in the same folder, fsync,
+    rename).
 
-    Paths and numpy scalars are converted; other non-JSON objects raise TypeError and leave `path`
-    untouched.
+    NaN and Inf floats are written as null (see :func:`json_safe`); paths and numpy scalars are converted;
+    other non-JSON objects raise TypeError and leave `path` untouched.
     """
     path = Path(path)
     with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, default=_json_default)
+        json.dump(json_safe(obj), fh, indent=2, default=_json_default, allow_nan=False)
         fh.write("\n")
         fh.flush()
         os.fsync(fh.fileno())

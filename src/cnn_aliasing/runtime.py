@@ -8,6 +8,7 @@ found it in the same way.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -88,15 +89,47 @@ def on_device(model: nn.Module, device: torch.device, *, channels_last: bool = F
             model.to(home)
 
 
-def check_unit_range(images: torch.Tensor) -> None:
-    """Raise unless every value lies in [0, 1] (models take such images and normalise inside)."""
+def check_unit_range(images: torch.Tensor, *, batch: int | None = None) -> None:
+    """Raise unless every value lies in [0, 1] (models take such images and normalise inside).
+
+    NaN and Inf fail. One reduction on the images' device and one host sync; ``batch`` (a 0-based index)
+    is named in the message.
+    """
     if images.numel() == 0:
         return
-    low, high = torch.aminmax(images)
-    if low.item() < 0 or high.item() > 1:
+    low, high = torch.stack(torch.aminmax(images)).tolist()
+    if 0 <= low and high <= 1:  # NaN compares false
+        return
+    where = "images" if batch is None else f"images of batch {batch}"
+    if math.isfinite(low) and math.isfinite(high):
+        found = f"got values in [{low:.3g}, {high:.3g}]"
+    else:  # an error path: the extra reductions cost nothing on the way through
+        nan, inf = int(images.isnan().sum()), int(images.isinf().sum())
+        finite = images[images.isfinite()]
+        span = f"[{finite.min().item():.3g}, {finite.max().item():.3g}]" if finite.numel() else "none"
+        found = f"got {nan} NaN and {inf} Inf values (finite values: {span})"
+    raise CnnAliasingError(f"{where} must lie in [0, 1] (models normalise inside), {found}")
+
+
+def check_finite_weights(model: nn.Module) -> None:
+    """Raise naming the parameters and buffers of ``model`` that hold NaN or Inf (one host sync)."""
+    named = [
+        (name, t)
+        for name, t in (*model.named_parameters(), *model.named_buffers())
+        if t.is_floating_point() or t.is_complex()
+    ]
+    if not named:
+        return
+    device = named[0][1].device
+    finite = torch.stack([t.isfinite().all().to(device) for _, t in named]).tolist()
+    bad = [(name, t) for (name, t), ok in zip(named, finite, strict=True) if not ok]
+    if bad:
+        listed = ", ".join(
+            f"{name} ({int(t.isnan().sum())} NaN, {int(t.isinf().sum())} Inf of {t.numel()} values)"
+            for name, t in bad
+        )
         raise CnnAliasingError(
-            f"images must lie in [0, 1] (models normalise inside), got values in [{low.item():.3g}, "
-            f"{high.item():.3g}]"
+            f"the model's weights hold NaN or Inf: {listed}; measuring needs finite weights"
         )
 
 
@@ -108,3 +141,40 @@ def run_model(model: nn.Module, images: torch.Tensor) -> Any:
         raise ModelInputError(
             f"{type(model).__name__} cannot run on input of shape {tuple(images.shape)}: {first_line(error)}"
         ) from error
+
+
+def use_channels_last(requested: bool | None, device: torch.device) -> bool:
+    """Whether a model runs in channels_last on ``device``: ``requested`` if given, else on CUDA only.
+
+    On CUDA it is faster for convolutions. On the CPU it is off by default: oneDNN's channels_last
+    convolution backward crashes the interpreter on some x86 CPUs (AVX2-only AMD EPYC, torch 2.13: a 1x1
+    stride-2 conv with 2-4 input channels), so a CPU run in channels_last runs under :func:`safe_on_cpu`.
+    """
+    return device.type == "cuda" if requested is None else requested
+
+
+def _runs_channels_last(model: nn.Module) -> bool:
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    return (
+        bool(weights)
+        and not weights[0].is_contiguous()
+        and weights[0].is_contiguous(memory_format=torch.channels_last)
+    )
+
+
+@contextlib.contextmanager
+def safe_on_cpu(model: nn.Module, device: torch.device, *, channels_last: bool = False) -> Iterator[None]:
+    """Turn oneDNN off while a channels_last model (or ``channels_last`` inputs) runs on the CPU.
+
+    oneDNN's channels_last convolution backward segfaults on some CPUs (see :func:`use_channels_last`);
+    PyTorch's own kernels are slower there but safe. Anywhere else this does nothing.
+    """
+    if device.type != "cpu" or not (channels_last or _runs_channels_last(model)):
+        yield
+        return
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled
