@@ -175,12 +175,46 @@ def test_zero_gradients_warn() -> None:
 
 
 @pytest.mark.parametrize(
-    "options",
-    [{"n_iter": 0}, {"n_restarts": 1.5}, {"eot_iter": True}, {"rho": 0.0}, {"loss": "hinge"}],
+    ("name", "options", "message"),
+    [
+        ("apgd-ce", {"n_iter": 0}, "attack 'apgd-ce' option n_iter must be an integer >= 1, got int 0"),
+        ("apgd-ce", {"n_restarts": 1.5}, "option n_restarts must be an integer >= 1, got float 1.5"),
+        (
+            "apgd-dlr",
+            {"eot_iter": True},
+            "attack 'apgd-dlr' option eot_iter must be an integer >= 1, got bool",
+        ),
+        (
+            "apgd-t",
+            {"n_target_classes": 0},
+            "attack 'apgd-t' option n_target_classes must be an integer >= 1",
+        ),
+        ("apgd-ce", {"rho": 0.0}, "option rho must be a number in (0, 1], got float 0.0"),
+        ("apgd-ce", {"rho": 2}, "option rho must be a number in (0, 1], got int 2"),
+        ("apgd-ce", {"rho": "x"}, "option rho must be a number in (0, 1], got str 'x'"),
+        (
+            "apgd-ce",
+            {"loss": "dlr"},
+            "attack 'apgd-ce' has no option 'loss'; valid options: n_iter, n_restarts",
+        ),
+        ("apgd-t", {"steps": 5}, "attack 'apgd-t' has no option 'steps'; valid options: n_iter"),
+    ],
 )
-def test_bad_options_name_the_option(options: dict) -> None:
-    with pytest.raises(CnnAliasingError, match=next(iter(options))):
-        APGD(**options)
+def test_bad_options_name_the_attack_option_and_value(name: str, options: dict, message: str) -> None:
+    with pytest.raises(CnnAliasingError) as info:
+        create_attack(name, **options)
+    assert message in str(info.value)
+
+
+def test_a_directly_built_apgd_checks_its_loss_and_options() -> None:
+    with pytest.raises(
+        CnnAliasingError, match="loss must be one of 'ce', 'dlr', 'dlr-targeted', got str 'hinge'"
+    ):
+        APGD(loss="hinge")  # type: ignore[arg-type]
+    with pytest.raises(
+        CnnAliasingError, match="attack 'apgd-ce' option n_iter must be an integer >= 1, got int 0"
+    ):
+        APGD(n_iter=0)
 
 
 def test_eot_averages_gradients_of_a_randomised_model() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import pytest
@@ -123,8 +124,41 @@ def test_registered_attacks_keep_robust_points_clean(name: str) -> None:
     assert torch.equal(adv, attack(model, x, y, threat, torch.Generator().manual_seed(0)))
 
 
-def test_bad_options() -> None:
-    with pytest.raises(CnnAliasingError, match="steps"):
-        create_attack("pgd", steps=0)
-    with pytest.raises(CnnAliasingError, match="unknown loss 'hinge'"):
-        create_attack("pgd", loss="hinge")
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("pgd", {"steps": 0}, "attack 'pgd' option steps must be an integer >= 1, got int 0"),
+        ("pgd", {"restarts": "2"}, "attack 'pgd' option restarts must be an integer >= 1, got str '2'"),
+        ("pgd", {"step_size": 0.0}, "attack 'pgd' option step_size must be a number > 0, got float 0.0"),
+        ("fgsm", {"step_size": -0.1}, "attack 'fgsm' option step_size must be a number > 0, got float -0.1"),
+        ("fgsm", {"random_start": "yes"}, "option random_start must be true or false, got str 'yes'"),
+        ("pgd", {"loss": "hinge"}, "option loss must be one of 'ce', 'dlr' or a callable, got str 'hinge'"),
+        ("fgsm", {"steps": 3}, "attack 'fgsm' has no option 'steps'; valid options: step_size, restarts"),
+        ("pgd", {"name": "x"}, "attack 'pgd' has no option 'name'; valid options: steps, step_size"),
+    ],
+)
+def test_bad_options_name_the_attack_option_and_value(name: str, options: dict, message: str) -> None:
+    with pytest.raises(CnnAliasingError) as info:
+        create_attack(name, **options)
+    assert message in str(info.value)
+
+
+def test_a_bad_loss_of_the_training_building_blocks_is_named() -> None:
+    model = linear_model(10)
+    x = images(2)
+    with pytest.raises(CnnAliasingError, match="loss must be one of 'ce', 'dlr' or a callable, got str 'l1'"):
+        pgd_perturb(model, x, predicted(model, x), ThreatModel("Linf", 0.1), 1, 0.1, loss="l1")
+
+
+@pytest.mark.parametrize(
+    ("norm", "eps", "message"),
+    [
+        ("L3", 0.1, "threat model norm must be one of 'Linf', 'L2', got str 'L3'"),
+        ("Linf", -0.1, "threat model eps must be a number >= 0, got float -0.1"),
+        ("L2", math.inf, "threat model eps must be a number >= 0, got float inf"),
+    ],
+)
+def test_a_bad_threat_model_is_refused(norm: str, eps: float, message: str) -> None:
+    with pytest.raises(CnnAliasingError) as info:
+        ThreatModel(norm, eps)  # type: ignore[arg-type]
+    assert str(info.value) == message

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from cnn_aliasing.attacks import ThreatModel, create_attack, list_attacks
+from cnn_aliasing.attacks import ThreatModel, attack_options, create_attack, list_attacks
 from cnn_aliasing.attacks.fab import FAB, project_onto_hyperplane_box
 from cnn_aliasing.attacks.square import Square, l2_window_pattern, p_schedule
+from cnn_aliasing.errors import CnnAliasingError
 
 SHAPE = (3, 8, 8)
 NORMS = ("Linf", "L2")
@@ -267,20 +268,51 @@ def test_registered_names_and_options():
         1,
         False,
     )
-    with pytest.raises(ValueError, match="n_iter"):
-        create_attack("fab-t", n_iter=0)
-    with pytest.raises(ValueError, match="p_init"):
-        create_attack("square", p_init=1.5)
-    with pytest.raises(TypeError):
-        create_attack("square", bogus=1)
+    assert attack_options("square") == ["n_queries", "p_init", "n_restarts", "rescale_schedule"]
+    assert attack_options("fab") == ["n_target_classes", "n_iter", "n_restarts", "alpha_max", "eta", "beta"]
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("square", {"n_queries": 0}, "attack 'square' option n_queries must be an integer >= 1, got int 0"),
+        ("square", {"n_queries": 2.5}, "option n_queries must be an integer >= 1, got float 2.5"),
+        ("square", {"n_restarts": -1}, "option n_restarts must be an integer >= 1, got int -1"),
+        ("square", {"p_init": 0.0}, "option p_init must be a number in (0, 1], got float 0.0"),
+        ("square", {"p_init": 1.5}, "option p_init must be a number in (0, 1], got float 1.5"),
+        ("square", {"p_init": "big"}, "option p_init must be a number in (0, 1], got str 'big'"),
+        ("square", {"p_init": math.nan}, "option p_init must be a number in (0, 1], got float nan"),
+        ("square", {"rescale_schedule": 1}, "option rescale_schedule must be true or false, got int 1"),
+        ("square", {"bogus": 1}, "attack 'square' has no option 'bogus'; valid options: n_queries, p_init"),
+        ("fab-t", {"n_iter": 0}, "attack 'fab-t' option n_iter must be an integer >= 1, got int 0"),
+        ("fab-t", {"n_target_classes": True}, "option n_target_classes must be an integer >= 1, got bool"),
+        ("fab", {"n_restarts": 0}, "attack 'fab' option n_restarts must be an integer >= 1, got int 0"),
+        ("fab", {"alpha_max": -0.1}, "option alpha_max must be a number in [0, 1], got float -0.1"),
+        ("fab", {"eta": 0}, "option eta must be a number > 0, got int 0"),
+        ("fab", {"beta": 1.5}, "option beta must be a number in [0, 1], got float 1.5"),
+        ("fab", {"targeted": True}, "attack 'fab' has no option 'targeted'; valid options: n_target_classes"),
+        ("fab-t", {"bogus": 1}, "attack 'fab-t' has no option 'bogus'; valid options: n_target_classes"),
+    ],
+)
+def test_bad_options_are_errors_naming_attack_option_and_value(name, options, message):
+    with pytest.raises(CnnAliasingError) as info:
+        create_attack(name, **options)
+    assert message in str(info.value)
+
+
+def test_options_are_checked_however_the_attack_is_built():
+    with pytest.raises(CnnAliasingError, match=r"attack 'square' option n_queries .* got int 0"):
+        Square(n_queries=0)
+    with pytest.raises(CnnAliasingError, match=r"attack 'fab' option eta .* got float -1\.0"):
+        FAB(targeted=False, eta=-1.0)
 
 
 def test_square_rejects_images_it_cannot_attack():
     model = _small_net()
-    with pytest.raises(ValueError, match=r"\(n, c, h, w\)"):
+    with pytest.raises(CnnAliasingError, match=r"\(n, c, h, w\), got \(2, 192\)"):
         _run(Square(n_queries=1), model, torch.rand(2, 192), torch.zeros(2, dtype=torch.long), "Linf", 0.1)
     small = torch.rand(2, 3, 4, 4)
-    with pytest.raises(ValueError, match="5 pixels"):
+    with pytest.raises(CnnAliasingError, match="in L2 needs images >= 5 pixels high, got 4"):
         _run(Square(n_queries=1), model, small, torch.zeros(2, dtype=torch.long), "L2", 0.1)
 
 

@@ -136,10 +136,47 @@ def test_no_attack_section_or_enabled_false_means_no_attack() -> None:
         ({"attack": [1], "models": [CKPT]}, "s.toml: [attack] must be a table, got list"),
         ({"report": {"n_resamples": 0}, "models": [CKPT]}, "[report]: n_resamples must be an integer >= 1"),
         ({"report": {"highlight": "a"}, "models": [CKPT]}, "[report]: highlight"),
+        (
+            {"device": "tpu9", "models": [CKPT]},
+            's.toml: device must be "auto" or a torch device name such as cpu, cuda or cuda:1, got str '
+            "'tpu9'",
+        ),
     ],
 )
 def test_errors_name_the_file_section_key_and_what_is_valid(raw: dict[str, Any], expected: str) -> None:
     assert expected in error_of(raw)
+
+
+@pytest.mark.parametrize(
+    ("attack", "expected"),
+    [
+        (
+            {"options": {"square": {"n_queries": 0}}},
+            "s.toml: [attack] attack 'square' option n_queries must be an integer >= 1, got int 0",
+        ),
+        (
+            {"options": {"fab-t": {"bogus": 1}}},
+            "s.toml: [attack] attack 'fab-t' has no option 'bogus'; valid options: n_target_classes, n_iter",
+        ),
+        (
+            {"options": {"square": {"p_init": 2.0}}, "name": "apgd-ce"},  # options of an attack not run
+            "s.toml: [attack] attack 'square' option p_init must be a number in (0, 1], got float 2.0",
+        ),
+        (
+            {"options": {"apgd-ce": {"rho": "x"}}, "name": "apgd-ce"},
+            "s.toml: [attack] attack 'apgd-ce' option rho must be a number in (0, 1], got str 'x'",
+        ),
+        (
+            {"options": {"square": 5}},
+            "s.toml: [attack] the options of attack 'square' must be a mapping of option names to values, "
+            "got int 5",
+        ),
+        ({"options": {"sqare": {"n_queries": 5}}}, "s.toml: [attack] attack options given for unknown sqare"),
+        ({"name": "pgd+"}, "s.toml: [attack] unknown attack ''; valid presets: standard"),
+    ],
+)
+def test_attack_options_are_checked_when_the_config_loads(attack: dict[str, Any], expected: str) -> None:
+    assert error_of({"attack": attack, "models": [CKPT]}).startswith(expected)
 
 
 def test_a_toml_file_with_unknown_keys_or_bad_syntax_is_named(tmp_path: Path) -> None:

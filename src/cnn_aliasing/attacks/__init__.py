@@ -1,7 +1,8 @@
 """Robust accuracy: AutoAttack and its parts (APGD, FAB, Square), PGD and FGSM.
 
 Importing this package registers the built-in attacks: "apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t",
-"square", "pgd", "fgsm".
+"square", "pgd", "fgsm"; ``attack_options(name)`` lists the options ``create_attack(name, **options)``
+takes.
 """
 
 from cnn_aliasing.attacks import fab, square  # noqa: F401  (register "fab", "fab-t", "square")
@@ -13,11 +14,14 @@ from cnn_aliasing.attacks.base import (
     AttackInvariantError,
     Norm,
     ThreatModel,
+    attack_options,
     check_adversarial,
+    check_options,
     create_attack,
     dlr_loss,
     list_attacks,
     margin,
+    option,
     per_example_norm,
     project,
     random_tensor,
@@ -42,12 +46,15 @@ __all__ = [
     "RobustAccuracy",
     "ThreatModel",
     "ZeroGradientWarning",
+    "attack_options",
     "check_adversarial",
+    "check_options",
     "create_attack",
     "dlr_loss",
     "fgsm",
     "list_attacks",
     "margin",
+    "option",
     "parse_eps",
     "per_example_norm",
     "pgd_perturb",

@@ -21,18 +21,26 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnn_aliasing.attacks.base import ThreatModel, random_tensor, register_attack, targeted_dlr_loss
+from cnn_aliasing.attacks.base import (
+    ThreatModel,
+    check_options,
+    option,
+    random_tensor,
+    register_attack,
+    targeted_dlr_loss,
+)
 from cnn_aliasing.attacks.base import dlr_loss as _dlr_loss
-from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.validation import is_choice, is_int, is_number
 
 ApgdLoss = Literal["ce", "dlr", "dlr-targeted"]
+LOSSES: tuple[ApgdLoss, ...] = ("ce", "dlr", "dlr-targeted")
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MOMENTUM = 0.75
 STEP_FACTOR = 2.0
@@ -53,22 +61,16 @@ class APGD:
     """
 
     loss: ApgdLoss = "ce"
-    n_iter: int = 100
-    n_restarts: int = 1
-    n_target_classes: int = 9
-    eot_iter: int = 1
-    rho: float = 0.75
+    n_iter: int = field(default=100, metadata=option(is_int(1)))
+    n_restarts: int = field(default=1, metadata=option(is_int(1)))
+    n_target_classes: int = field(default=9, metadata=option(is_int(1)))
+    eot_iter: int = field(default=1, metadata=option(is_int(1)))
+    rho: float = field(default=0.75, metadata=option(is_number(0.0, 1.0, open_low=True)))
     name: str = "apgd-ce"
 
     def __post_init__(self) -> None:
-        if self.loss not in ("ce", "dlr", "dlr-targeted"):
-            raise CnnAliasingError(f"{self.name}: unknown loss {self.loss!r}; valid: ce, dlr, dlr-targeted")
-        for option in ("n_iter", "n_restarts", "n_target_classes", "eot_iter"):
-            value = getattr(self, option)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise CnnAliasingError(f"{self.name}: {option} must be a positive integer, got {value!r}")
-        if not 0.0 < self.rho <= 1.0:
-            raise CnnAliasingError(f"{self.name}: rho must lie in (0, 1], got {self.rho!r}")
+        is_choice(*LOSSES)(self.loss, f"attack {self.name!r} loss")
+        check_options(self)
 
     def __call__(
         self,
@@ -267,19 +269,6 @@ def _run(
     return ~acc, x_best_adv, zero_grads
 
 
-@register_attack("apgd-ce")
-def apgd_ce(**options: object) -> APGD:
-    """APGD on the cross-entropy loss (AutoAttack standard: 100 iterations, 1 restart)."""
-    return APGD(loss="ce", name="apgd-ce", **options)  # type: ignore[arg-type]
-
-
-@register_attack("apgd-dlr")
-def apgd_dlr(**options: object) -> APGD:
-    """APGD on the DLR loss (used by AutoAttack's "rand" version)."""
-    return APGD(loss="dlr", name="apgd-dlr", **options)  # type: ignore[arg-type]
-
-
-@register_attack("apgd-t")
-def apgd_t(**options: object) -> APGD:
-    """APGD-T: targeted DLR loss against the top 9 other classes in turn, 100 iterations each."""
-    return APGD(loss="dlr-targeted", name="apgd-t", **options)  # type: ignore[arg-type]
+register_attack("apgd-ce", APGD, loss="ce", name="apgd-ce")  # AutoAttack standard: 100 iterations, 1 restart
+register_attack("apgd-dlr", APGD, loss="dlr", name="apgd-dlr")  # AutoAttack's "rand" version uses it
+register_attack("apgd-t", APGD, loss="dlr-targeted", name="apgd-t")  # targeted DLR, top 9 other classes

@@ -27,6 +27,7 @@ from torch import nn
 
 from cnn_aliasing.attacks.base import Attack, create_attack, list_attacks, per_example_norm
 from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.validation import invalid
 
 
 class AutoAttackWarning(UserWarning):
@@ -80,10 +81,11 @@ def resolve_attacks(
 ) -> AttackPlan:
     """Build the attacks of a preset name, of names joined by ``+``, or of a list of names or attacks.
 
-    ``options`` maps an attack name to options that override (or add to) the preset's for that attack
-    (names not run are ignored). An unknown name lists the presets and the registered attacks.
+    ``options`` maps an attack name to options that override (or add to) the preset's for that attack;
+    the options of attacks not run are checked too, then ignored. An unknown attack lists the presets and
+    the registered attacks; an unknown option or a bad value names the attack and the option.
     """
-    options = dict(options or {})
+    by_attack = _options_by_attack(options)
     if isinstance(attack, str):
         preset = PRESETS.get(attack)
         if preset is not None:
@@ -103,17 +105,30 @@ def resolve_attacks(
             continue
         if entry not in list_attacks():
             raise CnnAliasingError(f"unknown attack {entry!r}; " + _valid_names())
-        merged = {**preset_options, **options.get(entry, {})}
+        merged = {**preset_options, **by_attack.get(entry, {})}
         plan.attacks.append(create_attack(entry, **merged))
         plan.options.append(merged)
-    unknown = set(options) - set(list_attacks())
-    if unknown:
-        raise CnnAliasingError(
-            f"attack options given for unknown {', '.join(sorted(unknown))}; " + _valid_names()
-        )
+    for name, given in by_attack.items():
+        if name not in plan.names:
+            create_attack(name, **given)
     if len(set(plan.names)) != len(plan.names):
         raise CnnAliasingError(f"an attack is listed twice: {', '.join(plan.names)}")
     return plan
+
+
+def _options_by_attack(options: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Mapping[str, Any]]:
+    """``options`` checked to map registered attack names to mappings of options."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise invalid("attack options", "a mapping of attack names to their options", options)
+    unknown = [str(name) for name in options if name not in list_attacks()]
+    if unknown:
+        raise CnnAliasingError(f"attack options given for unknown {', '.join(unknown)}; " + _valid_names())
+    for name, value in options.items():
+        if not isinstance(value, Mapping):
+            raise invalid(f"the options of attack {name!r}", "a mapping of option names to values", value)
+    return dict(options)
 
 
 def _valid_names() -> str:

@@ -6,18 +6,25 @@ adversarial images of the same shape, inside the eps-ball of the given norm arou
 randomness from the ``torch.Generator`` they are given, so a fixed seed repeats a run exactly on a given
 device. The generator lives on the images' device (``torch.Generator(device=images.device)``): torch
 refuses a CPU generator for CUDA tensors.
+
+A registered attack is a dataclass whose user-settable options are the fields declared with
+:func:`option` (each with its check); :func:`create_attack` refuses any other name and the dataclass's
+``__post_init__`` calls :func:`check_options`, so a bad option is a :class:`CnnAliasingError` naming the
+attack, the option, what is valid and the value given, however the attack is built.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
 
 from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
+from cnn_aliasing.validation import Check, is_choice, is_number
 
 Norm = Literal["Linf", "L2"]
 NORMS: tuple[Norm, ...] = ("Linf", "L2")
@@ -29,6 +36,10 @@ class ThreatModel:
 
     norm: Norm
     eps: float
+
+    def __post_init__(self) -> None:
+        is_choice(*NORMS)(self.norm, "threat model norm")
+        is_number(0.0)(self.eps, "threat model eps")
 
 
 class Attack(Protocol):
@@ -46,27 +57,67 @@ class Attack(Protocol):
     ) -> torch.Tensor: ...
 
 
-AttackFactory = Callable[..., Attack]
-_ATTACKS: dict[str, AttackFactory] = {}
+def option(check: Check) -> dict[str, Check]:
+    """Metadata of an attack field that users set by name: ``field(default=100, metadata=option(is_int(1)))``.
+
+    ``create_attack`` accepts exactly these fields as options; :func:`check_options` checks their values.
+    """
+    return {"option": check}
 
 
-def register_attack(name: str) -> Callable[[AttackFactory], AttackFactory]:
-    """Register an attack factory (a class or function taking keyword options) under ``name``."""
-
-    def decorate(factory: AttackFactory) -> AttackFactory:
-        if name in _ATTACKS:
-            raise ValueError(f"attack {name!r} is registered twice")
-        _ATTACKS[name] = factory
-        return factory
-
-    return decorate
+def check_options(attack: Any) -> None:
+    """Check every option field of the dataclass ``attack`` (see :func:`option`); call it from
+    ``__post_init__``. An error names the attack, the option, what is valid and the value given."""
+    for f in dataclasses.fields(attack):
+        if "option" in f.metadata:
+            f.metadata["option"](getattr(attack, f.name), f"attack {attack.name!r} option {f.name}")
 
 
-def create_attack(name: str, **options: object) -> Attack:
-    """Build a registered attack with its options; an unknown name lists the valid ones."""
+@dataclass(frozen=True)
+class _Registered:
+    """A registered attack: its dataclass and the arguments that make it this attack (e.g. its loss)."""
+
+    cls: type
+    fixed: Mapping[str, Any]
+
+
+_ATTACKS: dict[str, _Registered] = {}
+
+
+def register_attack(name: str, cls: type, /, **fixed: Any) -> None:
+    """Register the attack dataclass ``cls`` under ``name``, built with ``fixed`` arguments (e.g.
+    ``loss="ce"``) besides the user's options: the fields ``cls`` declares with :func:`option`."""
+    if name in _ATTACKS:
+        raise ValueError(f"attack {name!r} is registered twice")
+    _ATTACKS[name] = _Registered(cls, dict(fixed))
+
+
+def attack_options(name: str) -> list[str]:
+    """The options the registered attack ``name`` takes, in field order."""
+    registered = _registered(name)
+    return [
+        f.name
+        for f in dataclasses.fields(registered.cls)
+        if "option" in f.metadata and f.name not in registered.fixed
+    ]
+
+
+def create_attack(name: str, /, **options: Any) -> Attack:
+    """Build a registered attack with its options; an unknown name or option lists the valid ones."""
+    registered = _registered(name)
+    valid = attack_options(name)
+    unknown = [key for key in options if key not in valid]
+    if unknown:
+        raise UnknownNameError(
+            f"attack {name!r} has no option {unknown[0]!r}; valid options: {', '.join(valid)}"
+        )
+    return registered.cls(**registered.fixed, **options)
+
+
+def _registered(name: str) -> _Registered:
     if name not in _ATTACKS:
         raise UnknownNameError(f"unknown attack {name!r}; valid: {', '.join(sorted(_ATTACKS))}")
-    return _ATTACKS[name](**options)
+    return _ATTACKS[name]
 
 
 def list_attacks() -> list[str]:

@@ -15,12 +15,12 @@ after the iterations; random starts (only from the second restart on) draw from 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 from torch import nn
 
-from cnn_aliasing.attacks.base import Norm, ThreatModel, register_attack
+from cnn_aliasing.attacks.base import Norm, ThreatModel, check_options, option, register_attack
+from cnn_aliasing.validation import is_int, is_number
 
 _NOT_FOUND = 1e10  # distance recorded while no adversarial example has been found
 
@@ -83,19 +83,17 @@ class FAB:
     """FAB attack in the Linf or L2 norm; ``targeted`` gives AutoAttack's FAB-T."""
 
     targeted: bool = True
-    n_target_classes: int = 9
-    n_iter: int = 100
-    n_restarts: int = 1
-    alpha_max: float = 0.1
-    eta: float = 1.05
-    beta: float = 0.9
+    n_target_classes: int = field(default=9, metadata=option(is_int(1)))
+    n_iter: int = field(default=100, metadata=option(is_int(1)))
+    n_restarts: int = field(default=1, metadata=option(is_int(1)))
+    alpha_max: float = field(default=0.1, metadata=option(is_number(0.0, 1.0)))
+    eta: float = field(default=1.05, metadata=option(is_number(0.0, open_low=True)))
+    beta: float = field(default=0.9, metadata=option(is_number(0.0, 1.0)))
     name: str = field(init=False)
 
     def __post_init__(self) -> None:
-        for option in ("n_target_classes", "n_iter", "n_restarts"):
-            if getattr(self, option) < 1:
-                raise ValueError(f"FAB option {option} must be at least 1, got {getattr(self, option)}")
         object.__setattr__(self, "name", "fab-t" if self.targeted else "fab")
+        check_options(self)
 
     def __call__(
         self,
@@ -218,5 +216,5 @@ def _random_start(x0: torch.Tensor, threat: ThreatModel, generator: torch.Genera
     return (x0 + 0.5 * threat.eps * t).clamp(0.0, 1.0)
 
 
-register_attack("fab-t")(partial(FAB, targeted=True))
-register_attack("fab")(partial(FAB, targeted=False))
+register_attack("fab-t", FAB, targeted=True)
+register_attack("fab", FAB, targeted=False)

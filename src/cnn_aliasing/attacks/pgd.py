@@ -10,13 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnn_aliasing.attacks.base import ThreatModel, dlr_loss, project, random_tensor, register_attack
-from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.attacks.base import (
+    ThreatModel,
+    check_options,
+    dlr_loss,
+    option,
+    project,
+    random_tensor,
+    register_attack,
+)
+from cnn_aliasing.validation import invalid, is_bool, is_int, is_number
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LOSSES: dict[str, LossFn] = {
@@ -28,11 +37,8 @@ _TINY = 1e-12
 
 
 def _loss_fn(loss: str | LossFn) -> LossFn:
-    if callable(loss):
-        return loss
-    if loss not in LOSSES:
-        raise CnnAliasingError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)} or a callable")
-    return LOSSES[loss]
+    """The loss function of a name of :data:`LOSSES` or a callable (checked by ``_is_loss``)."""
+    return loss if callable(loss) else LOSSES[_is_loss(loss, "loss")]
 
 
 def uniform_start(
@@ -122,9 +128,16 @@ def _random_start_or_clean(
     return uniform_start(images, threat, generator) if use else images.detach().clone()
 
 
-def _check_positive(name: str, option: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise CnnAliasingError(f"{name}: {option} must be a positive integer, got {value!r}")
+def _is_loss(value: Any, where: str) -> str | LossFn:
+    """A loss name of :data:`LOSSES` or a callable ``f(logits, labels) -> per-example loss``."""
+    if callable(value) or (isinstance(value, str) and value in LOSSES):
+        return value
+    raise invalid(where, f"one of {', '.join(map(repr, LOSSES))} or a callable", value)
+
+
+def _is_step_size(value: Any, where: str) -> float | None:
+    """None (the attack's default step) or a number > 0."""
+    return None if value is None else is_number(0.0, open_low=True)(value, where)
 
 
 @dataclass
@@ -132,17 +145,15 @@ class PGD:
     """PGD as an attack: ``restarts`` runs, each on the points still robust; the step size defaults to
     2.5 eps / steps (Madry et al.)."""
 
-    steps: int = 20
-    step_size: float | None = None
-    restarts: int = 1
-    random_start: bool = True
-    loss: str = "ce"
+    steps: int = field(default=20, metadata=option(is_int(1)))
+    step_size: float | None = field(default=None, metadata=option(_is_step_size))
+    restarts: int = field(default=1, metadata=option(is_int(1)))
+    random_start: bool = field(default=True, metadata=option(is_bool))
+    loss: str | LossFn = field(default="ce", metadata=option(_is_loss))
     name: str = "pgd"
 
     def __post_init__(self) -> None:
-        _check_positive(self.name, "steps", self.steps)
-        _check_positive(self.name, "restarts", self.restarts)
-        _loss_fn(self.loss)
+        check_options(self)
 
     def step_for(self, eps: float) -> float:
         """The step size used at radius ``eps``."""
@@ -186,7 +197,7 @@ class FGSM(PGD):
     """FGSM as an attack: one step of eps, or of 1.25 eps after a uniform random start (FGSM-RS)."""
 
     steps: int = field(default=1, init=False)
-    random_start: bool = False
+    random_start: bool = field(default=False, metadata=option(is_bool))
     name: str = "fgsm"
 
     def step_for(self, eps: float) -> float:
@@ -196,13 +207,5 @@ class FGSM(PGD):
         return eps * (FGSM_RS_STEP if self.random_start else 1.0)
 
 
-@register_attack("pgd")
-def pgd_attack(**options: object) -> PGD:
-    """PGD (default 20 steps, step 2.5 eps / steps, random start, 1 restart, cross-entropy)."""
-    return PGD(**options)  # type: ignore[arg-type]
-
-
-@register_attack("fgsm")
-def fgsm_attack(**options: object) -> FGSM:
-    """FGSM (``random_start=True``: FGSM-RS) as an attack."""
-    return FGSM(**options)  # type: ignore[arg-type]
+register_attack("pgd", PGD)  # 20 steps of 2.5 eps / steps, random start, 1 restart, cross-entropy
+register_attack("fgsm", FGSM)  # random_start=True: FGSM-RS

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from cnn_aliasing.attacks.base import ThreatModel, register_attack
+from cnn_aliasing.attacks.base import ThreatModel, check_options, option, register_attack
+from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.validation import is_bool, is_int, is_number
 
 _P_STEPS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # p halves after each of these iterations
 _COMPACT_EVERY = 10  # iterations between host-side updates of the set of points still being attacked
@@ -64,18 +66,14 @@ def _pyramid(height: int, width: int) -> torch.Tensor:
 class Square:
     """Square Attack with the margin loss; ``rescale_schedule=False`` is AutoAttack's setting."""
 
-    n_queries: int = 5000
-    p_init: float = 0.8
-    n_restarts: int = 1
-    rescale_schedule: bool = False
+    n_queries: int = field(default=5000, metadata=option(is_int(1)))
+    p_init: float = field(default=0.8, metadata=option(is_number(0.0, 1.0, open_low=True)))
+    n_restarts: int = field(default=1, metadata=option(is_int(1)))
+    rescale_schedule: bool = field(default=False, metadata=option(is_bool))
     name: str = field(init=False, default="square")
 
     def __post_init__(self) -> None:
-        for option in ("n_queries", "n_restarts"):
-            if getattr(self, option) < 1:
-                raise ValueError(f"Square option {option} must be at least 1, got {getattr(self, option)}")
-        if not 0.0 < self.p_init <= 1.0:
-            raise ValueError(f"Square option p_init must be in (0, 1], got {self.p_init}")
+        check_options(self)
 
     def __call__(
         self,
@@ -91,9 +89,13 @@ class Square:
         the L2 initialisation needs ``h >= 5``.
         """
         if images.dim() != 4:
-            raise ValueError(f"Square attack needs images of shape (n, c, h, w), got {tuple(images.shape)}")
+            raise CnnAliasingError(
+                f"the square attack needs images of shape (n, c, h, w), got {tuple(images.shape)}"
+            )
         if threat.norm == "L2" and images.shape[2] < 5:
-            raise ValueError(f"Square attack in L2 needs images >= 5 pixels high, got {images.shape[2]}")
+            raise CnnAliasingError(
+                f"the square attack in L2 needs images >= 5 pixels high, got {images.shape[2]}"
+            )
         with torch.inference_mode():
             robust = model(images).argmax(dim=1) == labels
             adv = images.clone()
@@ -274,4 +276,4 @@ def _l2_update(
     return (x + eps * delta / (1e-12 + _l2(delta))).clamp(0.0, 1.0)
 
 
-register_attack("square")(Square)
+register_attack("square", Square)

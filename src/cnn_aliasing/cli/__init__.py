@@ -4,9 +4,9 @@ Each subcommand is a :class:`Subcommand` registered with :func:`register_subcomm
 own in this package (``aliasing`` for measure, ``accuracy`` for evaluate, ``listing`` for models, ...);
 every module here except the shared ones (:data:`SHARED_MODULES`) is imported on start, so a new
 subcommand is a new module and nothing else. :func:`main` builds the parser from the registry and
-dispatches by name. Errors a user can cause (:class:`CnnAliasingError`, and
-``OSError`` for files) end the command with one line on stderr and exit code 2; ``--debug`` adds the
-traceback.
+dispatches by name. Errors a user can cause (:class:`CnnAliasingError`, ``OSError`` for files, and
+usage errors of the command line itself) end the command with one line on stderr and exit code 2;
+``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from cnn_aliasing import __version__
 from cnn_aliasing.cli.options import one_line, parse_model_arg
@@ -57,9 +57,18 @@ def _add_global_options(parser: argparse.ArgumentParser, *, top_level: bool) -> 
     parser.add_argument("--quiet", action="store_true", default=default, help="no progress bars")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line on stderr, like every other error of the command
+    (its subcommands' parsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``PROG: error: MESSAGE (see PROG --help)`` and exit with status 2."""
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one subparser per registered subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description=(
             "Measure aliasing in every down-sampling op of a convolutional network and relate it to "

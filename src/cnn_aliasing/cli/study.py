@@ -10,7 +10,7 @@ from pathlib import Path
 from cnn_aliasing.cli.options import resolve_device
 from cnn_aliasing.cli.registry import Subcommand, register_subcommand
 from cnn_aliasing.study import StudyConfig, expand_models, load_config, run_study, shipped_configs
-from cnn_aliasing.study.config import DEFAULT_CONFIG
+from cnn_aliasing.study.config import DEFAULT_CONFIG, device_setting
 
 EXIT_SOME_FAILED = 1
 
@@ -71,7 +71,7 @@ class StudyCommand(Subcommand):
         if args.out is not None:
             config = dataclasses.replace(config, output=args.out.expanduser().absolute())
         if args.device is not None:
-            config = dataclasses.replace(config, device=args.device)
+            config = dataclasses.replace(config, device=device_setting(args.device, "--device"))
         if args.dry_run:
             _print_plan(config)
             return 0

@@ -14,24 +14,23 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from cnn_aliasing import data, spectral, zoo
 from cnn_aliasing.attacks import NORMS, resolve_attacks
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.study.specs import ModelSpec, parse_model_spec
 from cnn_aliasing.study.tables import (
     from_table,
-    is_bool,
-    is_choice,
     is_eps,
-    is_int,
     is_path,
-    is_str,
     is_str_list,
     is_table,
     reads,
     table_keys,
     to_json,
 )
+from cnn_aliasing.validation import invalid, is_bool, is_choice, is_int, is_str
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -111,9 +110,20 @@ class ReportConfig:
     seed: int = field(default=0, metadata=reads(is_int(0)))
 
 
-def _device(value: Any, where: str) -> str | None:
+def device_setting(value: Any, where: str) -> str | None:
+    """A torch device name (cpu, cuda, cuda:1, ...) or "auto" (None: cuda if available, else cpu).
+
+    Only the name is checked here, so a config for a GPU loads anywhere; whether the device is usable is
+    checked when the study runs.
+    """
     text = is_str(value, where)
-    return None if text == "auto" else text
+    if text == "auto":
+        return None
+    try:
+        torch.device(text)
+    except RuntimeError:
+        raise invalid(where, '"auto" or a torch device name such as cpu, cuda or cuda:1', value) from None
+    return text
 
 
 @dataclass(frozen=True)
@@ -123,7 +133,7 @@ class StudyConfig:
     name: str = field(metadata=reads(is_str))
     output: Path = field(metadata=reads(is_path))
     seed: int = field(default=0, metadata=reads(is_int(0)))
-    device: str | None = field(default=None, metadata=reads(_device))  # None ("auto"): cuda, else cpu
+    device: str | None = field(default=None, metadata=reads(device_setting))  # None ("auto"): cuda, else cpu
     model_dir: Path = field(default=zoo.DEFAULT_MODEL_DIR, metadata=reads(is_path))
     data: DataConfig = DataConfig()
     attack: AttackConfig = NO_ATTACK
@@ -205,7 +215,7 @@ def _check_consistent(config: StudyConfig, file: str) -> None:
     if config.attack.enabled:
         try:
             resolve_attacks(config.attack.name, config.attack.options)
-        except (CnnAliasingError, TypeError) as error:
+        except CnnAliasingError as error:
             raise CnnAliasingError(f"{file}: [attack] {error}") from None
 
 

@@ -3,21 +3,24 @@
 A field's ``metadata=reads(check)`` names a :data:`Check`: it takes the raw TOML value and a description of
 where it stands (file, section, key) and returns the converted value or raises
 :class:`CnnAliasingError`. Fields without a default are required. :func:`from_table` names the file, the
-section and the key of every error, and lists the valid keys when a key is unknown.
+section and the key of every error, and lists the valid keys when a key is unknown. The checks of plain
+values (strings, booleans, integers, numbers, choices) are :mod:`cnn_aliasing.validation`'s; this module
+adds those of TOML's paths, lists, tables and radii.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from cnn_aliasing.attacks import parse_eps
 from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.validation import Check, invalid, is_str
+from cnn_aliasing.validation import is_bool as is_bool  # re-exported: the study's specs read it from here
 
-Check = Callable[[Any, str], Any]
 T = TypeVar("T")
 
 
@@ -37,7 +40,7 @@ def from_table(cls: type[T], raw: Any, where: str, **extra: Any) -> T:
     ``extra`` fills fields that are not read from TOML (derived values).
     """
     if not isinstance(raw, Mapping):
-        raise CnnAliasingError(f"{where} must be a table, got {_describe(raw)}")
+        raise invalid(where, "a table", raw)
     valid = table_keys(cls)
     unknown = [key for key in raw if key not in valid]
     if unknown:
@@ -53,39 +56,6 @@ def from_table(cls: type[T], raw: Any, where: str, **extra: Any) -> T:
     return cls(**values, **extra)
 
 
-def _describe(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}"
-
-
-def _fail(where: str, wanted: str, value: Any) -> CnnAliasingError:
-    return CnnAliasingError(f"{where} must be {wanted}, got {_describe(value)}")
-
-
-def is_str(value: Any, where: str) -> str:
-    """A non-empty string."""
-    if not isinstance(value, str) or not value:
-        raise _fail(where, "a non-empty string", value)
-    return value
-
-
-def is_bool(value: Any, where: str) -> bool:
-    """true or false."""
-    if not isinstance(value, bool):
-        raise _fail(where, "true or false", value)
-    return value
-
-
-def is_int(minimum: int) -> Check:
-    """An integer >= ``minimum`` (booleans are not integers here)."""
-
-    def check(value: Any, where: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise _fail(where, f"an integer >= {minimum}", value)
-        return value
-
-    return check
-
-
 def is_path(value: Any, where: str) -> Path:
     """A path; relative paths resolve against the current working directory."""
     return Path(os.path.abspath(Path(is_str(value, where)).expanduser()))
@@ -94,36 +64,25 @@ def is_path(value: Any, where: str) -> Path:
 def is_str_list(value: Any, where: str) -> tuple[str, ...]:
     """A list of non-empty strings."""
     if not isinstance(value, list):
-        raise _fail(where, "a list of strings", value)
+        raise invalid(where, "a list of strings", value)
     return tuple(is_str(item, f"{where}[{i}]") for i, item in enumerate(value))
 
 
 def is_table(value: Any, where: str) -> dict[str, Any]:
     """A table (any keys)."""
     if not isinstance(value, Mapping):
-        raise _fail(where, "a table", value)
+        raise invalid(where, "a table", value)
     return dict(value)
 
 
 def is_eps(value: Any, where: str) -> float:
     """A radius: a number or a fraction string such as "8/255"."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise _fail(where, 'a number or a fraction such as "8/255"', value)
+        raise invalid(where, 'a number or a fraction such as "8/255"', value)
     try:
         return parse_eps(value)
     except CnnAliasingError as error:
         raise CnnAliasingError(f"{where}: {error}") from None
-
-
-def is_choice(*valid: str) -> Check:
-    """One of ``valid``."""
-
-    def check(value: Any, where: str) -> str:
-        if value not in valid:
-            raise CnnAliasingError(f"{where} must be one of {', '.join(map(repr, valid))}, got {value!r}")
-        return value
-
-    return check
 
 
 def to_json(value: Any) -> Any:
