@@ -30,6 +30,7 @@ from cnn_aliasing.attacks import (
     robust_accuracy,
 )
 from cnn_aliasing.attacks.autoattack import check_square
+from cnn_aliasing.attacks.robust import StateMismatchError
 from cnn_aliasing.errors import CnnAliasingError
 
 FAST = {"apgd-ce": {"n_iter": 10}, "apgd-t": {"n_iter": 10, "n_target_classes": 3}}
@@ -112,10 +113,12 @@ class Killed(Exception):
 
 
 class KillAfter:
-    """Wraps attacks; the call after ``allowed`` calls (counted over all of them) raises :class:`Killed`."""
+    """Wraps attacks; the call after ``allowed`` calls (counted over all of them) raises :class:`Killed`.
+    ``calls`` counts the batches attacked."""
 
-    def __init__(self, allowed: int) -> None:
+    def __init__(self, allowed: int = 10**9) -> None:
         self.left = allowed
+        self.calls = 0
 
     def wrap(self, attack: APGD):
         outer = self
@@ -127,6 +130,7 @@ class KillAfter:
                 if outer.left == 0:
                     raise Killed
                 outer.left -= 1
+                outer.calls += 1
                 return attack(*args)
 
         return Wrapped()
@@ -143,7 +147,8 @@ def attacks() -> list[APGD]:
 def test_resume_after_a_kill_gives_the_same_numbers(setup, tmp_path: Path, kill_after: int) -> None:
     model, x, y = setup
     common = {"attack_options": None, "return_adversarial": True, "batch_size": 8}
-    whole = evaluate(model, x, y, 8 / 255, attack=attacks(), **common)
+    counted = KillAfter()
+    whole = evaluate(model, x, y, 8 / 255, attack=[counted.wrap(a) for a in attacks()], **common)
     state = tmp_path / "state.json"
     killer = KillAfter(kill_after)
     with pytest.raises(Killed):
@@ -151,7 +156,11 @@ def test_resume_after_a_kill_gives_the_same_numbers(setup, tmp_path: Path, kill_
     saved = json.loads(state.read_text())
     assert saved["clean"] is not None
     assert len(saved["per_attack"]) + saved["batches_done"] > 0 or kill_after == 0
-    resumed = evaluate(model, x, y, 8 / 255, attack=attacks(), state_path=state, **common)
+    resuming = KillAfter()
+    resumed = evaluate(
+        model, x, y, 8 / 255, attack=[resuming.wrap(a) for a in attacks()], state_path=state, **common
+    )
+    assert counted.calls > 4 and resuming.calls == counted.calls - kill_after  # only the batches left
     assert resumed.per_attack == whole.per_attack
     assert (resumed.clean_accuracy, resumed.robust_accuracy) == (whole.clean_accuracy, whole.robust_accuracy)
     assert torch.equal(resumed.adversarial, whole.adversarial)
@@ -193,10 +202,13 @@ def test_resume_after_a_real_sigkill(setup, tmp_path: Path) -> None:
     )
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
     assert json.loads(state.read_text())["batches_done"] == 2
-    attack = [APGD(loss="ce", n_iter=10, name="apgd-ce")]
+    resuming, counted = KillAfter(), KillAfter()
+    attack = [resuming.wrap(APGD(loss="ce", n_iter=10, name="apgd-ce"))]
     resumed = evaluate(model, x, y, 8 / 255, attack=attack, batch_size=8, state_path=state)
-    whole = evaluate(model, x, y, 8 / 255, attack=[APGD(loss="ce", n_iter=10, name="apgd-ce")], batch_size=8)
+    attack = [counted.wrap(APGD(loss="ce", n_iter=10, name="apgd-ce"))]
+    whole = evaluate(model, x, y, 8 / 255, attack=attack, batch_size=8)
     assert resumed.per_attack == whole.per_attack
+    assert resuming.calls == counted.calls - 2  # the two batches done before the kill are not redone
 
 
 def test_a_state_from_other_arguments_is_refused(setup, tmp_path: Path) -> None:
@@ -207,6 +219,11 @@ def test_a_state_from_other_arguments_is_refused(setup, tmp_path: Path) -> None:
         evaluate(model, x, y, 4 / 255, attack="apgd-ce", state_path=state)
     with pytest.raises(CnnAliasingError, match="data_sha256"):
         evaluate(model, x.flip(0), y.flip(0), 2 / 255, attack="apgd-ce", state_path=state)
+    with pytest.raises(
+        StateMismatchError,
+        match=r"written for model.weights_sha256=\"[0-9a-f]{64}\", this run has model.weights_sha256=",
+    ):
+        evaluate(tiny_cnn(seed=1), x, y, 2 / 255, attack="apgd-ce", state_path=state)
     state.write_text("{not json")
     with pytest.raises(CnnAliasingError, match="cannot resume"):
         evaluate(model, x, y, 2 / 255, attack="apgd-ce", state_path=state)

@@ -587,6 +587,13 @@ def test_evaluate_with_attack_writes_robust_accuracy_and_resumes(tmp_path: Path,
     assert state.exists()
     assert cli.main(argv) == 0  # the saved state is complete: the rerun reads it and agrees
     assert json.loads(out.read_text())["robust"]["robust_accuracy"] == robust["robust_accuracy"]
+    identity = first["meta"]["model_identity"]
+    assert robust["model"] == identity and identity["parameters"] == 44446
+    assert robust["data_sha256"] == first["meta"]["data"]["sha256"]
+    other = [a if a != "width=4" else "width=8" for a in argv]  # another model, the same state file
+    code, _, err = run_cli(capsys, *other)
+    assert code == 2 and "written for model.parameters=44446, this run has model.parameters=" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 # ------------------------------------------------------------------------------------------------ train

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from cifar_fixtures import make_layout
 from cnn_aliasing import data
+from cnn_aliasing.attacks import robust_accuracy
 from cnn_aliasing.cli import main
 from cnn_aliasing.evaluation import clean_accuracy
 from cnn_aliasing.measure import measure
@@ -251,13 +253,33 @@ def test_a_failure_after_some_measurements_leaves_none_of_them(study_dir: Path) 
     assert record["source"]["sha256"] and set(record["timings"]) >= {"clean_s", "attack_s", "aliasing_s"}
 
 
-def test_an_attack_state_of_other_settings_is_discarded(study_dir: Path) -> None:
-    state = study_dir / "out" / "state"
-    state.mkdir(parents=True)
-    (state / "a.json").write_text("{not json")
-    (state / "a.fingerprint").write_text("written by another config\n")
+@pytest.mark.parametrize("stale", ["unreadable", "another model"])
+def test_an_attack_state_that_does_not_fit_is_discarded(study_dir: Path, stale: str) -> None:
+    state = study_dir / "out" / "state" / "a.json"
+    state.parent.mkdir(parents=True)
+    if stale == "unreadable":
+        state.write_text("{not json")
+    else:  # a finished state of model b with the study's attack settings, at a's path
+        images, labels = _images(study_dir)
+        model_b = create_model("preact_resnet18", **ARGS)
+        model_b.load_state_dict(load_file(study_dir / "b.safetensors"))
+        robust_accuracy(
+            model_b.eval(),
+            images[:ATTACK_IMAGES],
+            labels[:ATTACK_IMAGES],
+            8 / 255,
+            attack="apgd-ce",
+            batch_size=4,
+            state_path=state,
+            progress=False,
+            attack_options={"apgd-ce": {"n_iter": 2}},
+        )
     summary = _run(_raw(study_dir, "out", "a"))
-    assert summary.models[0].status == "done" and not (state / "a.json").exists()
+    fresh = _run(_raw(study_dir, "fresh", "a"))
+    assert summary.models[0].status == fresh.models[0].status == "done" and not state.exists()
+    record, expected = (_read(study_dir / d / "models" / "a.json") for d in ("out", "fresh"))
+    assert _measurements(record) == _measurements(expected)
+    assert record["robust_accuracy"]["model"] == record["model_identity"] == expected["model_identity"]
 
 
 def test_recipe_models_are_trained_into_the_results_folder(study_dir: Path) -> None:

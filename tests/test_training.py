@@ -326,8 +326,15 @@ def test_resume_after_a_kill_is_bit_identical(cifar_dir: Path, tmp_path: Path, m
     with pytest.raises(Killed):
         train(recipe, cifar_dir, tmp_path / "killed", progress=False)
     assert read_sidecar(tmp_path / "killed")["epochs_done"] == 2
-    monkeypatch.setattr(Trainer, "step", step)
+    resumed_steps = []
+
+    def counting(self: Trainer, *args: Any) -> Any:
+        resumed_steps.append(1)
+        return step(self, *args)
+
+    monkeypatch.setattr(Trainer, "step", counting)
     resumed = train(recipe, cifar_dir, tmp_path / "killed", progress=False)
+    assert len(resumed_steps) == 4  # only the third epoch's 4 steps: the first two are not redone
 
     a, b = load_file(whole.checkpoint), load_file(resumed.checkpoint)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -7,12 +7,13 @@ With ``state_path`` the evaluation writes its state atomically after every batch
 the current attack's points and how many of its batches are done); calling again with the same arguments
 continues from it, so a kill loses at most the batch in flight and the final numbers equal those of an
 uninterrupted run (same device, same batch size). Only the clean pass (one forward over the images,
-before any attack) is not saved batch by batch.
+before any attack) is not saved batch by batch. The state records what it belongs to (the attack
+settings, the model's identity with the hash of its weights, and the hash of the images and labels), and
+a state of another model or other images is refused with :class:`StateMismatchError`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -31,8 +32,9 @@ from cnn_aliasing.attacks.autoattack import AttackPlan, check_model, check_squar
 from cnn_aliasing.attacks.base import NORMS, Attack, AttackInvariantError, ThreatModel, check_adversarial
 from cnn_aliasing.data import to_float
 from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.identity import data_sha256, model_identity
 from cnn_aliasing.provenance import atomic_file, write_json_atomic
-from cnn_aliasing.runtime import check_unit_range, model_device, on_device
+from cnn_aliasing.runtime import check_unit_range, model_device, on_device, safe_on_cpu
 
 STATE_FORMAT = "cnn-aliasing robust-accuracy state"
 STATE_VERSION = 1
@@ -54,6 +56,8 @@ class RobustAccuracy:
     attack: str
     attack_seconds: list[tuple[str, float]] = field(default_factory=list)
     adversarial: torch.Tensor | None = field(default=None, repr=False)
+    model: dict[str, Any] = field(default_factory=dict)
+    data_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of everything but the adversarial images."""
@@ -68,6 +72,8 @@ class RobustAccuracy:
             "seed": self.seed,
             "elapsed": self.elapsed,
             "attack": self.attack,
+            "model": self.model,
+            "data_sha256": self.data_sha256,
         }
 
 
@@ -91,11 +97,9 @@ def _mask(bits: str) -> torch.Tensor:
     return torch.tensor([c == "1" for c in bits], dtype=torch.bool)
 
 
-def _fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
-    digest = hashlib.sha256()
-    digest.update(images.contiguous().numpy().tobytes())
-    digest.update(labels.to(torch.int64).contiguous().numpy().tobytes())
-    return digest.hexdigest()
+class StateMismatchError(CnnAliasingError):
+    """A robust-accuracy state file this run cannot continue: unreadable, or written for other settings,
+    another model or other images."""
 
 
 @dataclass
@@ -147,12 +151,12 @@ class _State:
                 elapsed=float(raw["elapsed"]),
             )
         except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
-            raise CnnAliasingError(f"cannot resume from state file {path}: {exc!r}") from None
+            raise StateMismatchError(f"cannot resume from state file {path}: {exc!r}") from None
         for key in sorted(set(stored) | set(config)):
             if stored.get(key) != config.get(key):
-                raise CnnAliasingError(
-                    f"state file {path} was written for {key}={_short(stored.get(key))}, this run has "
-                    f"{key}={_short(config.get(key))}; pass the same arguments or delete the state file"
+                raise StateMismatchError(
+                    f"state file {path} was written for {_difference(key, stored.get(key), config.get(key))};"
+                    " pass the same arguments (model, images, attack) or delete the state file"
                 )
         return state
 
@@ -160,6 +164,17 @@ class _State:
 def _short(value: object) -> str:
     text = json.dumps(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _difference(key: str, stored: object, wanted: object) -> str:
+    """``key=stored, this run has key=wanted``, naming only the entries that differ when both are dicts."""
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        differ = [k for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
+        return ", ".join(
+            f"{key}.{k}={_short(stored.get(k))}, this run has {key}.{k}={_short(wanted.get(k))}"
+            for k in differ
+        )
+    return f"{key}={_short(stored)}, this run has {key}={_short(wanted)}"
 
 
 class _Store:
@@ -250,7 +265,8 @@ def robust_accuracy(
     (e.g. ``{"apgd-ce": {"n_iter": 20}}``). ``device`` defaults to the model's; the model is moved there
     (and back) and left in its mode, which should be eval (the checks warn otherwise). ``state_path``
     makes the run resumable (see the module docstring). ``channels_last`` runs the model in that memory
-    format (often faster for convolutions on GPUs, may change float rounding; off by default).
+    format (often faster for convolutions on GPUs, may change float rounding; off by default; on the CPU it
+    runs with oneDNN off, see :func:`cnn_aliasing.runtime.use_channels_last`).
     """
     flat = _as_images(images)
     labels = _check_arguments(flat, labels, eps, norm, batch_size)
@@ -266,7 +282,8 @@ def robust_accuracy(
         "seed": seed,
         "batch_size": batch_size,
         "n_images": flat.shape[0],
-        "data_sha256": _fingerprint(flat, labels) if path is not None else None,
+        "data_sha256": data_sha256(images.detach(), labels),  # as given: uint8 images hash as uint8
+        "model": model_identity(model),
         "return_adversarial": return_adversarial,
     }
     store = _Store(path, return_adversarial)
@@ -282,7 +299,7 @@ def robust_accuracy(
 
     start = time.perf_counter()
     elapsed_before = state.elapsed
-    with on_device(model, target, channels_last=channels_last):
+    with on_device(model, target, channels_last=channels_last), safe_on_cpu(model, target):
         if flat.shape[0]:
             first = _to(flat[:batch_size], target, channels_last)
             check_model(model, first, labels[:batch_size].to(target), plan)
@@ -308,6 +325,8 @@ def robust_accuracy(
         attack=_attack_label(attack, plan),
         attack_seconds=list(state.attack_seconds),
         adversarial=adversarial,
+        model=config["model"],
+        data_sha256=config["data_sha256"],
     )
 
 

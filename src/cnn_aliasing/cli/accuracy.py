@@ -79,6 +79,11 @@ class EvaluateCommand(Subcommand):
         start = time.perf_counter()
         if args.out is not None:
             prepare_output(args.out, "--out")
+        eps = attacks.parse_eps(args.eps)
+        if args.attack is not None:  # refuse an unknown attack before any work
+            attacks.resolve_attacks(args.attack)
+            if args.state is not None:
+                prepare_output(args.state, "--state")
         device = resolve_device(args.device)
         model, model_meta = load_model(args)
         images, labels = data.load_cifar10(
@@ -92,7 +97,7 @@ class EvaluateCommand(Subcommand):
             f"{results['clean']} (device={device}, {time.perf_counter() - start:.1f} s)"
         )
         if args.attack is not None:
-            results["robust"] = self._robust(args, model, images, labels, device)
+            results["robust"] = self._robust(args, model, images, labels, device, eps)
         reported = model_meta["model"].get("zoo", {}).get("reported")
         seconds = time.perf_counter() - start
         if reported is not None:
@@ -101,7 +106,7 @@ class EvaluateCommand(Subcommand):
                 f"{reported['autoattack_acc']:.2f}% (Linf, eps {zoo.EPS})"
             )
         if args.out is not None:
-            meta = run_meta(args, self.name, model_meta, len(images), device, elapsed_s=seconds)
+            meta = run_meta(args, self.name, model, model_meta, images, labels, device, elapsed_s=seconds)
             results_json = {name: result.to_dict() for name, result in results.items()}
             write_json_atomic(args.out, {**results_json, "reported": reported, "meta": meta})
             print(f"wrote {args.out}")
@@ -114,15 +119,14 @@ class EvaluateCommand(Subcommand):
         images: torch.Tensor,
         labels: torch.Tensor,
         device: torch.device,
+        eps: float,
     ) -> attacks.RobustAccuracy:
-        """Robust accuracy under ``--attack``, printed with the accuracy after each attack."""
-        if args.state is not None:
-            prepare_output(args.state, "--state")
+        """Robust accuracy under ``--attack`` at ``eps``, printed with the accuracy after each attack."""
         result = attacks.robust_accuracy(
             model,
             images,
             labels,
-            attacks.parse_eps(args.eps),
+            eps,
             norm=args.norm,
             attack=args.attack,
             batch_size=args.batch_size,

@@ -104,6 +104,7 @@ class MeasureCommand(Subcommand):
         images, labels = data.load_cifar10(
             args.data_dir, args.split, n_images=args.n_images, download=args.download, progress=not args.quiet
         )
+        _check_selection(model, images, args)
         measure_start = time.perf_counter()
         report = measure(
             model,
@@ -118,23 +119,14 @@ class MeasureCommand(Subcommand):
             total_images=len(images),
         )
         end = time.perf_counter()
-        if not report.ops and (args.include or args.exclude):
-            found = [d.name for d in find_downsamplers(model, data.to_float(images[:1]))]
-            given = " ".join(
-                f"{option} {' '.join(map(repr, patterns))}"
-                for option, patterns in (("--include", args.include), ("--exclude", args.exclude))
-                if patterns
-            )
-            raise CnnAliasingError(
-                f"no down-sampling op of {args.model} is left after {given}; its ops are: "
-                f"{', '.join(found) or '(none)'}"
-            )
         report.meta.update(
             run_meta(
                 args,
                 self.name,
+                model,
                 model_meta,
-                len(images),
+                images,
+                labels,
                 device,
                 measure_s=end - measure_start,
                 elapsed_s=end - start,
@@ -145,6 +137,25 @@ class MeasureCommand(Subcommand):
             write_csv_atomic(args.csv, report.rows())
         _print_report(report, args, device, end - start)
         return 0
+
+
+def _check_selection(model: torch.nn.Module, images: torch.Tensor, args: argparse.Namespace) -> None:
+    """Refuse ``--include``/``--exclude`` patterns that leave no op to measure, before measuring."""
+    if not (args.include or args.exclude):
+        return
+    example = data.to_float(images[:1])
+    if find_downsamplers(model, example, include=args.include, exclude=args.exclude):
+        return
+    found = [d.name for d in find_downsamplers(model, example)]
+    given = " ".join(
+        f"{option} {' '.join(map(repr, patterns))}"
+        for option, patterns in (("--include", args.include), ("--exclude", args.exclude))
+        if patterns
+    )
+    raise CnnAliasingError(
+        f"no down-sampling op of {args.model} is left after {given}; its ops are: "
+        f"{', '.join(found) or '(none)'}"
+    )
 
 
 def _print_report(

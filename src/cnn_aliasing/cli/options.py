@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from cnn_aliasing import data, models, runtime, training, zoo
 from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
+from cnn_aliasing.identity import data_sha256, model_identity
 from cnn_aliasing.provenance import run_metadata, sha256_of
 
 _WORDS: dict[str, Any] = {"true": True, "false": False, "none": None, "null": None}
@@ -208,22 +210,27 @@ def prepare_output(path: Path, option: str) -> None:
 def run_meta(
     args: argparse.Namespace,
     command: str,
+    model: nn.Module,
     model_meta: dict[str, Any],
-    n_images: int,
+    images: torch.Tensor,
+    labels: torch.Tensor,
     device: torch.device,
     **timings: float,
 ) -> dict[str, Any]:
     """What a result file records about its run: command, all arguments, versions and git state, the
-    model and its checkpoint hash, the data, the device, the seed and the timings."""
+    model with its checkpoint hash and identity (weights hash), the data with its hash, the device, the
+    seed and the timings."""
     return {
         "command": command,
         "config": _config(args),
         "run": run_metadata(),
         **model_meta,
+        "model_identity": model_identity(model),
         "data": {
             "dir": os.fspath(args.data_dir.expanduser().resolve()),
             "split": args.split,
-            "n_images": n_images,
+            "n_images": len(images),
+            "sha256": data_sha256(images, labels),
         },
         "device": str(device),
         "seed": args.seed,

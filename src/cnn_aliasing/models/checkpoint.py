@@ -70,13 +70,15 @@ def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def save_state_dict(state: dict[str, torch.Tensor], path: StrPath) -> None:
+def save_state_dict(
+    state: dict[str, torch.Tensor], path: StrPath, *, metadata: dict[str, str] | None = None
+) -> None:
     """Save a state dict of contiguous CPU tensors to ``path`` atomically: safetensors for
-    ``.safetensors``, else torch."""
+    ``.safetensors`` (with ``metadata`` in its header), else torch."""
     path = Path(path)
     with atomic_file(path) as tmp:
         if path.suffix == ".safetensors":
-            safetensors.torch.save_file(state, tmp, metadata={"format": "pt"})
+            safetensors.torch.save_file(state, tmp, metadata={"format": "pt", **(metadata or {})})
         else:
             torch.save(state, tmp)
 

@@ -2,17 +2,19 @@
 
 For each model in order: load it (or train it), check its logits are finite, measure clean accuracy on the
 study's images, robust accuracy on the first of them (resumable: the attack saves its state after every
-batch), the aliasing of every down-sampling op, and the spectra of one map; then write
-``models/<slug>.json`` atomically. A model whose file is done with the same settings (a fingerprint of
-the model and of the data, attack, aliasing and spectrum settings) is skipped unless ``force``; a model
-that raises is recorded as failed with a one-line reason and the others go on. ``study.json`` is written
-at the start and after every model. At the end the report is built from the files. The file layout is
-``docs/results-format.md``.
+batch, and a state of other settings, another model or other images is discarded), the aliasing of every
+down-sampling op, and the spectra of one map; then write ``models/<slug>.json`` atomically (the model's
+commit point: only then is its attack state removed). A model whose file is done with the same settings (a
+fingerprint of the model and of the data, attack, aliasing and spectrum settings) is skipped unless
+``force``; a model that raises is recorded as failed with a one-line reason and the others go on.
+``study.json`` is written at the start and after every model. At the end the report is built from the
+files. The file layout is ``docs/results-format.md``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -27,8 +29,10 @@ import torch
 
 from cnn_aliasing import data
 from cnn_aliasing.attacks import robust_accuracy
+from cnn_aliasing.attacks.robust import StateMismatchError
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.evaluation import clean_accuracy
+from cnn_aliasing.identity import data_sha256, model_identity
 from cnn_aliasing.measure import AliasingReport, measure
 from cnn_aliasing.provenance import run_metadata, write_json_atomic
 from cnn_aliasing.runtime import evaluation_mode, resolve_device, run_model
@@ -64,10 +68,6 @@ class StudyPaths:
     def state_file(self, model: StudyModel) -> Path:
         return self.root / "state" / f"{model.slug}.json"
 
-    def state_owner(self, model: StudyModel) -> Path:
-        """Which model settings the attack state was written for (a stale state is discarded)."""
-        return self.root / "state" / f"{model.slug}.fingerprint"
-
 
 @dataclass(frozen=True)
 class ModelOutcome:
@@ -92,12 +92,6 @@ class StudySummary:
     def failed(self) -> list[ModelOutcome]:
         """The models that failed."""
         return [m for m in self.models if m.status == FAILED]
-
-
-def _data_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
-    digest = hashlib.sha256(images.contiguous().numpy().tobytes())
-    digest.update(labels.to(torch.int64).contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def measurement_settings(config: StudyConfig, data_sha256: str) -> dict[str, Any]:
@@ -169,6 +163,7 @@ class _ModelRun:
         progress: bool,
     ) -> None:
         self.config, self.paths, self.images, self.labels = config, paths, images, labels
+        self.data_sha256 = data_sha256(images, labels)
         self.device, self.progress = device, progress
         self.say: Callable[[str], None] = _printer(False)
 
@@ -184,6 +179,8 @@ class _ModelRun:
             "status": FAILED,
             "error": None,
             **{k: v for k, v in model.describe().items() if k != "name"},
+            "model_identity": None,
+            "data_sha256": self.data_sha256,
             "clean_accuracy": None,
             "robust_accuracy": None,
             "aliasing": None,
@@ -194,16 +191,14 @@ class _ModelRun:
             "run": run_metadata(),
         }
         try:
-            self._measure(model, record, fp, force)
+            self._measure(model, record, force)
             record["status"] = DONE
         except Exception as error:  # one model failing must not stop the study; interrupts do
             record["error"] = one_line_reason(error)
             record.update(dict.fromkeys(MEASUREMENTS))  # a failed model has no (partial) measurements
-        for stale in (self.paths.state_file(model), self.paths.state_owner(model)):
-            stale.unlink(missing_ok=True)
         return record
 
-    def _measure(self, model: StudyModel, record: dict[str, Any], fp: str, force: bool) -> None:
+    def _measure(self, model: StudyModel, record: dict[str, Any], force: bool) -> None:
         timings = record["timings"]
         self.say("loading" if model.source["type"] != "recipe" else "training (resumes if interrupted)")
         torch.manual_seed(self.config.seed)
@@ -222,6 +217,7 @@ class _ModelRun:
         timings["load_s"] = round(time.perf_counter() - start - (loaded.train_s or 0.0), 3)
         record.update(loaded.record)
         module = loaded.module.to(self.device).eval()
+        record["model_identity"] = model_identity(module)
         self._check_logits(module)
 
         self.say("clean accuracy")
@@ -237,7 +233,7 @@ class _ModelRun:
         if self.config.attack.enabled:
             self.say(f"robust accuracy ({self.config.attack.name}, {self.config.attack_images} images)")
             with _timed(timings, "attack_s"):
-                record["robust_accuracy"] = self._attack(module, model, fp, force)
+                record["robust_accuracy"] = self._attack(module, model, force)
 
         self.say("aliasing")
         aliasing = self.config.aliasing
@@ -283,14 +279,13 @@ class _ModelRun:
         if not bool(torch.isfinite(logits).all()):
             raise StudyModelError("the model gives non-finite logits (NaN or inf) on the study's images")
 
-    def _attack(self, module: torch.nn.Module, model: StudyModel, fp: str, force: bool) -> dict[str, Any]:
-        state, owner = self.paths.state_file(model), self.paths.state_owner(model)
-        if force or not owner.is_file() or owner.read_text(encoding="utf-8").strip() != fp:
-            state.unlink(missing_ok=True)  # written for other settings, or --force: start afresh
-        owner.parent.mkdir(parents=True, exist_ok=True)
-        owner.write_text(fp + "\n", encoding="utf-8")
+    def _attack(self, module: torch.nn.Module, model: StudyModel, force: bool) -> dict[str, Any]:
+        state = self.paths.state_file(model)
+        if force:
+            state.unlink(missing_ok=True)
         attack, n = self.config.attack, self.config.attack_images
-        result = robust_accuracy(
+        run = functools.partial(
+            robust_accuracy,
             module,
             self.images[:n],
             self.labels[:n],
@@ -304,6 +299,12 @@ class _ModelRun:
             progress=self.progress,
             attack_options=attack.options,
         )
+        try:
+            result = run()
+        except StateMismatchError:  # written for other settings, another model or other images
+            self.say("discarding an attack state of other settings")
+            state.unlink()
+            result = run()
         return result.to_dict()
 
 
@@ -340,7 +341,8 @@ def run_study(
         download=config.data.download,
         progress=progress,
     )
-    settings = measurement_settings(config, _data_digest(images, labels))
+    runner = _ModelRun(config, paths, images, labels, target, progress)
+    settings = measurement_settings(config, runner.data_sha256)
     prints = {model.name: fingerprint(model, settings) for model in models}
     statuses = {
         m.name: DONE if _is_finished(paths.model_file(m), prints[m.name]) and not force else PENDING
@@ -369,7 +371,6 @@ def run_study(
         write_json_atomic(paths.study_file, study)
 
     save_study()
-    runner = _ModelRun(config, paths, images, labels, target, progress)
     outcomes = []
     for i, model in enumerate(models, start=1):
         prefix = f"[{i}/{len(models)}] {model.name}"
@@ -379,6 +380,7 @@ def run_study(
             continue
         record = runner.run(model, prints[model.name], force, lambda stage, p=prefix: say(f"{p}: {stage}"))
         write_json_atomic(paths.model_file(model), record)
+        paths.state_file(model).unlink(missing_ok=True)  # after the commit: a kill before it keeps the state
         statuses[model.name] = record["status"]
         save_study()
         say(f"{prefix}: {record['status']}" + (f" ({record['error']})" if record["error"] else ""))

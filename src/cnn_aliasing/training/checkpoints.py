@@ -3,8 +3,14 @@
 ``OUT/model.safetensors`` holds the weights after the last finished epoch, ``OUT/model.json`` the
 sidecar (recipe, model, seed, epochs done, per-epoch metrics, warnings, data, device, provenance) and
 ``OUT/state.pt`` what resuming needs (weights, optimiser state, history), loadable with
-``torch.load(..., weights_only=True)``. All three are rewritten atomically after every epoch, state first,
-so a kill at any moment leaves a run that resumes from its last finished epoch.
+``torch.load(..., weights_only=True)``. After every epoch each file is replaced atomically, in the order
+state, weights, sidecar, and all three carry the same commit token (epochs done and the weights' hash):
+
+- the state is self-contained, so resuming always starts from it; weights or a sidecar that do not carry
+  its token (a kill between the writes) are rewritten from it before training goes on (:func:`publish`);
+- the sidecar is the commit point for readers of the weights: :func:`load_trained_model` refuses weights
+  whose token differs from the sidecar's, and a run counts as finished only when its sidecar says so and
+  the weights carry the sidecar's token (:func:`is_finished`).
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import safetensors
 import torch
 from torch import nn
 
 from cnn_aliasing.errors import CheckpointError
+from cnn_aliasing.identity import weights_sha256
 from cnn_aliasing.models import create_model, load_checkpoint
 from cnn_aliasing.models.checkpoint import cpu_state_dict, save_state_dict
 from cnn_aliasing.provenance import atomic_file, write_json_atomic
@@ -27,6 +35,7 @@ WEIGHTS = "model.safetensors"
 SIDECAR = "model.json"
 STATE = "state.pt"
 SCHEMA = 1
+COMMIT = "commit"  # the key of the commit token in the sidecar, the state and the weights' metadata
 
 
 def run_folder(path: StrPath) -> Path:
@@ -61,12 +70,40 @@ def weights_file(path: StrPath) -> Path:
     return path if path.is_file() else path / WEIGHTS
 
 
+def weights_commit(path: StrPath) -> str | None:
+    """The commit token in a weights file's metadata (None: no file, or written without one)."""
+    try:
+        with safetensors.safe_open(weights_file(path), framework="pt") as f:
+            return (f.metadata() or {}).get(COMMIT)
+    except (OSError, safetensors.SafetensorError):
+        return None
+
+
+def is_finished(path: StrPath, sidecar: dict[str, Any]) -> bool:
+    """Whether the run in ``path`` is complete: its sidecar says so and its weights carry its token."""
+    return bool(sidecar.get("complete")) and weights_commit(path) == sidecar.get(COMMIT)
+
+
 def load_trained_model(path: StrPath) -> nn.Module:
     """The model of a training run (its folder or ``model.safetensors``), built from the sidecar's
-    architecture and arguments with :func:`cnn_aliasing.models.create_model`, weights loaded, eval mode."""
+    architecture and arguments with :func:`cnn_aliasing.models.create_model`, weights loaded, eval mode.
+
+    Weights that are not the ones the sidecar describes (a run killed while writing them) are refused.
+    """
     sidecar = read_sidecar(path)
+    if weights_commit(path) != sidecar.get(COMMIT):
+        raise CheckpointError(
+            f"the weights in {run_folder(path)} are not those its {SIDECAR} describes (the run was "
+            f"interrupted while writing epoch {sidecar.get('epochs_done', 0) + 1}); run the same training "
+            "command again to repair it"
+        )
     model = create_model(sidecar["model"]["name"], **sidecar["model"]["args"])
     return load_checkpoint(model, weights_file(path)).eval()
+
+
+def commit_token(epochs_done: int, weights: dict[str, torch.Tensor]) -> str:
+    """The token that ties the state, weights and sidecar of one epoch together."""
+    return f"epoch {epochs_done} sha256 {weights_sha256(weights)}"
 
 
 def write_run(
@@ -75,18 +112,26 @@ def write_run(
     optimizer: torch.optim.Optimizer,
     sidecar: dict[str, Any],
 ) -> None:
-    """Write the resume state, the weights and the sidecar of the epochs done so far (in that order)."""
+    """Write the resume state, then the weights and the sidecar (the commit point) of the epochs done."""
     weights = cpu_state_dict(model)
+    sidecar[COMMIT] = commit_token(sidecar["epochs_done"], weights)
     state = {
         "epochs_done": sidecar["epochs_done"],
         "model": weights,
         "optimizer": optimizer.state_dict(),
         "history": json.dumps(sidecar["history"]),
         "warnings": json.dumps(sidecar["warnings"]),
+        "recipe": json.dumps(sidecar["recipe"]),
+        COMMIT: sidecar[COMMIT],
     }
     with atomic_file(out_dir / STATE) as tmp:
         torch.save(state, tmp)
-    save_state_dict(weights, out_dir / WEIGHTS)
+    publish(out_dir, weights, sidecar)
+
+
+def publish(out_dir: Path, weights: dict[str, torch.Tensor], sidecar: dict[str, Any]) -> None:
+    """Write the weights (tagged with the sidecar's commit token), then the sidecar."""
+    save_state_dict(weights, out_dir / WEIGHTS, metadata={COMMIT: sidecar[COMMIT]})
     write_json_atomic(out_dir / SIDECAR, sidecar)
 
 
@@ -102,6 +147,8 @@ def read_state(out_dir: Path) -> dict[str, Any] | None:
             f"cannot read the resume state {file} ({type(error).__name__}); delete it or pass "
             "resume=False (--restart) to train from scratch"
         ) from error
-    state["history"] = json.loads(state["history"])
-    state["warnings"] = json.loads(state["warnings"])
+    for key in ("history", "warnings", "recipe"):
+        state[key] = json.loads(state[key]) if key in state else None  # states before 0.2 lack the recipe
+    if state.get(COMMIT) is None:
+        state[COMMIT] = commit_token(state["epochs_done"], state["model"])
     return state

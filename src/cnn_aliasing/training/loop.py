@@ -26,15 +26,19 @@ from cnn_aliasing.data import load_cifar10, to_float
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.models import create_model
 from cnn_aliasing.provenance import run_metadata
-from cnn_aliasing.runtime import resolve_device
+from cnn_aliasing.runtime import resolve_device, safe_on_cpu, use_channels_last
 from cnn_aliasing.training.augment import random_crop_flip
 from cnn_aliasing.training.checkpoints import (
+    COMMIT,
     SCHEMA,
     SIDECAR,
     STATE,
     WEIGHTS,
+    is_finished,
+    publish,
     read_sidecar,
     read_state,
+    weights_commit,
     write_run,
 )
 from cnn_aliasing.training.objectives import attack_step, get_objective
@@ -78,7 +82,8 @@ class Trainer:
         self.recipe = recipe
         self.device = device
         self.model = model.to(device)
-        if recipe.channels_last:
+        self.channels_last = use_channels_last(recipe.channels_last, device)
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.model.train()
         self.forward: nn.Module = torch.compile(self.model) if recipe.compile else self.model  # type: ignore[assignment]
@@ -99,14 +104,15 @@ class Trainer:
         classified correctly, as device tensors (no host sync)."""
         recipe = self.recipe
         x = to_float(random_crop_flip(images, recipe.crop_padding, recipe.flip, generator))
-        if recipe.channels_last:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            loss, logits = self.objective.loss(self.forward, x, labels, generator, recipe)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with safe_on_cpu(self.model, self.device, channels_last=self.channels_last):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                loss, logits = self.objective.loss(self.forward, x, labels, generator, recipe)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         self.optimizer.step()
         n = labels.shape[0]
         return loss.detach().float() * n, (logits.detach().argmax(dim=1) == labels).sum()
@@ -181,19 +187,31 @@ def _differing_fields(stored: dict[str, Any], wanted: dict[str, Any]) -> list[st
     return sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
 
 
+def _check_same_recipe(out_dir: Path, stored: dict[str, Any], recipe: Recipe) -> None:
+    """An error if ``stored`` (a recipe dict found in ``out_dir``) is not ``recipe``."""
+    differ = _differing_fields(stored, recipe.to_dict())
+    if differ:
+        raise CnnAliasingError(
+            f"{out_dir} holds a run of another recipe ({stored.get('name')!r}; fields that "
+            f"differ: {', '.join(differ)}); choose another output folder, or restart it (resume=False, "
+            "--restart) to replace that run"
+        )
+
+
 def _existing_run(out_dir: Path, recipe: Recipe) -> dict[str, Any] | None:
     """The sidecar already in ``out_dir`` if it is of ``recipe``; an error if it is of another recipe."""
     if not (out_dir / SIDECAR).is_file():
         return None
     sidecar = read_sidecar(out_dir)
-    differ = _differing_fields(sidecar["recipe"], recipe.to_dict())
-    if differ:
-        raise CnnAliasingError(
-            f"{out_dir} holds a run of another recipe ({sidecar['recipe'].get('name')!r}; fields that "
-            f"differ: {', '.join(differ)}); choose another output folder, or restart it (resume=False, "
-            "--restart) to replace that run"
-        )
+    _check_same_recipe(out_dir, sidecar["recipe"], recipe)
     return sidecar
+
+
+def _is_published(out_dir: Path, commit: str) -> bool:
+    """Whether the weights and the sidecar in ``out_dir`` are those of the state with token ``commit``."""
+    if weights_commit(out_dir) != commit or not (out_dir / SIDECAR).is_file():
+        return False
+    return read_sidecar(out_dir).get(COMMIT) == commit
 
 
 def _new_sidecar(recipe: Recipe, data_dir: StrPath, n_train: int, device: torch.device) -> dict[str, Any]:
@@ -245,21 +263,24 @@ def train(
 ) -> TrainResult:
     """Train ``recipe`` on CIFAR-10 from ``data_dir`` into ``out_dir`` and return the result.
 
-    Writes ``out_dir/model.safetensors``, ``out_dir/model.json`` (the sidecar) and ``out_dir/state.pt``
-    after every epoch. With ``resume`` a run of the same recipe already there continues from its last
-    finished epoch (a complete one returns at once); a run of another recipe is an error. Without
-    ``resume`` any run there is replaced.
+    Writes ``out_dir/state.pt``, ``out_dir/model.safetensors`` and ``out_dir/model.json`` (the sidecar)
+    after every epoch (see :mod:`cnn_aliasing.training.checkpoints`). With ``resume`` a run of the same
+    recipe already there continues from its last saved state (a complete one returns at once, one whose
+    weights or sidecar a kill left behind the state is repaired first); a run of another recipe is an
+    error. Without ``resume`` any run there is replaced.
     """
     out_dir = Path(out_dir).expanduser()
     device = resolve_device(device)
     if resume:
         existing = _existing_run(out_dir, recipe)
-        if existing is not None and existing["complete"]:
+        if existing is not None and is_finished(out_dir, existing):
             return TrainResult(out_dir / WEIGHTS, existing)
     else:
         for name in (STATE, SIDECAR, WEIGHTS):
             (out_dir / name).unlink(missing_ok=True)
     state = read_state(out_dir) if resume else None
+    if state is not None and state["recipe"] is not None:
+        _check_same_recipe(out_dir, state["recipe"], recipe)
     images, labels = load_train_data(data_dir, recipe)
     eval_batch = None
     if recipe.eval_every:
@@ -273,7 +294,15 @@ def train(
     if state is not None:
         trainer.model.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
-        sidecar.update(epochs_done=state["epochs_done"], history=state["history"], warnings=state["warnings"])
+        sidecar.update(
+            epochs_done=state["epochs_done"],
+            complete=state["epochs_done"] == recipe.epochs,
+            history=state["history"],
+            warnings=state["warnings"],
+        )
+        sidecar[COMMIT] = state[COMMIT]
+        if not _is_published(out_dir, state[COMMIT]):  # killed between the state and the sidecar: repair
+            publish(out_dir, state["model"], sidecar)
     objective = get_objective(recipe.objective)
     epochs = tqdm(
         range(sidecar["epochs_done"], recipe.epochs),

@@ -26,8 +26,10 @@ class Recipe:
     """Everything a training run depends on (besides the data folder and the device).
 
     ``attack_step`` None means the objective's default step (PGD-AT and TRADES: eps / 4, i.e. 2/255 at
-    8/255; FGSM-RS: 1.25 eps). ``eval_every`` 0 turns the per-epoch tracking off. ``n_train`` None trains
-    on the whole train split, else on a fixed random subset drawn with ``subset_seed``.
+    8/255; FGSM-RS: 1.25 eps). ``channels_last`` None chooses per device (on CUDA only, see
+    :func:`cnn_aliasing.runtime.use_channels_last`); true or false forces it. ``eval_every`` 0 turns the
+    per-epoch tracking off. ``n_train`` None trains on the whole train split, else on a fixed random subset
+    drawn with ``subset_seed``.
     """
 
     name: str
@@ -61,7 +63,7 @@ class Recipe:
     eval_pgd_step: float = 2 / 255
     overfit_drop: float = 0.2
     autocast: str = "auto"
-    channels_last: bool = True
+    channels_last: bool | None = None
     compile: bool = False
 
     def __post_init__(self) -> None:
@@ -151,9 +153,11 @@ def _validate(recipe: Recipe) -> None:
     for name in ("lr_peak", "overfit_drop"):
         if not _is_number(getattr(recipe, name)) or not 0 <= getattr(recipe, name) <= 1:
             raise bad(name, "expected a number in [0, 1]")
-    for name in ("nesterov", "flip", "channels_last", "compile"):
+    for name in ("nesterov", "flip", "compile"):
         if not isinstance(getattr(recipe, name), bool):
             raise bad(name, "expected true or false")
+    if recipe.channels_last is not None and not isinstance(recipe.channels_last, bool):
+        raise bad("channels_last", "expected true, false, or None to choose per device (CUDA only)")
     if recipe.attack_step is not None and (not _is_number(recipe.attack_step) or recipe.attack_step <= 0):
         raise bad("attack_step", "expected a number > 0, or None for the objective's default")
     if recipe.n_train is not None and (not _is_int(recipe.n_train) or recipe.n_train < 1):
