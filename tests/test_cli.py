@@ -22,6 +22,7 @@ from cifar_fixtures import make_layout
 from cnn_aliasing import cli, data, find_downsamplers, zoo
 from cnn_aliasing import measure as measure_aliasing
 from cnn_aliasing.evaluation import clean_accuracy
+from cnn_aliasing.identity import data_sha256, model_identity
 from cnn_aliasing.models import create_model, load_checkpoint, model_descriptions, save_checkpoint
 
 N_TEST = 24
@@ -145,7 +146,13 @@ def test_measure_writes_report_csv_and_table(
         "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
     }
     assert meta["model"] == {"name": "preact_resnet18", "args": {"width": 8}}
-    assert meta["data"] == {"dir": str(cifar_dir.resolve()), "split": "test", "n_images": N_IMAGES}
+    assert meta["data"] == {
+        "dir": str(cifar_dir.resolve()),
+        "split": "test",
+        "n_images": N_IMAGES,
+        "sha256": data_sha256(images, labels),
+    }
+    assert meta["model_identity"] == model_identity(model)
     assert meta["config"]["n_images"] == N_IMAGES and meta["config"]["batch_size"] == 8
     assert meta["config"]["out"] == str(out) and meta["device"] == str(device)
     assert 0 < meta["measure_s"] <= meta["elapsed_s"]

@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,34 +186,26 @@ KILLS: dict[str, list[KillPoint]] = {
 }
 
 
-def _kill_child(job: str, data_dir: Path, root: Path, point: str, call: int) -> int:
-    command = [sys.executable, str(TESTS / "kill_jobs.py"), job, str(data_dir), str(root), point, str(call)]
-    child = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-    assert child.returncode == -9, (
-        f"{job} {point}#{call} ended with {child.returncode}: {child.stderr[-1500:]}"
-    )
-    return child.returncode
-
-
-@pytest.fixture(scope="module")
-def killed_runs(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
-    """Every job killed at every one of its points, two children at a time; the folders they left."""
-    cases = []
-    for job, points in KILLS.items():
-        ref = reference(job, data_dir, tmp_path_factory)
-        for kill in points:
-            root = tmp_path_factory.mktemp(f"{job}-killed")
-            cases.append((job, kill, root, kill.call_number(ref.trace)))
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(lambda c: _kill_child(c[0], data_dir, c[2], c[1].kind, c[3]), cases))
-    return {(job, str(kill)): root for job, kill, root, _ in cases}
-
-
-def _resume(job: str, kill: KillPoint, data_dir: Path, killed: dict, tmp_path_factory, monkeypatch):
+def _kill_and_resume(
+    job: str, kill: KillPoint, data_dir: Path, tmp_path: Path, tmp_path_factory, monkeypatch
+) -> tuple[Reference, Path, Any]:
+    """Run ``job`` in a child killed at ``kill``, resume it here; check the resumed run did only the work
+    left. Returns the uninterrupted reference, the killed-and-resumed folder and the resumed result."""
     ref = reference(job, data_dir, tmp_path_factory)
-    root = killed[(job, str(kill))]
-    recorder = Recorder(monkeypatch, root)
-    result = kill_jobs.JOBS[job](data_dir, root)
+    call = kill.call_number(ref.trace)
+    command = [
+        sys.executable,
+        str(TESTS / "kill_jobs.py"),
+        job,
+        str(data_dir),
+        str(tmp_path),
+        kill.kind,
+        str(call),
+    ]
+    child = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert child.returncode == -9, f"{job} {kill} ended with {child.returncode}: {child.stderr[-1500:]}"
+    recorder = Recorder(monkeypatch, tmp_path)
+    result = kill_jobs.JOBS[job](data_dir, tmp_path)
     monkeypatch.undo()
     saved = saved_work(ref.trace[: kill.position(ref.trace)])
     for kind in ("step", "attack_batch", "model"):
@@ -222,7 +213,7 @@ def _resume(job: str, kill: KillPoint, data_dir: Path, killed: dict, tmp_path_fa
         assert recorder.count(kind) == left, (
             f"{kind}: the resumed run did {recorder.count(kind)}, left {left}"
         )
-    return ref, root, result
+    return ref, tmp_path, result
 
 
 _TIMING = {"seconds", "images_per_second", "elapsed", "attack_seconds", "timings", "run", "wall_seconds"}
@@ -256,27 +247,27 @@ def _same_run_folder(a: Path, b: Path) -> None:
 
 @pytest.mark.parametrize("kill", KILLS["train"], ids=str)
 def test_a_killed_training_run_resumes_to_the_same_weights(
-    kill: KillPoint, data_dir, killed_runs, tmp_path_factory, monkeypatch
+    kill: KillPoint, data_dir, tmp_path, tmp_path_factory, monkeypatch
 ) -> None:
-    ref, root, result = _resume("train", kill, data_dir, killed_runs, tmp_path_factory, monkeypatch)
+    ref, root, result = _kill_and_resume("train", kill, data_dir, tmp_path, tmp_path_factory, monkeypatch)
     _same_run_folder(ref.root / "run", root / "run")
     assert _untimed(result.history) == _untimed(ref.result.history)
 
 
 @pytest.mark.parametrize("kill", KILLS["attack"], ids=str)
 def test_a_killed_attack_resumes_to_the_same_robust_accuracy(
-    kill: KillPoint, data_dir, killed_runs, tmp_path_factory, monkeypatch
+    kill: KillPoint, data_dir, tmp_path, tmp_path_factory, monkeypatch
 ) -> None:
-    ref, _, result = _resume("attack", kill, data_dir, killed_runs, tmp_path_factory, monkeypatch)
+    ref, _, result = _kill_and_resume("attack", kill, data_dir, tmp_path, tmp_path_factory, monkeypatch)
     assert _untimed(result.to_dict()) == _untimed(ref.result.to_dict())
     assert 0 < ref.result.robust_accuracy < ref.result.clean_accuracy  # both attacks had points to attack
 
 
 @pytest.mark.parametrize("kill", KILLS["study"], ids=str)
 def test_a_killed_study_resumes_to_the_same_results(
-    kill: KillPoint, data_dir, killed_runs, tmp_path_factory, monkeypatch
+    kill: KillPoint, data_dir, tmp_path, tmp_path_factory, monkeypatch
 ) -> None:
-    ref, root, _ = _resume("study", kill, data_dir, killed_runs, tmp_path_factory, monkeypatch)
+    ref, root, _ = _kill_and_resume("study", kill, data_dir, tmp_path, tmp_path_factory, monkeypatch)
     for name in ("m0", "trained", "m1"):
         a, b = (json.loads((r / "study" / "models" / f"{name}.json").read_text()) for r in (ref.root, root))
         assert a["status"] == "done" and _untimed(a, ref.root) == _untimed(b, root)

@@ -196,3 +196,16 @@ def test_cli_report_rebuilds_and_prints_a_summary(
 def test_cli_report_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["report", str(tmp_path)]) == 2
     assert "study.json: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("key", "value"), [("n_resamples", 0), ("n_resamples", "abc"), ("seed", -1)])
+def test_cli_report_refuses_bad_report_settings_in_one_line(
+    built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, value: object
+) -> None:
+    copy = shutil.copytree(built, tmp_path / "copy")
+    study = json.loads((copy / "study.json").read_text())
+    study["config"].setdefault("report", {})[key] = value
+    (copy / "study.json").write_text(json.dumps(study))
+    assert cli.main(["report", str(copy), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"study.json: report.{key} must be an integer >= " in err

@@ -343,6 +343,27 @@ def test_resume_after_a_kill_is_bit_identical(cifar_dir: Path, tmp_path: Path, m
     assert strip[0] == strip[1] and len(strip[0]) == 3
 
 
+def test_resuming_on_other_images_is_refused(cifar_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    recipe = tiny_recipe("small-standard", epochs=2, eval_every=0)
+    run_epoch, calls = Trainer.run_epoch, []
+
+    def dying(self: Trainer, *args: Any, **kwargs: Any) -> Any:
+        if calls:
+            raise Killed
+        calls.append(1)
+        return run_epoch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "run_epoch", dying)
+    with pytest.raises(Killed):
+        train(recipe, cifar_dir, tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    other = tmp_path / "other"
+    make_layout(other, train_sizes=(16, 16, 16, 8, 9), test_size=8)
+    with pytest.raises(CnnAliasingError, match="trained on other images"):
+        train(recipe, other, tmp_path / "run", progress=False)
+    assert train(recipe, cifar_dir, tmp_path / "run", progress=False).sidecar["complete"]
+
+
 def test_a_complete_run_returns_at_once_and_another_recipe_is_refused(
     cifar_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:

@@ -20,6 +20,7 @@ from cnn_aliasing.report.statistics import (
     StudyStatistics,
     compute_statistics,
 )
+from cnn_aliasing.validation import is_int
 
 __all__ = ["Report", "ResultsError", "build_report", "load_results", "make_report"]
 
@@ -39,10 +40,11 @@ def make_report(results_dir: str | Path, *, out: str | Path | None = None, progr
     ``report.n_resamples`` and ``report.seed`` when given."""
     results = load_results(results_dir)
     settings = results.report_config
+    where = f"{results.root / 'study.json'}: report"
     stats = compute_statistics(
         results,
-        n_resamples=int(settings.get("n_resamples", DEFAULT_RESAMPLES)),
-        seed=int(settings.get("seed", DEFAULT_SEED)),
+        n_resamples=is_int(1)(settings.get("n_resamples", DEFAULT_RESAMPLES), f"{where}.n_resamples"),
+        seed=is_int(0)(settings.get("seed", DEFAULT_SEED), f"{where}.seed"),
     )
     rows = table_rows(results)
     write_tables(results, rows)

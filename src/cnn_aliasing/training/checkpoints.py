@@ -2,8 +2,8 @@
 
 ``OUT/model.safetensors`` holds the weights after the last finished epoch, ``OUT/model.json`` the
 sidecar (recipe, model, seed, epochs done, per-epoch metrics, warnings, data, device, provenance) and
-``OUT/state.pt`` what resuming needs (weights, optimiser state, history), loadable with
-``torch.load(..., weights_only=True)``. After every epoch each file is replaced atomically, in the order
+``OUT/state.pt`` what resuming needs (weights, optimiser state, history, recipe, the training images'
+hash), loadable with ``torch.load(..., weights_only=True)``. After every epoch each file is replaced atomically, in the order
 state, weights, sidecar, and all three carry the same commit token (epochs done and the weights' hash):
 
 - the state is self-contained, so resuming always starts from it; weights or a sidecar that do not carry
@@ -122,6 +122,7 @@ def write_run(
         "history": json.dumps(sidecar["history"]),
         "warnings": json.dumps(sidecar["warnings"]),
         "recipe": json.dumps(sidecar["recipe"]),
+        "data_sha256": sidecar["data"]["sha256"],
         COMMIT: sidecar[COMMIT],
     }
     with atomic_file(out_dir / STATE) as tmp:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from cnn_aliasing.data import load_cifar10, to_float
 from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.identity import data_sha256
 from cnn_aliasing.models import create_model
 from cnn_aliasing.provenance import run_metadata
 from cnn_aliasing.runtime import resolve_device, safe_on_cpu, use_channels_last
@@ -207,6 +208,17 @@ def _existing_run(out_dir: Path, recipe: Recipe) -> dict[str, Any] | None:
     return sidecar
 
 
+def _check_same_data(out_dir: Path, state: dict[str, Any], wanted: str) -> None:
+    """An error if the run in ``out_dir`` was trained on other images than ``wanted`` (their hash)."""
+    stored = state.get("data_sha256")
+    if stored is not None and stored != wanted:
+        raise CnnAliasingError(
+            f"{out_dir} holds a run trained on other images (data sha256 {stored[:12]}..., these are "
+            f"{wanted[:12]}...): the data folder changed; pass the data it was trained on, or restart it "
+            "(resume=False, --restart)"
+        )
+
+
 def _is_published(out_dir: Path, commit: str) -> bool:
     """Whether the weights and the sidecar in ``out_dir`` are those of the state with token ``commit``."""
     if weights_commit(out_dir) != commit or not (out_dir / SIDECAR).is_file():
@@ -214,7 +226,9 @@ def _is_published(out_dir: Path, commit: str) -> bool:
     return read_sidecar(out_dir).get(COMMIT) == commit
 
 
-def _new_sidecar(recipe: Recipe, data_dir: StrPath, n_train: int, device: torch.device) -> dict[str, Any]:
+def _new_sidecar(
+    recipe: Recipe, data_dir: StrPath, images: torch.Tensor, labels: torch.Tensor, device: torch.device
+) -> dict[str, Any]:
     objective = get_objective(recipe.objective)
     return {
         "schema": SCHEMA,
@@ -236,7 +250,8 @@ def _new_sidecar(recipe: Recipe, data_dir: StrPath, n_train: int, device: torch.
         "data": {
             "dir": os.fspath(Path(data_dir).expanduser().resolve()),
             "split": "train",
-            "n_train": n_train,
+            "n_train": len(images),
+            "sha256": data_sha256(images, labels),
             "subset_seed": recipe.subset_seed if recipe.n_train is not None else None,
             "eval_split": "test",
             "eval_images": recipe.eval_images if recipe.eval_every else 0,
@@ -282,6 +297,7 @@ def train(
     if state is not None and state["recipe"] is not None:
         _check_same_recipe(out_dir, state["recipe"], recipe)
     images, labels = load_train_data(data_dir, recipe)
+    sidecar = _new_sidecar(recipe, data_dir, images, labels, device)
     eval_batch = None
     if recipe.eval_every:
         eval_images, eval_labels = load_cifar10(data_dir, "test", n_images=recipe.eval_images, progress=False)
@@ -290,8 +306,8 @@ def train(
 
     torch.manual_seed(recipe.seed)
     trainer = Trainer(recipe, create_model(recipe.arch, **recipe.arch_args), device)
-    sidecar = _new_sidecar(recipe, data_dir, len(images), device)
     if state is not None:
+        _check_same_data(out_dir, state, sidecar["data"]["sha256"])
         trainer.model.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         sidecar.update(
