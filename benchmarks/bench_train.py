@@ -6,8 +6,8 @@
 
 "ours" is :class:`cnn_aliasing.training.Trainer.step` exactly as ``train`` runs it: uint8 images kept on
 the device, random crop and flip in batches there, the recipe's objective (attacks included), bf16
-autocast on CUDA ("auto"), channels_last, optional torch.compile (``--set compile=true``), no host sync
-per step. "plain" is the reference a reader would write: float32 batches already on the device, no
+autocast and channels_last on CUDA ("auto"), optional torch.compile (``--set compile=true``), no host
+sync per step. "plain" is the reference a reader would write: float32 batches already on the device, no
 augmentation, ``model(x)``, cross-entropy, ``backward``, SGD with the same hyperparameters, float32,
 default memory format. Both start from the same weights and run ``--steps`` steps after ``--warmup``,
 alternating ``--repeats`` times; the medians and their ratio (ours / plain throughput) are printed and
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from cnn_aliasing.cli.options import parse_value
 from cnn_aliasing.models import create_model
 from cnn_aliasing.provenance import run_metadata
+from cnn_aliasing.runtime import use_channels_last
 from cnn_aliasing.training import Trainer, get_recipe, learning_rate, list_recipes, use_autocast
 
 
@@ -133,7 +134,7 @@ def main() -> None:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "autocast_bf16": use_autocast(recipe, device),
-        "channels_last": recipe.channels_last,
+        "channels_last": use_channels_last(recipe.channels_last, device),
         "compile": recipe.compile,
         "ours_images_per_second": ours_ips,
         "plain_images_per_second": plain_ips,
@@ -146,7 +147,7 @@ def main() -> None:
         f"{recipe.name} ({recipe.objective}) {recipe.arch} batch {bs} on {result['device_name']}: "
         f"ours {ours_ips:,.0f} img/s, plain fp32 loop {plain_ips:,.0f} img/s, "
         f"ratio {ours_ips / plain_ips:.2f}x "
-        f"(bf16 autocast {result['autocast_bf16']}, channels_last {recipe.channels_last}, "
+        f"(bf16 autocast {result['autocast_bf16']}, channels_last {result['channels_last']}, "
         f"compile {recipe.compile})"
     )
     if args.json:
