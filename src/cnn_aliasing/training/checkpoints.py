@@ -3,8 +3,9 @@
 ``OUT/model.safetensors`` holds the weights after the last finished epoch, ``OUT/model.json`` the
 sidecar (recipe, model, seed, epochs done, per-epoch metrics, warnings, data, device, provenance) and
 ``OUT/state.pt`` what resuming needs (weights, optimiser state, history, recipe, the training images'
-hash), loadable with ``torch.load(..., weights_only=True)``. After every epoch each file is replaced atomically, in the order
-state, weights, sidecar, and all three carry the same commit token (epochs done and the weights' hash):
+hash), loadable with ``torch.load(..., weights_only=True)``. After every epoch each file is replaced
+atomically, in the order state, weights, sidecar, and all three carry the same commit token (epochs done
+and the weights' hash):
 
 - the state is self-contained, so resuming always starts from it; weights or a sidecar that do not carry
   its token (a kill between the writes) are rewritten from it before training goes on (:func:`publish`);
