@@ -17,7 +17,7 @@ from cnn_aliasing.report.results import table_rows
 from cnn_aliasing.report.statistics import compute_statistics
 from test_report_fixtures import FAILED, MODELS, OPS, SPECTRUM_MODEL, TRAINED, WRN, WRN_OPS, make_results
 
-SECTIONS = ["question", "models", "statistics", "figures", "table", "provenance"]
+SECTIONS = ["answer", "question", "models", "statistics", "figures", "table", "provenance"]
 EVIL = "<script>alert('x')</script>&co"
 
 
@@ -149,6 +149,15 @@ def test_report_html_has_every_section_and_model(built: Path) -> None:
     assert f"cnn-aliasing report {built}" in page
     assert "weak evidence" not in page.split('id="figures"')[0].split(OPS[2])[1].split("</tr>")[0]
     assert "not enough models" in page and "abc123" in page
+    body = page.split("<body>")[1]
+    assert body.index('<h2 id="answer">') < body.index('<h2 id="question">')  # the answer comes first
+    answer = body.split('<h2 id="answer">')[1].split("</ul>")[0]
+    assert (
+        answer.count("<li>In ") == len({op.split(".")[0] for op in load_results(built).op_names})
+        and "controlling for clean" in answer
+    )
+    assert '<h3 id="confounds">' in page
+    assert "could be explained by" in page or "not only activation scale" in page
 
 
 def test_report_html_is_self_contained(built: Path) -> None:
@@ -185,7 +194,11 @@ def test_cli_report_rebuilds_and_prints_a_summary(
     out = capsys.readouterr().out
     assert f"wrote {page}" in out and "8 models, 7 finished" in out
     line = next(x for x in out.splitlines() if x.startswith(OPS[0]))
-    assert re.search(r"\s6\s+-0\.94\s+\[-1\.00, -0\.\d\d\]\s+0\.40\s+\[0\.\d\d, 0\.\d\d\]$", line)
+    partial = r"[+-]\d\.\d\d\s+\[[+-]\d\.\d\d, [+-]\d\.\d\d\]"
+    assert re.search(
+        rf"\s6\s+-0\.94\s+\[-1\.00, -0\.\d\d\]\s+{partial}\s+0\.40\s+\[0\.\d\d, 0\.\d\d\]$", line
+    )
+    assert out.splitlines()[2].startswith(f"In {OPS[0].split('.')[0]}, AM falls as robust accuracy rises")
     assert "agrees with the hypothesis" in out
     assert not (copy / "report.html").exists() and (copy / "results.csv").is_file()
     assert len(list((copy / "figures").glob("*.svg"))) == 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +13,17 @@ from cnn_aliasing.report import load_results
 from cnn_aliasing.report.statistics import (
     Correlation,
     Interval,
+    MetricEffect,
     Ratio,
     average_ranks,
     bootstrap_ratio,
     bootstrap_spearman,
     compute_statistics,
+    confound_verdict,
     correlation_verdict,
     mean_ratio,
     overall_verdict,
+    partial_spearman,
     percentile_interval,
     ratio_verdict,
     resample_indices,
@@ -253,3 +257,120 @@ def test_compute_statistics_rejects_bad_settings(results_dir: Path) -> None:
         compute_statistics(results, n_resamples=0)
     with pytest.raises(ValueError, match="level"):
         compute_statistics(results, level=1.0)
+
+
+# ------------------------------------------------------------------------ partial rank correlation
+def partial_reference(x: list[float], y: list[float], z: list[float]) -> float:
+    """Partial rank correlation by regression: the ranks of x and of y, each with its least-squares line
+    on the ranks of z taken away (plain loops, float64), then the Pearson correlation of the residuals."""
+    rx, ry, rz = ranks_reference(x), ranks_reference(y), ranks_reference(z)
+    n = len(rz)
+    mean_z = sum(rz) / n
+    var_z = sum((v - mean_z) ** 2 for v in rz)
+
+    def residuals(r: list[float]) -> list[float]:
+        mean_r = sum(r) / n
+        slope = sum((rz[i] - mean_z) * (r[i] - mean_r) for i in range(n)) / var_z
+        return [r[i] - mean_r - slope * (rz[i] - mean_z) for i in range(n)]
+
+    return pearson_reference(residuals(rx), residuals(ry))
+
+
+def test_partial_spearman_matches_the_regression_reference() -> None:
+    rng = np.random.default_rng(5)
+    finite = 0
+    for n in (4, 6, 11):
+        for _ in range(20):
+            x, y, z = rng.normal(size=n), rng.normal(size=n), rng.normal(size=n)
+            x[1] = x[0]  # a tie
+            expected = partial_reference(list(x), list(y), list(z))
+            assert partial_spearman(x, y, z) == pytest.approx(expected, abs=1e-12, nan_ok=True)
+            finite += math.isfinite(expected)
+    assert finite >= 55  # the comparison is of numbers, not of NaNs
+
+
+def test_partial_spearman_known_answers() -> None:
+    z = np.arange(8.0)
+    y = -z + np.array([0.1, -0.1, 0.2, -0.2, 0.1, -0.1, 0.2, -0.2])  # almost all of y's rank order is z's
+    x = z**2  # x is monotone in z: once z is controlled for, nothing is left to correlate
+    assert spearman(x, y) < -0.9
+    assert math.isnan(partial_spearman(x, y, z))  # x's ranks are z's: undefined, not a spurious number
+    assert math.isnan(partial_spearman(x[:3], y[:3], z[:3]))  # fewer than 4 values
+    independent = np.array([3.0, 1.0, 4.0, 1.5, 5.0, 9.0, 2.0, 6.0])
+    assert partial_spearman(independent, independent, z) == pytest.approx(1.0)
+
+
+def test_partial_bootstrap_by_hand_with_a_fixed_index_matrix() -> None:
+    x = np.array([1.0, 3.0, 2.0, 5.0, 4.0, 6.0])
+    y = np.array([0.9, 0.2, 0.5, 0.1, 0.4, 0.0])
+    z = np.array([0.5, 0.1, 0.7, 0.3, 0.2, 0.6])
+    idx = np.array([[0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [0, 0, 1, 2, 3, 4]])
+    by_row = partial_spearman(x[idx], y[idx], z[idx])
+    for row, value in zip(idx, by_row, strict=True):
+        assert value == pytest.approx(partial_reference(list(x[row]), list(y[row]), list(z[row])), abs=1e-12)
+
+
+def _effect(rho: float, ci: tuple[float, float], partial: float, pci: tuple[float, float], ratio: float):
+    n = 8
+    return MetricEffect(
+        "aliasing",
+        Correlation(n, rho, _interval(*ci)),
+        Correlation(n, partial, _interval(*pci)),
+        Ratio(4, 4, ratio, 1.0, ratio, _interval(ratio - 0.1, ratio + 0.1)),
+    )
+
+
+def test_confound_verdicts_name_what_could_explain_the_effect() -> None:
+    held = _effect(-0.8, (-0.95, -0.5), -0.7, (-0.9, -0.3), 0.5)
+    explained = _effect(-0.8, (-0.95, -0.5), -0.1, (-0.6, 0.5), 0.5)
+    scale_free = replace(held, metric="relative_aliasing")
+    flat = replace(_effect(0.1, (-0.5, 0.6), 0.0, (-0.5, 0.5), 1.0), metric="alias_energy_fraction")
+    assert "holds controlling for clean accuracy (partial rho -0.70 [-0.90, -0.30])" in confound_verdict(
+        (held, scale_free)
+    )
+    assert "relative_aliasing shows it too, so it is not only activation scale" in confound_verdict(
+        (held, scale_free, flat)
+    )
+    text = confound_verdict((explained, flat))
+    assert "could be explained by clean accuracy: controlling for it, the partial rho is -0.10" in text
+    assert (
+        "alias_energy_fraction does not show it clearly, so it could be explained by activation scale" in text
+    )
+    assert "no scale-free variant was measured" in confound_verdict((held,))
+    reversed_partial = _effect(-0.8, (-0.95, -0.5), 0.6, (0.2, 0.9), 0.5)  # clear, but the other way
+    assert "could be explained by clean accuracy" in confound_verdict((reversed_partial,))
+    assert "nothing for a confound to explain" in confound_verdict((replace(flat, metric="aliasing"),))
+
+
+def test_answer_sentences_give_each_group_its_numbers(results_dir: Path) -> None:
+    stats = compute_statistics(load_results(results_dir), n_resamples=300, seed=1)
+    answer = stats.answer
+    groups = list(dict.fromkeys(o.layer_group for o in stats.ops))
+    assert len(answer) == len(groups) and all(
+        a.startswith(f"In {g},") for a, g in zip(answer, groups, strict=True)
+    )
+    first = stats.ops[0]
+    c = first.correlation
+    assert answer[0].startswith(f"In {first.layer_group}, AM falls as robust accuracy rises")
+    assert f"{first.op}: rho = {c.rho:+.2f} [{c.interval.low:+.2f}, {c.interval.high:+.2f}]" in answer[0]
+    assert "controlling for clean accuracy" in answer[0]
+
+
+def test_statistics_cover_every_variant_on_the_same_resamples(results_dir: Path) -> None:
+    results = load_results(results_dir)
+    stats = compute_statistics(results, n_resamples=300, seed=1)
+    first = stats.ops[0]
+    assert [e.metric for e in first.effects] == ["aliasing", *results.variant_names]
+    assert first.effects[0].correlation == first.correlation and first.effects[0].ratio == first.ratio
+    attacked = [m for m in results.done_models if m.robust_accuracy is not None and m.op(first.op)]
+    for effect in first.effects:
+        values = [
+            m.op(first.op).aliasing if effect.metric == "aliasing" else m.op(first.op).variants[effect.metric]
+            for m in attacked
+        ]
+        expected = partial_reference(
+            values, [m.robust_accuracy for m in attacked], [m.clean_accuracy for m in attacked]
+        )
+        assert effect.partial.rho == pytest.approx(expected, abs=1e-12) or (
+            math.isnan(effect.partial.rho) and math.isnan(expected)
+        )

@@ -57,13 +57,21 @@ def _print_summary(report: Report) -> None:
     done = len(results.done_models)
     print(f"wrote {report.html}")
     print(f"study {results.name}: {len(results.models)} models, {done} finished")
+    for sentence in stats.answer:
+        print(sentence)
     level = f"{100 * stats.level:g}%"
     width = max((len(o.op) for o in stats.ops), default=2)
-    print(f"{'op':<{width}}  {'n':>3}  {'spearman':>8}  {level + ' CI':<16}  {'AM ratio':>8}  {level} CI")
+    print(
+        f"{'op':<{width}}  {'n':>3}  {'spearman':>8}  {level + ' CI':<16}  {'partial':>8}  "
+        f"{level + ' CI':<16}  {'AM ratio':>8}  {level} CI"
+    )
     for o in stats.ops:
-        c, r = o.correlation, o.ratio
+        c, r, p = o.correlation, o.ratio, o.partial
+        partial = (
+            f"{p.rho:>+8.2f}  {_interval(p.interval, '+.2f'):<16}" if p is not None else f"{'-':>8}  {'':<16}"
+        )
         print(
-            f"{o.op:<{width}}  {c.n:>3}  {c.rho:>+8.2f}  {_interval(c.interval, '+.2f'):<16}  "
+            f"{o.op:<{width}}  {c.n:>3}  {c.rho:>+8.2f}  {_interval(c.interval, '+.2f'):<16}  {partial}  "
             f"{r.ratio:>8.2f}  {_interval(r.interval, '.2f')}"
         )
     print(stats.verdict)

@@ -147,6 +147,57 @@ def models_section(results: StudyResults) -> str:
     return f'<h2 id="models">The models</h2>{head}{table}'
 
 
+def answer_section(stats: StudyStatistics) -> str:
+    """The first lines of the page: the answer per op group in one sentence with numbers, and links."""
+    sentences = "".join(f"<li>{esc(s)}</li>" for s in stats.answer) or "<li>No op was measured.</li>"
+    links = (
+        '<a href="#statistics">statistics and confounds</a> \u00b7 <a href="#figures">figures</a> (robust '
+        "accuracy against AM per op, AM per op, spectra, training)"
+    )
+    return f'<h2 id="answer">The answer</h2><ul class="verdict">{sentences}</ul><p>{links}</p>'
+
+
+def confounds_section(stats: StudyStatistics) -> str:
+    """Per op and metric (AM, then the scale-free variants): the correlation, the same controlling for
+    clean accuracy, and the ratio, with intervals; and per op whether a confound could explain AM's effect."""
+    level = f"{100 * stats.level:g}%"
+    rows = []
+    for o in stats.ops:
+        for i, e in enumerate(o.effects):
+            rows.append(
+                [
+                    esc(o.op) if i == 0 else "",
+                    esc(e.metric),
+                    f"{_num(e.correlation.rho, '+.2f')} {_interval(e.correlation.interval, '+.2f')}",
+                    f"{_num(e.partial.rho, '+.2f')} {_interval(e.partial.interval, '+.2f')}",
+                    f"{_num(e.ratio.ratio, '.2f')} {_interval(e.ratio.interval, '.2f')}",
+                    esc(o.confound_verdict) if i == 0 else "",
+                ]
+            )
+    table = _table(
+        [
+            "op",
+            "metric",
+            f"Spearman rho [{level} CI]",
+            f"controlling for clean accuracy [{level} CI]",
+            f"robust / standard [{level} CI]",
+            "could a confound explain AM's effect?",
+        ],
+        rows,
+        numeric={2, 3, 4},
+    )
+    method = (
+        "Models that are more robust are often also less accurate, and adversarial training changes the "
+        "scale of the activations. The partial rank correlation controls for clean accuracy (the rank "
+        "correlation of AM and robust accuracy once both are rank-regressed on clean accuracy); the "
+        "scale-free variants (relative aliasing = sum|Y - Z| / sum|Y|, alias energy fraction) do not grow "
+        "with the activations' scale. All use the same bootstrap resamples as the table above."
+    )
+    return (
+        f'<h3 id="confounds">Confounds: clean accuracy and activation scale</h3>{table}<p>{esc(method)}</p>'
+    )
+
+
 def statistics_section(stats: StudyStatistics) -> str:
     """The overall verdict and, per op, the correlation and the ratio with intervals and verdicts."""
     level = f"{100 * stats.level:g}%"
@@ -193,7 +244,7 @@ def statistics_section(stats: StudyStatistics) -> str:
     )
     return (
         f'<h2 id="statistics">Statistics</h2><p class="verdict">{esc(stats.verdict)}</p>{table}'
-        f"<p>{esc(method)}</p>"
+        f"<p>{esc(method)}</p>{confounds_section(stats)}"
     )
 
 
@@ -316,6 +367,7 @@ def render_html(
     nav = " \u00b7 ".join(
         f'<a href="#{anchor}">{label}</a>'
         for anchor, label in (
+            ("answer", "answer"),
             ("question", "question"),
             ("models", "models"),
             ("statistics", "statistics"),
@@ -327,6 +379,7 @@ def render_html(
     body = "".join(
         [
             f"<h1>{esc(title)}</h1><p>{nav}</p>",
+            answer_section(stats),
             question_section(results),
             models_section(results),
             statistics_section(stats),

@@ -1,6 +1,8 @@
 """Statistics of the study per down-sampling op: the Spearman rank correlation between AM and robust
-accuracy, and the ratio of the mean AM of robust to standard models, each with a percentile bootstrap
-interval, and a plain-language verdict that says when the evidence is weak.
+accuracy, the same correlation controlling for clean accuracy (partial rank correlation), and the ratio of
+the mean AM of robust to standard models, each with a percentile bootstrap interval, for AM and for every
+scale-free variant measured; plain-language verdicts that say when the evidence is weak and whether the
+effect could be explained by clean accuracy or by activation scale; and one answer sentence per op group.
 
 The bootstrap resamples models (with replacement, from a seeded numpy Generator); the index draw is
 separate from the statistic, so a resample can be checked by hand. A resample on which the statistic is
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnn_aliasing.report.results import ModelResult, StudyResults
+from cnn_aliasing.report.results import AM, ModelResult, OpResult, StudyResults
 
 DEFAULT_RESAMPLES = 2000
 DEFAULT_LEVEL = 0.95
@@ -52,6 +54,20 @@ def spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     if x.shape[-1] < 3:
         return np.full(x.shape[:-1], np.nan)
     return pearson(average_ranks(x), average_ranks(y))
+
+
+def partial_spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Spearman's correlation of x and y controlling for z, along the last axis: the partial correlation
+    of their average ranks, ``(r_xy - r_xz r_yz) / sqrt((1 - r_xz^2) (1 - r_yz^2))``. NaN with fewer than
+    4 values, when a side is constant, or when z's ranks determine x's or y's."""
+    x, y, z = (np.asarray(v, dtype=np.float64) for v in (x, y, z))
+    if x.shape[-1] < 4:
+        return np.full(x.shape[:-1], np.nan)
+    rx, ry, rz = average_ranks(x), average_ranks(y), average_ranks(z)
+    r_xy, r_xz, r_yz = pearson(rx, ry), pearson(rx, rz), pearson(ry, rz)
+    den = (1.0 - r_xz**2) * (1.0 - r_yz**2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 1e-12, (r_xy - r_xz * r_yz) / np.sqrt(np.where(den > 1e-12, den, 1.0)), np.nan)
 
 
 def mean_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -160,13 +176,43 @@ class Ratio:
 
 
 @dataclass(frozen=True)
+class MetricEffect:
+    """The statistics of one metric (AM or a scale-free variant) in one op: its rank correlation with
+    robust accuracy, the same controlling for clean accuracy, and its robust/standard ratio."""
+
+    metric: str
+    correlation: Correlation
+    partial: Correlation
+    ratio: Ratio
+
+    @property
+    def supports(self) -> bool:
+        """Clear evidence for the hypothesis: a negative correlation or a ratio below 1 that is not weak."""
+        return (not self.correlation.weak and self.correlation.rho < 0) or (
+            not self.ratio.weak and self.ratio.ratio < 1
+        )
+
+
+@dataclass(frozen=True)
 class OpStatistics:
-    """The statistics of one op and their plain-language verdicts."""
+    """The statistics of one op and their plain-language verdicts; ``correlation`` and ``ratio`` are AM's,
+    ``effects`` has AM first, then each scale-free variant measured."""
 
     op: str
     layer_group: str
     correlation: Correlation
     ratio: Ratio
+    effects: tuple[MetricEffect, ...] = ()
+
+    @property
+    def partial(self) -> Correlation | None:
+        """AM's rank correlation with robust accuracy controlling for clean accuracy."""
+        return self.effects[0].partial if self.effects else None
+
+    @property
+    def confound_verdict(self) -> str:
+        """Whether AM's effect here could be explained by clean accuracy or by activation scale."""
+        return confound_verdict(self.effects)
 
     @property
     def correlation_verdict(self) -> str:
@@ -192,6 +238,11 @@ class StudyStatistics:
     def verdict(self) -> str:
         """One paragraph over all ops."""
         return overall_verdict(self.ops)
+
+    @property
+    def answer(self) -> list[str]:
+        """One sentence per op group: the answer with its numbers (see :func:`answer_sentences`)."""
+        return answer_sentences(self.ops)
 
 
 def _pct(level: float) -> str:
@@ -266,6 +317,83 @@ def ratio_verdict(r: Ratio) -> str:
     return f"weak evidence ({', '.join(reasons)}): {direction}; {ci}."
 
 
+def _estimate(c: Correlation) -> str:
+    if not math.isfinite(c.rho):
+        return "undefined"
+    if not c.interval.defined:
+        return f"{c.rho:+.2f} (no interval)"
+    return f"{c.rho:+.2f} [{c.interval.low:+.2f}, {c.interval.high:+.2f}]"
+
+
+def confound_verdict(effects: tuple[MetricEffect, ...]) -> str:
+    """Whether AM's effect in an op survives controlling for clean accuracy, and whether the scale-free
+    variants show it too (else activation scale could explain it), stated plainly."""
+    if not effects:
+        return "no statistics."
+    am, variants = effects[0], effects[1:]
+    if not am.supports:
+        return "AM shows no clear effect in this op, so there is nothing for a confound to explain."
+    parts = []
+    c, p = am.correlation, am.partial
+    if not c.weak and c.rho < 0:
+        if not p.weak and p.rho < 0:
+            parts.append(f"the correlation holds controlling for clean accuracy (partial rho {_estimate(p)})")
+        else:
+            parts.append(
+                "the correlation could be explained by clean accuracy: controlling for it, the partial "
+                f"rho is {_estimate(p)}"
+            )
+    else:
+        parts.append(
+            "only the robust/standard ratio shows it, and the ratio does not control for clean accuracy, "
+            "so clean accuracy could explain it"
+        )
+    if not variants:
+        parts.append("no scale-free variant was measured, so activation scale could explain it")
+    else:
+        carried = [e.metric for e in variants if e.supports]
+        if carried:
+            parts.append(
+                f"{' and '.join(carried)} show{'s' if len(carried) == 1 else ''} it too, so it is "
+                "not only activation scale"
+            )
+        else:
+            names = " and ".join(e.metric for e in variants)
+            parts.append(
+                f"{names} do{'es' if len(variants) == 1 else ''} not show it clearly, so it could be "
+                "explained by activation scale"
+            )
+    return "; ".join(parts) + "."
+
+
+def answer_sentences(ops: list[OpStatistics]) -> list[str]:
+    """One sentence per op group (``layer2``, ...) in forward order: AM's rank correlation with robust
+    accuracy per op, with its interval and the same controlling for clean accuracy."""
+    groups: dict[str, list[OpStatistics]] = {}
+    for o in ops:
+        groups.setdefault(o.layer_group, []).append(o)
+    sentences = []
+    for group, members in groups.items():
+        clear = [o for o in members if not o.correlation.weak]
+        falls = [o for o in clear if o.correlation.rho < 0]
+        rises = [o for o in clear if o.correlation.rho > 0]
+        if falls and not rises:
+            head = f"In {group}, AM falls as robust accuracy rises"
+        elif rises and not falls:
+            head = f"In {group}, AM rises with robust accuracy, against the hypothesis"
+        elif falls and rises:
+            head = f"In {group}, the ops disagree"
+        else:
+            head = f"In {group}, the evidence is weak"
+        numbers = "; ".join(
+            f"{o.op}: rho = {_estimate(o.correlation)}"
+            + (f", controlling for clean accuracy {_estimate(o.partial)}" if o.partial is not None else "")
+            for o in members
+        )
+        sentences.append(f"{head} ({len(clear)} of {len(members)} ops clear): {numbers}.")
+    return sentences
+
+
 def overall_verdict(ops: list[OpStatistics]) -> str:
     """How many ops support, contradict or leave open the hypothesis, by each statistic."""
     if not ops:
@@ -292,32 +420,44 @@ def overall_verdict(ops: list[OpStatistics]) -> str:
     return text
 
 
-def _op_statistics(
-    op: str, models: list[ModelResult], rng: np.random.Generator, n_resamples: int, level: float
-) -> OpStatistics:
-    with_op = [(m, m.op(op)) for m in models]
-    present = [(m, o) for m, o in with_op if o is not None]
-    attacked = [(m, o) for m, o in present if m.robust_accuracy is not None]
-    am = np.array([o.aliasing for _, o in attacked])
+def _metric_value(o: OpResult, metric: str) -> float | None:
+    return o.aliasing if metric == AM else o.variants.get(metric)
+
+
+def _metric_effect(
+    metric: str,
+    present: list[tuple[ModelResult, OpResult]],
+    idx: np.ndarray,
+    idx_groups: tuple[np.ndarray, np.ndarray] | None,
+    level: float,
+) -> MetricEffect:
+    """One metric's statistics over ``present`` (models with this op), on the given resample indices."""
+    valued = [(m, v) for m, o in present if (v := _metric_value(o, metric)) is not None]
+    attacked = [(m, v) for m, v in valued if m.robust_accuracy is not None and m.clean_accuracy is not None]
+    values = np.array([v for _, v in attacked], dtype=np.float64)
     acc = np.array([m.robust_accuracy for m, _ in attacked], dtype=np.float64)
-    rho = float(spearman(am, acc))
-    rho_stats = bootstrap_spearman(am, acc, resample_indices(rng, len(attacked), n_resamples))
-    robust = np.array([o.aliasing for m, o in present if m.robust])
-    standard = np.array([o.aliasing for m, o in present if not m.robust])
-    if min(robust.size, standard.size) < MIN_PER_GROUP:
-        # resampling a group of one model has no spread: its interval would be a point, not an interval
-        ratio_stats = np.full(n_resamples, np.nan)
+    clean = np.array([m.clean_accuracy for m, _ in attacked], dtype=np.float64)
+    if len(attacked) == idx.shape[1]:
+        rho_stats = bootstrap_spearman(values, acc, idx)
+        partial_stats = partial_spearman(values[idx], acc[idx], clean[idx])
+    else:  # a variant missing on some models: nothing to pair with the shared resamples
+        rho_stats = partial_stats = np.full(idx.shape[0], np.nan)
+    robust = np.array([v for m, v in valued if m.robust], dtype=np.float64)
+    standard = np.array([v for m, v in valued if not m.robust], dtype=np.float64)
+    if idx_groups is None or (robust.size, standard.size) != (idx_groups[0].shape[1], idx_groups[1].shape[1]):
+        ratio_stats = np.full(idx.shape[0], np.nan)  # a group of one model: no spread, no interval
     else:
-        ratio_stats = bootstrap_ratio(
-            robust,
-            standard,
-            resample_indices(rng, robust.size, n_resamples),
-            resample_indices(rng, standard.size, n_resamples),
-        )
-    return OpStatistics(
-        op=op,
-        layer_group=op.split(".", 1)[0],
-        correlation=Correlation(len(attacked), rho, percentile_interval(rho_stats, level)),
+        ratio_stats = bootstrap_ratio(robust, standard, *idx_groups)
+    return MetricEffect(
+        metric=metric,
+        correlation=Correlation(
+            len(attacked), float(spearman(values, acc)), percentile_interval(rho_stats, level)
+        ),
+        partial=Correlation(
+            len(attacked),
+            float(partial_spearman(values, acc, clean)),
+            percentile_interval(partial_stats, level),
+        ),
         ratio=Ratio(
             n_robust=int(robust.size),
             n_standard=int(standard.size),
@@ -326,6 +466,36 @@ def _op_statistics(
             ratio=float(mean_ratio(robust, standard)),
             interval=percentile_interval(ratio_stats, level),
         ),
+    )
+
+
+def _op_statistics(
+    op: str,
+    models: list[ModelResult],
+    metrics: list[str],
+    rng: np.random.Generator,
+    n_resamples: int,
+    level: float,
+) -> OpStatistics:
+    """AM and every variant of one op, all on the same resamples of the models (paired)."""
+    present = [(m, o) for m in models if (o := m.op(op)) is not None]
+    n_attacked = sum(1 for m, _ in present if m.robust_accuracy is not None and m.clean_accuracy is not None)
+    idx = resample_indices(rng, n_attacked, n_resamples)
+    n_robust = sum(1 for m, _ in present if m.robust)
+    n_standard = len(present) - n_robust
+    idx_groups = None
+    if min(n_robust, n_standard) >= MIN_PER_GROUP:
+        idx_groups = (
+            resample_indices(rng, n_robust, n_resamples),
+            resample_indices(rng, n_standard, n_resamples),
+        )
+    effects = tuple(_metric_effect(metric, present, idx, idx_groups, level) for metric in metrics)
+    return OpStatistics(
+        op=op,
+        layer_group=op.split(".", 1)[0],
+        correlation=effects[0].correlation,
+        ratio=effects[0].ratio,
+        effects=effects,
     )
 
 
@@ -343,5 +513,6 @@ def compute_statistics(
         raise ValueError(f"level must lie in (0, 1), got {level}")
     rng = np.random.default_rng(seed)
     models = results.done_models
-    ops = [_op_statistics(op, models, rng, n_resamples, level) for op in results.op_names]
+    metrics = [AM, *results.variant_names]
+    ops = [_op_statistics(op, models, metrics, rng, n_resamples, level) for op in results.op_names]
     return StudyStatistics(ops=ops, n_resamples=n_resamples, level=level, seed=seed)
