@@ -359,3 +359,57 @@ def test_a_study_with_its_report_produces_every_artefact(study_dir: Path) -> Non
         assert (out / "figures" / f"{stem}.png").stat().st_size > 1000
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 4 and ">a<" in page and ">b<" in page
+
+
+def test_reported_robust_accuracy_for_zoo_models_attacks_nothing(study_dir: Path, monkeypatch) -> None:
+    from cnn_aliasing import zoo
+    from cnn_aliasing.report import build_report
+    from cnn_aliasing.study import runner
+
+    torch.manual_seed(4)
+    save_checkpoint(zoo.zoo_entry("Wong2020Fast").build(), zoo.checkpoint_path("Wong2020Fast", study_dir))
+    raw = _raw(study_dir, "out", "a", model_dir=str(study_dir))
+    raw["attack"]["source"] = "reported"
+    raw["attack"]["eps"] = "8/255"
+    raw["models"].append({"zoo": "Wong2020Fast"})
+
+    def no_attack(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("attacked although the robust accuracy is the reported one")
+
+    monkeypatch.setattr(runner, "robust_accuracy", no_attack)
+    summary = _run(raw)
+    outcomes = {m.name: m for m in summary.models}
+    assert outcomes["Wong2020Fast"].status == "done", outcomes["Wong2020Fast"].error
+    assert outcomes["a"].status == "failed" and 'source = "reported" needs zoo models' in outcomes["a"].error
+    record = _read(study_dir / "out" / "models" / "Wong2020Fast.json")
+    entry = zoo.zoo_entry("Wong2020Fast")
+    assert record["robust_accuracy"]["source"] == "reported"
+    assert record["robust_accuracy"]["robust_accuracy"] == pytest.approx(entry.autoattack_acc / 100)
+    assert record["robust_accuracy"]["n_images"] == 10_000 and record["aliasing"]["ops"]
+    images, labels = _images(study_dir)
+    model = zoo.load_zoo_model("Wong2020Fast", study_dir)
+    direct = clean_accuracy(model, data.iterate_batches(images, labels, 4), progress=False)
+    assert record["clean_accuracy"]["accuracy"] == direct.accuracy
+    page = build_report(study_dir / "out", progress=False).read_text()
+    assert f"{100 * entry.autoattack_acc / 100:.1f}% (reported)" in page
+
+
+@pytest.mark.parametrize(
+    ("attack", "message"),
+    [
+        (
+            {"source": "reported", "eps": "4/255"},
+            r'source = "reported" uses RobustBench.s figures at Linf 8/255',
+        ),
+        ({"source": "published"}, r"source must be one of"),
+    ],
+)
+def test_reported_source_is_checked_when_the_config_loads(
+    study_dir: Path, attack: dict, message: str
+) -> None:
+    from cnn_aliasing.errors import CnnAliasingError
+
+    raw = _raw(study_dir, "out", "a")
+    raw["attack"].update(attack)
+    with pytest.raises(CnnAliasingError, match=message):
+        parse_config(raw, "tiny.toml", default_name="tiny")

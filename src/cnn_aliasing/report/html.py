@@ -128,7 +128,7 @@ def models_section(results: StudyResults) -> str:
             _source(m.source),
             esc(", ".join(m.tags)),
             _pct(m.clean_accuracy),
-            _pct(m.robust_accuracy),
+            _pct(m.robust_accuracy) + (" (reported)" if m.attack and m.attack["source"] == "reported" else ""),
             _status(m),
         ]
         for m in results.models

@@ -249,6 +249,7 @@ def load_model_result(path: Path, file: str) -> ModelResult:
     if attack is not None:
         model.robust_accuracy = float(_get(attack, "robust_accuracy", path, "robust_accuracy."))
         model.attack = {k: attack.get(k) for k in ("attack", "eps", "norm", "n_images", "seed")}
+        model.attack["source"] = attack.get("source", "measured")
     model.ops = [
         _parse_op(op, path, f"aliasing.ops[{i}].")
         for i, op in enumerate(_get(aliasing, "ops", path, "aliasing."))

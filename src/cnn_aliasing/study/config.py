@@ -61,11 +61,19 @@ class DataConfig:
     download: bool = field(default=False, metadata=reads(is_bool))
 
 
+MEASURED, REPORTED = "measured", "reported"  # where [attack] takes robust accuracy from
+
+
 @dataclass(frozen=True)
 class AttackConfig:
-    """``[attack]``: robust accuracy on the first ``n_images`` of the study's images (0: all of them)."""
+    """``[attack]``: robust accuracy on the first ``n_images`` of the study's images (0: all of them).
+
+    ``source = "reported"`` attacks nothing: zoo models get the AutoAttack accuracy RobustBench reports
+    (Linf, 8/255, the full test set), so only clean accuracy and aliasing are measured.
+    """
 
     enabled: bool = field(default=True, metadata=reads(is_bool))
+    source: str = field(default=MEASURED, metadata=reads(is_choice(MEASURED, REPORTED)))
     name: str = field(default="standard", metadata=reads(is_str))
     eps: float = field(default=8 / 255, metadata=reads(is_eps))
     norm: str = field(default="Linf", metadata=reads(is_choice(*NORMS)))
@@ -76,6 +84,7 @@ class AttackConfig:
 
 
 NO_ATTACK = AttackConfig(enabled=False)
+REPORTED_EPS = 8 / 255  # the radius of RobustBench's reported Linf CIFAR-10 figures
 
 
 @dataclass(frozen=True)
@@ -212,6 +221,13 @@ def _check_consistent(config: StudyConfig, file: str) -> None:
             f"{file}: [spectrum] image = {config.spectrum.image} is not among the study's "
             f"{config.data.n_images} images (valid: 0..{config.data.n_images - 1})"
         )
+    if config.attack.enabled and config.attack.source == REPORTED:
+        if config.attack.norm != "Linf" or abs(config.attack.eps - REPORTED_EPS) > 1e-12:
+            raise CnnAliasingError(
+                f'{file}: [attack] source = "reported" uses RobustBench\'s figures at Linf 8/255; this '
+                f'config asks for {config.attack.norm} eps = {config.attack.eps:.6g} (set eps = "8/255", '
+                'norm = "Linf", or source = "measured")'
+            )
     if config.attack.enabled:
         try:
             resolve_attacks(config.attack.name, config.attack.options)

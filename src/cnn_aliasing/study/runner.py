@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from cnn_aliasing import data
+from cnn_aliasing import data, zoo
 from cnn_aliasing.attacks import robust_accuracy
 from cnn_aliasing.attacks.robust import StateMismatchError
 from cnn_aliasing.errors import CnnAliasingError
@@ -36,11 +36,12 @@ from cnn_aliasing.identity import data_sha256, model_identity
 from cnn_aliasing.measure import AliasingReport, measure
 from cnn_aliasing.provenance import run_metadata, write_json_atomic
 from cnn_aliasing.runtime import evaluation_mode, resolve_device, run_model
-from cnn_aliasing.study.config import StudyConfig
+from cnn_aliasing.study.config import REPORTED, REPORTED_EPS, StudyConfig
 from cnn_aliasing.study.specs import LoadContext, StudyModel, expand_models
 from cnn_aliasing.study.spectra import capture_spectrum
 
 SCHEMA = 1
+REPORTED_IMAGES = 10_000  # RobustBench's reported figures are on the whole CIFAR-10 test set
 DONE, FAILED, PENDING = "done", "failed", "pending"
 MEASUREMENTS = ("clean_accuracy", "robust_accuracy", "aliasing", "spectrum")
 
@@ -230,7 +231,9 @@ class _ModelRun:
             )
         record["clean_accuracy"] = {"accuracy": result.accuracy, "n_images": result.total}
 
-        if self.config.attack.enabled:
+        if self.config.attack.enabled and self.config.attack.source == REPORTED:
+            record["robust_accuracy"] = reported_robust_accuracy(model)
+        elif self.config.attack.enabled:
             self.say(f"robust accuracy ({self.config.attack.name}, {self.config.attack_images} images)")
             with _timed(timings, "attack_s"):
                 record["robust_accuracy"] = self._attack(module, model, force)
@@ -306,6 +309,27 @@ class _ModelRun:
             state.unlink()
             result = run()
         return result.to_dict()
+
+
+def reported_robust_accuracy(model: StudyModel) -> dict[str, Any]:
+    """The robust accuracy RobustBench reports for a zoo model, in the form of a measured result (with
+    ``"source": "reported"``); another kind of model is an error (it has no reported figure)."""
+    if model.source["type"] != "zoo":
+        raise StudyModelError(
+            f'[attack] source = "reported" needs zoo models; {model.name!r} is a {model.source["type"]} '
+            'model with no reported figure (use source = "measured")'
+        )
+    entry = zoo.zoo_entry(model.source["zoo"])
+    return {
+        "source": REPORTED,
+        "clean_accuracy": entry.clean_acc / 100,
+        "robust_accuracy": entry.autoattack_acc / 100,
+        "attack": "AutoAttack standard, reported by RobustBench",
+        "eps": REPORTED_EPS,
+        "norm": "Linf",
+        "n_images": REPORTED_IMAGES,
+        "seed": None,
+    }
 
 
 def _printer(enabled: bool) -> Callable[[str], None]:
