@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from cnn_aliasing import zoo
+from cnn_aliasing import training, zoo
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.study import config_file, expand_models, load_config, parse_config, shipped_configs
 
@@ -26,7 +26,7 @@ def error_of(raw: dict[str, Any]) -> str:
 
 
 def test_shipped_configs_hold_the_study_settings() -> None:
-    assert shipped_configs() == ["paper-preact18", "paper-wrn28", "quick"]
+    assert shipped_configs() == ["paper-preact18", "paper-selftrained", "paper-wrn28", "quick"]
     assert Path("configs/quick.toml").resolve() == config_file("quick").resolve()  # the repo symlink
     wrn = load_config("paper-wrn28")
     assert (wrn.attack.name, wrn.attack.norm, wrn.attack.eps) == ("standard", "Linf", 8 / 255)
@@ -40,9 +40,13 @@ def test_shipped_configs_hold_the_study_settings() -> None:
     assert preact[-1].robust is False and preact[-1].arch == "preact_resnet18"
     quick = load_config()
     assert quick.name == "quick" and quick.attack.name == "apgd-ce" and quick.data.n_images == 1000
-    assert quick.attack_images == 500 and quick.data.download
+    assert quick.attack_images == 250 and quick.data.download
     kinds = [type(spec).key for spec in quick.models]
-    assert kinds == ["recipe", "recipe", "zoo_on_disk"]
+    assert kinds == ["recipe"] * 6 + ["zoo_on_disk"]
+    trained = expand_models(quick.models[:-1], quick.model_dir)
+    assert [m.robust for m in trained] == [False, False, True, True, True, True]  # 2 standard, 4 robust
+    eps = [training.get_recipe(m.source["recipe"], **m.source["overrides"]).eps for m in trained[2:]]
+    assert eps == pytest.approx([2 / 255, 4 / 255, 8 / 255, 8 / 255])  # a dose-response in eps
 
 
 def test_defaults_are_filled_in_and_paths_resolve_against_the_working_directory(
@@ -56,6 +60,7 @@ def test_defaults_are_filled_in_and_paths_resolve_against_the_working_directory(
     resolved = config.to_dict()
     assert resolved["attack"] == {
         "enabled": True,
+        "source": "measured",
         "name": "standard",
         "eps": 4 / 255,
         "norm": "Linf",
@@ -191,7 +196,10 @@ def test_a_toml_file_with_unknown_keys_or_bad_syntax_is_named(tmp_path: Path) ->
         load_config(path)
     with pytest.raises(CnnAliasingError, match="does not exist"):
         load_config(tmp_path / "other.toml")
-    with pytest.raises(CnnAliasingError, match="shipped configs: paper-preact18, paper-wrn28, quick"):
+    with pytest.raises(
+        CnnAliasingError,
+        match="shipped configs: paper-preact18, paper-selftrained, paper-wrn28, quick",
+    ):
         load_config("quik")
 
 
