@@ -118,6 +118,11 @@ def question_section(results: StudyResults) -> str:
     return f'<h2 id="question">The question</h2><p>{esc(QUESTION)}</p>{detail}'
 
 
+def _reported(model: ModelResult) -> bool:
+    """Whether the model's robust accuracy is RobustBench's reported figure, not measured here."""
+    return model.attack is not None and model.attack["source"] == "reported"
+
+
 def models_section(results: StudyResults) -> str:
     """One row per model, finished or not, failed ones with their reason."""
     rows = [
@@ -128,7 +133,7 @@ def models_section(results: StudyResults) -> str:
             _source(m.source),
             esc(", ".join(m.tags)),
             _pct(m.clean_accuracy),
-            _pct(m.robust_accuracy) + (" (reported)" if m.attack and m.attack["source"] == "reported" else ""),
+            _pct(m.robust_accuracy) + (" (reported)" if _reported(m) else ""),
             _status(m),
         ]
         for m in results.models
