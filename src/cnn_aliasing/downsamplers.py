@@ -39,6 +39,19 @@ class PointwiseLinear:
     bias: torch.Tensor | None
     groups: int
 
+    def select(self, index: torch.Tensor) -> PointwiseLinear | None:
+        """The same map restricted to the output channels ``index`` (their weight rows and biases), or
+        None for a grouped convolution (its rows no longer form equal groups)."""
+        if self.groups != 1:
+            return None
+        bias = None if self.bias is None else self.bias.index_select(0, index)
+        return PointwiseLinear(self.input, self.weight.index_select(0, index), bias, 1)
+
+
+Restrict = Callable[[torch.Tensor], torch.Tensor]
+"""Given sorted output-channel indices (an int64 tensor on the maps' device), the full-resolution maps
+of those channels only, (N, k, H, W): the op at stride 1 restricted to those channels."""
+
 
 class StridedCall:
     """One call of a down-sampling op: its factor, and its output at full resolution, formed on demand.
@@ -48,7 +61,9 @@ class StridedCall:
     of the full-resolution output, or the op run as it is where that is cheaper (the full output was not
     formed) or where the two differ (``ceil_mode`` pooling). ``full_size`` is given where the kind knows
     the (H, W) of the stride-1 output without forming it; ``unmeasurable`` says why the engine cannot
-    measure the call (None: it can).
+    measure the call (None: it can). ``channels`` (the number of output channels) and ``restrict`` (see
+    :data:`Restrict`) are given where the kind can form the full-resolution maps of some channels alone,
+    for channel-sampled measurement.
     """
 
     def __init__(
@@ -62,11 +77,15 @@ class StridedCall:
         unmeasurable: str | None = None,
         exact_slice: bool = True,
         pointwise: PointwiseLinear | None = None,
+        channels: int | None = None,
+        restrict: Restrict | None = None,
     ) -> None:
         self.kind = kind
         self.factor = factor
         self.unmeasurable = unmeasurable
         self.pointwise = pointwise
+        self._channels = channels
+        self._restrict = restrict
         self._full_resolution = full_resolution
         self._original = original
         self._full_size = full_size
@@ -90,6 +109,22 @@ class StridedCall:
             x = self.pointwise.input
             return (*x.shape[:-3], self.pointwise.weight.shape[0], *x.shape[-2:])
         return tuple(self.measured().shape)
+
+    def channel_count(self) -> int:
+        """Number of output channels (the axis before H, W; 1 for a bare map), without forming the
+        full-resolution output where the kind knows it."""
+        if self._channels is not None:
+            return self._channels
+        shape = self.full_shape()
+        return shape[-3] if len(shape) >= 3 else 1
+
+    def measured_channels(self, index: torch.Tensor) -> torch.Tensor:
+        """The full-resolution maps of the output channels ``index`` (sorted int64 on the maps' device),
+        (N, k, H, W): formed for those channels alone where the kind can (the op's real output then comes
+        from the op itself), else taken from the whole full-resolution output."""
+        if self._full is None and self._restrict is not None:
+            return self._restrict(index)
+        return self.measured().index_select(-3, index)
 
     def full_size(self) -> tuple[int, int]:
         """(H, W) of the full-resolution output, formed only where the kind does not know it."""
@@ -158,6 +193,10 @@ class FunctionalKind:
     defaults: Params
     kernel_param: str | None = None  # pooling: a missing stride means stride = kernel size
     pointwise: Callable[[Params], PointwiseLinear | None] | None = None  # see PointwiseLinear
+    restricted: Callable[[FunctionalKind, Params, torch.Tensor], torch.Tensor] | None = None
+    """The stride-1 call restricted to some output channels (see :data:`Restrict`), given the kind, the
+    stride-1 parameters and the channel indices; None: the kind has no such form."""
+    channels: Callable[[Params], int] | None = None  # the number of output channels of a call
 
     def bind(self, args: Sequence[Any], kwargs: Params) -> Params:
         """Bind a call's arguments to parameter names (builtins have no inspectable signature)."""
@@ -194,7 +233,15 @@ class FunctionalKind:
             unmeasurable=_why_unmeasurable(factor, x),
             exact_slice=not ceil_mode,
             pointwise=self.pointwise(params) if self.pointwise else None,
+            channels=self.channels(params) if self.channels else None,
+            restrict=self._restrict(full_params),
         )
+
+    def _restrict(self, full_params: Params) -> Restrict | None:
+        restricted = self.restricted
+        if restricted is None:
+            return None
+        return lambda index: restricted(self, full_params, index)
 
     def _full_size(self, params: Params, padding: tuple[int, int]) -> tuple[int, int]:
         """(H, W) of the stride-1 output: the padded input less the dilated window, plus one."""
@@ -277,12 +324,49 @@ def _pointwise_conv(params: Params) -> PointwiseLinear | None:
     return PointwiseLinear(x, weight.flatten(1), bias, params["groups"])
 
 
+def _restricted_conv(kind: FunctionalKind, params: Params, index: torch.Tensor) -> torch.Tensor:
+    """The stride-1 convolution computing only the output channels ``index``: their filters (and biases);
+    for a grouped convolution, each selected filter with its own group's input channels, as a convolution
+    with one group per selected channel."""
+    x, weight, bias, groups = params["input"], params["weight"], params["bias"], params["groups"]
+    index = index.to(weight.device)
+    selected = {
+        **params,
+        "weight": weight.index_select(0, index),
+        "bias": None if bias is None else bias.index_select(0, index),
+    }
+    if groups != 1:
+        per_group_in = weight.shape[1]
+        group = torch.div(index, weight.shape[0] // groups, rounding_mode="floor")
+        offsets = torch.arange(per_group_in, device=index.device)
+        inputs = (group[:, None] * per_group_in + offsets).reshape(-1)
+        selected.update(input=x.index_select(1, inputs), groups=index.numel())
+    return kind.call(selected)
+
+
+def _restricted_pool(kind: FunctionalKind, params: Params, index: torch.Tensor) -> torch.Tensor:
+    """Channel-wise pooling at stride 1 of the input channels ``index`` alone (the values, not indices)."""
+    x = params["input"]
+    out = kind.call({**params, "input": x.index_select(1, index.to(x.device))})
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _conv_channels(params: Params) -> int:
+    return params["weight"].shape[0]
+
+
+def _input_channels(params: Params) -> int:
+    return params["input"].shape[1]
+
+
 CONV2D = FunctionalKind(
     "conv2d",
     F.conv2d,
     ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
     {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1},
     pointwise=_pointwise_conv,
+    restricted=_restricted_conv,
+    channels=_conv_channels,
 )
 MAX_POOL2D = FunctionalKind(
     "max_pool2d",
@@ -290,6 +374,8 @@ MAX_POOL2D = FunctionalKind(
     ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
     {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False},
     kernel_param="kernel_size",
+    restricted=_restricted_pool,
+    channels=_input_channels,
 )
 AVG_POOL2D = FunctionalKind(
     "avg_pool2d",
@@ -297,6 +383,8 @@ AVG_POOL2D = FunctionalKind(
     ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
     {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True, "divisor_override": None},
     kernel_param="kernel_size",
+    restricted=_restricted_pool,
+    channels=_input_channels,
 )
 LP_POOL2D = FunctionalKind(
     "lp_pool2d",
@@ -304,6 +392,8 @@ LP_POOL2D = FunctionalKind(
     ("input", "norm_type", "kernel_size", "stride", "ceil_mode"),
     {"stride": None, "ceil_mode": False},
     kernel_param="kernel_size",
+    restricted=_restricted_pool,
+    channels=_input_channels,
 )
 STRIDED_SLICE = SliceKind()
 

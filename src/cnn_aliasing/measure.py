@@ -5,12 +5,20 @@ reduced on the device to per-map metrics and merged into per-channel running mea
 deviations (float64, Chan et al.'s parallel update), so memory does not grow with the number of images.
 Per batch, only the [0, 1] check of the images meets the host; per-op counts of non-finite per-map values
 stay on the device until the end, where ops whose full-resolution output held NaN or Inf are an error.
+
+With ``sample_channels``, each op forms its full-resolution output for a random subset of its output
+channels only (drawn once per call from ``seed`` and the op's name, the same on every image), and AM is
+estimated by the mean over the sampled maps, with a standard error over the channel draw and a 95% interval
+(see :func:`measure` and docs/metric.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -38,17 +46,39 @@ AM = "aliasing"
 
 @dataclass
 class MetricSummary:
-    """Mean, standard deviation and count of one per-map metric over all maps of one op."""
+    """Mean, standard deviation and count of one per-map metric over all maps of one op.
+
+    For a channel-sampled measurement, ``mean`` estimates the mean over all channels, ``std`` and ``count``
+    are over the sampled maps, ``per_channel`` lists the sampled channels only (in the order of
+    :attr:`ChannelSample.indices`), ``sampling_sem`` is the standard error of the estimate over the channel
+    draw and ``ci95`` its 95% interval (both None for an exact measurement).
+    """
 
     mean: float
     std: float
     count: int
     per_channel: list[float] | None = None
+    sampling_sem: float | None = None
+    ci95: tuple[float, float] | None = None
 
     @property
     def sem(self) -> float:
-        """Standard error of the mean, treating maps as independent (they are not quite: see docs)."""
+        """Standard error of the mean: for a channel-sampled measurement, ``sampling_sem``; else
+        std / sqrt(count), treating maps as independent (they are not quite: see docs)."""
+        if self.sampling_sem is not None:
+            return self.sampling_sem
         return self.std / math.sqrt(self.count) if self.count > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class ChannelSample:
+    """Which output channels of an op a channel-sampled measurement formed: ``channels`` of ``of``, drawn
+    with ``seed`` (and the op's name); ``indices`` sorted."""
+
+    channels: int
+    of: int
+    seed: int
+    indices: tuple[int, ...]
 
 
 @dataclass
@@ -61,11 +91,17 @@ class OpAliasing:
     full_size: tuple[int, int]
     channels: int
     metrics: dict[str, MetricSummary]
+    sampled: ChannelSample | None = None  # None: every channel was measured (exact)
 
     @property
     def aliasing(self) -> float:
-        """AM: the mean over all maps of sum |Y - Z|."""
+        """AM: the mean over all maps of sum |Y - Z| (for a channel-sampled measurement, its estimate)."""
         return self.metrics[AM].mean
+
+    @property
+    def ci95(self) -> tuple[float, float] | None:
+        """The 95% interval of a channel-sampled AM estimate (None when measured exactly)."""
+        return self.metrics[AM].ci95
 
     @property
     def std(self) -> float:
@@ -87,6 +123,13 @@ class AliasingReport:
     nyquist: str
     metrics: tuple[str, ...]
     meta: dict[str, Any] = field(default_factory=dict)
+    sample_channels: int | float | None = None  # measure()'s argument; None: exact
+    sample_seed: int | None = None
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the values are channel-sampled estimates."""
+        return self.sample_channels is not None
 
     def op(self, name: str) -> OpAliasing:
         """The op with this name; the error lists the names measured."""
@@ -101,6 +144,8 @@ class AliasingReport:
             "n_images": self.n_images,
             "nyquist": self.nyquist,
             "metrics": list(self.metrics),
+            "sample_channels": self.sample_channels,
+            "sample_seed": self.sample_seed,
             "meta": self.meta,
             "ops": [
                 {
@@ -112,6 +157,7 @@ class AliasingReport:
                     "aliasing": op.aliasing,
                     "std": op.std,
                     "count": op.count,
+                    "sampled": None if op.sampled is None else asdict(op.sampled),
                     "metrics": {k: asdict(v) for k, v in op.metrics.items()},
                 }
                 for op in self.ops
@@ -129,13 +175,23 @@ class AliasingReport:
                 full_size=tuple(o["full_size"]),  # type: ignore[arg-type]
                 channels=o["channels"],
                 metrics={k: _summary_from_json(v) for k, v in o["metrics"].items()},
+                sampled=_sample_from_json(o.get("sampled")),
             )
             for o in data["ops"]
         ]
-        return cls(ops, data["n_images"], data["nyquist"], tuple(data["metrics"]), data.get("meta", {}))
+        return cls(
+            ops,
+            data["n_images"],
+            data["nyquist"],
+            tuple(data["metrics"]),
+            data.get("meta", {}),
+            data.get("sample_channels"),
+            data.get("sample_seed"),
+        )
 
     def rows(self) -> list[dict[str, Any]]:
-        """One flat dict per op (for CSV and tables): name, kind, factor, AM, std, count, variants."""
+        """One flat dict per op (for CSV and tables): name, kind, factor, AM, std, count, variants; when
+        channel-sampled, also the channels measured and AM's 95% interval after count."""
         rows = []
         for op in self.ops:
             row: dict[str, Any] = {
@@ -146,6 +202,10 @@ class AliasingReport:
                 "std": op.std,
                 "count": op.count,
             }
+            if self.sampled:
+                low, high = op.ci95 or (float("nan"), float("nan"))
+                row["channels"] = f"{op.sampled.channels}/{op.sampled.of}" if op.sampled else "all"
+                row["ci95_low"], row["ci95_high"] = low, high
             row.update({k: v.mean for k, v in op.metrics.items() if k != AM})
             rows.append(row)
         return rows
@@ -165,7 +225,16 @@ class AliasingReport:
 
     def __str__(self) -> str:
         head = f"aliasing of {len(self.ops)} down-sampling ops over {self.n_images} images"
-        return f"{head} (nyquist={self.nyquist})\n{self.format_table()}"
+        return f"{head} ({self.settings()})\n{self.format_table()}"
+
+    def settings(self) -> str:
+        """The settings the values depend on, for a header line (``nyquist=zero``, and the sampling)."""
+        if not self.sampled:
+            return f"nyquist={self.nyquist}"
+        return (
+            f"nyquist={self.nyquist}; channel-sampled estimates, sample_channels={self.sample_channels}, "
+            f"seed={self.sample_seed}, 95% intervals over the channel draw"
+        )
 
 
 def _summary_from_json(data: dict[str, Any]) -> MetricSummary:
@@ -175,12 +244,21 @@ def _summary_from_json(data: dict[str, Any]) -> MetricSummary:
         return float("nan") if value is None else value
 
     per_channel = data.get("per_channel")
+    sem, ci95 = data.get("sampling_sem"), data.get("ci95")
     return MetricSummary(
         number(data["mean"]),
         number(data["std"]),
         data["count"],
         None if per_channel is None else [number(v) for v in per_channel],
+        None if sem is None and ci95 is None else number(sem),
+        None if ci95 is None else (number(ci95[0]), number(ci95[1])),
     )
+
+
+def _sample_from_json(data: dict[str, Any] | None) -> ChannelSample | None:
+    if data is None:
+        return None
+    return ChannelSample(data["channels"], data["of"], data["seed"], tuple(data["indices"]))
 
 
 def _format_cell(value: Any) -> str:
@@ -208,17 +286,171 @@ class _RunningMoments:
         self.m2 += b_m2 + delta.square() * (self.n * n_b / total)
         self.n = total
 
-    def summary(self, per_channel: bool) -> MetricSummary:
-        """Mean, sample std and count over all maps of all channels (one host transfer)."""
+    def summary(self, per_channel: bool, population: int | None = None) -> MetricSummary:
+        """Mean, sample std and count over all maps of all channels (one host transfer).
+
+        ``population``: these channels are a simple random sample (without replacement) of that many
+        channels of the op, and the summary adds the standard error of the mean over the channel draw and
+        its 95% interval (see :func:`_sampling_sem`).
+        """
         channels = self.mean.numel()
         count = self.n * channels
+        sampled = population is not None
+        nan = float("nan")
         if count == 0:
-            return MetricSummary(float("nan"), float("nan"), 0, [] if per_channel else None)
+            return MetricSummary(
+                nan,
+                nan,
+                0,
+                [] if per_channel else None,
+                nan if sampled else None,
+                (nan, nan) if sampled else None,
+            )
         mean = self.mean.mean()
         m2 = self.m2.sum() + (self.mean - mean).square().sum() * self.n
         std = torch.sqrt(m2 / (count - 1)) if count > 1 else torch.zeros_like(mean)
-        values = torch.stack([mean, std]).tolist()
-        return MetricSummary(values[0], values[1], count, self.mean.tolist() if per_channel else None)
+        stats = [mean, std]
+        if population is not None:
+            stats.append(_sampling_sem(self.mean, population))
+        values = torch.stack(stats).tolist()
+        sem = ci95 = None
+        if population is not None:
+            sem = values[2]
+            if sem == 0:  # every channel measured: the estimate is AM itself
+                half = 0.0
+            else:
+                half = t_critical(channels - 1) * sem if channels > 1 else nan
+            ci95 = (values[0] - half, values[0] + half)
+        return MetricSummary(
+            values[0], values[1], count, self.mean.tolist() if per_channel else None, sem, ci95
+        )
+
+
+def _sampling_sem(channel_means: torch.Tensor, population: int) -> torch.Tensor:
+    """Standard error over the channel draw of the mean of k sampled channels' means (0-d, float64).
+
+    Channels are clusters of maps (every image of one channel), drawn without replacement from the op's
+    ``population`` channels, each with the same number of maps; the mean over the sampled maps is the
+    mean of the k channel means, an unbiased estimate of the mean over all channels. Its variance is
+    (1 - k / C) S^2 / k (with the finite-population correction), S^2 estimated without bias by the sample
+    variance of the k channel means. Exactly 0 when every channel was measured, NaN for one channel of
+    several (no spread to estimate).
+    """
+    k = channel_means.numel()
+    if k >= population:
+        return torch.zeros((), dtype=channel_means.dtype, device=channel_means.device)
+    if k < 2:
+        return torch.full((), float("nan"), dtype=channel_means.dtype, device=channel_means.device)
+    return torch.sqrt((1 - k / population) * channel_means.var(correction=1) / k)
+
+
+# ---- channel sampling ----------------------------------------------------------------------------------
+
+
+def _t_coverage(t: float, df: int) -> float:
+    """P(|T| <= t) for Student's T with an integer number ``df`` >= 1 of degrees of freedom (closed forms
+    of Abramowitz and Stegun 26.7.3 and 26.7.4)."""
+    theta = math.atan(t / math.sqrt(df))
+    cos2 = math.cos(theta) ** 2
+    if df % 2:
+        term = total = math.cos(theta) if df > 1 else 0.0
+        for j in range(1, (df - 3) // 2 + 1):
+            term *= cos2 * (2 * j) / (2 * j + 1)
+            total += term
+        return 2 / math.pi * (theta + math.sin(theta) * total)
+    term = total = 1.0
+    for j in range(1, (df - 2) // 2 + 1):
+        term *= cos2 * (2 * j - 1) / (2 * j)
+        total += term
+    return math.sin(theta) * total
+
+
+@functools.lru_cache(maxsize=512)
+def t_critical(df: int, level: float = 0.95) -> float:
+    """The two-sided critical value t of Student's distribution: P(|T| <= t) = ``level`` for ``df``
+    degrees of freedom (12.706 for 1, 2.2281 for 10, 1.96 as df grows). Beyond 1000 degrees of freedom,
+    the Cornish-Fisher expansion about the normal quantile (error below 1e-8 there)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df > 1000:
+        z = _normal_quantile((1 + level) / 2)
+        return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+    low, high = 0.0, 1.0
+    while _t_coverage(high, df) < level:
+        low, high = high, 2 * high
+    for _ in range(200):
+        mid = (low + high) / 2
+        if _t_coverage(mid, df) < level:
+            low = mid
+        else:
+            high = mid
+        if high - low <= 1e-13 * high:
+            break
+    return (low + high) / 2
+
+
+def _normal_quantile(p: float) -> float:
+    """The standard normal quantile by bisection on erf (only used far into the t's normal limit)."""
+    low, high = -40.0, 40.0
+    for _ in range(200):
+        mid = (low + high) / 2
+        if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
+
+
+@dataclass(frozen=True)
+class _Sampling:
+    """``measure``'s ``sample_channels`` (checked) and ``seed``: how many output channels of each op to
+    form, and the seed of their draw."""
+
+    value: int | float
+    seed: int
+
+    def count(self, channels: int) -> int:
+        """Channels to sample of ``channels``: the count capped at them, or ceil(fraction x channels),
+        at least one."""
+        if isinstance(self.value, int):
+            return min(self.value, channels)
+        return min(channels, max(1, math.ceil(self.value * channels - 1e-9)))
+
+    def draw(self, name: str, channels: int) -> ChannelSample:
+        """The channels of the op ``name``: a uniform random subset without replacement, from a generator
+        seeded by (seed, name), so each op gets its own draw and the same one on every call."""
+        digest = hashlib.sha256(f"{self.seed}\0{name}".encode()).digest()
+        generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        k = self.count(channels)
+        indices = torch.randperm(channels, generator=generator)[:k].sort().values
+        return ChannelSample(k, channels, self.seed, tuple(indices.tolist()))
+
+
+SAMPLE_CHANNELS_VALID = (
+    "an int >= 1 (that many output channels of each op, capped at its channels), a float in (0, 1] "
+    "(that fraction of each op's channels, rounded up, at least one), or None to measure every channel"
+)
+
+
+def _check_sampling(sample_channels: Any, seed: Any) -> _Sampling | None:
+    """``sample_channels`` and ``seed`` checked, or None for an exact measurement."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise CnnAliasingError(f"seed={seed!r} is invalid; expected an integer >= 0")
+    if sample_channels is None:
+        return None
+    bad = CnnAliasingError(
+        f"sample_channels={sample_channels!r} is invalid; expected {SAMPLE_CHANNELS_VALID}"
+    )
+    if isinstance(sample_channels, bool) or not isinstance(sample_channels, numbers.Real):
+        raise bad
+    if isinstance(sample_channels, numbers.Integral):
+        if sample_channels < 1:
+            raise bad
+        return _Sampling(int(sample_channels), int(seed))
+    value = float(sample_channels)
+    if not 0 < value <= 1:  # NaN fails too
+        raise bad
+    return _Sampling(value, int(seed))
 
 
 @dataclass
@@ -229,34 +461,58 @@ class _OpState:
     channels: int
     moments: dict[str, _RunningMoments]
     nonfinite: torch.Tensor  # maps whose aliasing is NaN or Inf (a count on the device)
+    sample: ChannelSample | None  # the channels measured (None: all)
+    index: torch.Tensor | None  # the sample's indices on the device, None when it covers every channel
+
+
+POINTWISE_MIX_RATIO = 2
+"""A channel-sampled strided 1x1 convolution is measured from its input's spectra (which cost the same
+whatever the sample) when it samples at least 1/POINTWISE_MIX_RATIO of its input channels, else from the
+stride-1 output of the sampled channels alone (cheaper for small samples)."""
 
 
 class _Accumulator:
     """The probe's observer: reduces each full-resolution output to per-map metrics and accumulates."""
 
-    def __init__(self, metrics: Sequence[str], nyquist: spectral.Nyquist):
+    def __init__(
+        self,
+        metrics: Sequence[str],
+        nyquist: spectral.Nyquist,
+        sampling: _Sampling | None = None,
+        device: torch.device | None = None,
+    ):
         self.metrics = tuple(metrics)
         self.nyquist = nyquist
+        self.sampling = sampling
+        self.device = device
         self.ops: dict[str, _OpState] = {}
 
     def __call__(self, op: OpCall, call: StridedCall) -> None:
-        values = self._per_map(op, call)
-        shape = call.full_shape()
-        channels = shape[-3] if len(shape) >= 3 else 1
+        channels = call.channel_count()
         state = self.ops.get(op.name)
         if state is None:
-            device = values[AM].device
-            moments = {m: _RunningMoments(channels, device) for m in self.metrics}
-            nonfinite = torch.zeros((), dtype=torch.int64, device=device)
-            state = _OpState(op.kind, op.factor, (shape[-2], shape[-1]), channels, moments, nonfinite)
-            self.ops[op.name] = state
+            sample = self.sampling.draw(op.name, channels) if self.sampling is not None else None
+            index = None
+            if sample is not None and sample.channels < channels:
+                index = torch.tensor(sample.indices, dtype=torch.int64, device=self.device)
         elif state.channels != channels:
             raise CnnAliasingError(
                 f"op {op.name!r} produced {channels} channels after {state.channels} in an earlier call"
             )
+        else:
+            sample, index = state.sample, state.index
+        values = self._per_map(op, call, index)
+        measured = channels if index is None else index.numel()
+        if state is None:
+            device = values[AM].device
+            moments = {m: _RunningMoments(measured, device) for m in self.metrics}
+            nonfinite = torch.zeros((), dtype=torch.int64, device=device)
+            size = call.full_size()
+            state = _OpState(op.kind, op.factor, size, channels, moments, nonfinite, sample, index)
+            self.ops[op.name] = state
         state.nonfinite += values[AM].isfinite().logical_not().sum()
         for name, v in values.items():
-            state.moments[name].add(v.reshape(-1, channels))
+            state.moments[name].add(v.reshape(-1, measured))
 
     def check_finite(self) -> None:
         """Raise naming the ops whose full-resolution output held NaN or Inf (one host sync)."""
@@ -265,7 +521,7 @@ class _Accumulator:
         device = next(iter(self.ops.values())).nonfinite.device
         counts = torch.stack([s.nonfinite.to(device) for s in self.ops.values()]).tolist()
         bad = [
-            f"{name!r} ({n} of {s.moments[AM].n * s.channels} maps)"
+            f"{name!r} ({n} of {s.moments[AM].n * s.moments[AM].mean.numel()} maps)"
             for (name, s), n in zip(self.ops.items(), counts, strict=True)
             if n
         ]
@@ -276,22 +532,27 @@ class _Accumulator:
                 "undefined"
             )
 
-    def _per_map(self, op: OpCall, call: StridedCall) -> dict[str, torch.Tensor]:
-        """Per-map metrics: from the input's spectra for a 1x1 convolution, else from the stride-1 output."""
+    def _per_map(self, op: OpCall, call: StridedCall, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Per-map metrics (..., channels) of the channels ``index`` (None: all): from the input's spectra
+        for a 1x1 convolution, else from the stride-1 output (of those channels alone where the kind can
+        form it so)."""
         linear = call.pointwise
         if linear is not None and all(m in spectral.POINTWISE_METRICS for m in self.metrics):
-            return spectral.pointwise_per_map_metrics(
-                linear.input.detach(),
-                linear.weight.detach(),
-                None if linear.bias is None else linear.bias.detach(),
-                op.factor,
-                self.metrics,
-                groups=linear.groups,
-                nyquist=self.nyquist,
-            )
-        return spectral.per_map_metrics(
-            call.measured().detach(), op.factor, self.metrics, nyquist=self.nyquist
-        )
+            if index is not None:
+                mix_pays = index.numel() * POINTWISE_MIX_RATIO >= linear.weight.shape[1]
+                linear = linear.select(index) if mix_pays else None
+            if linear is not None:
+                return spectral.pointwise_per_map_metrics(
+                    linear.input.detach(),
+                    linear.weight.detach(),
+                    None if linear.bias is None else linear.bias.detach(),
+                    op.factor,
+                    self.metrics,
+                    groups=linear.groups,
+                    nyquist=self.nyquist,
+                )
+        maps = call.measured() if index is None else call.measured_channels(index)
+        return spectral.per_map_metrics(maps.detach(), op.factor, self.metrics, nyquist=self.nyquist)
 
     def report(self, n_images: int, per_channel: bool) -> AliasingReport:
         ops = [
@@ -301,11 +562,38 @@ class _Accumulator:
                 s.factor,
                 s.full_size,
                 s.channels,
-                {m: r.summary(per_channel) for m, r in s.moments.items()},
+                {
+                    m: r.summary(per_channel, None if s.sample is None else s.channels)
+                    for m, r in s.moments.items()
+                },
+                s.sample,
             )
             for name, s in self.ops.items()
         ]
-        return AliasingReport(ops, n_images, self.nyquist.value, self.metrics)
+        sampling = self.sampling
+        return AliasingReport(
+            ops,
+            n_images,
+            self.nyquist.value,
+            self.metrics,
+            sample_channels=None if sampling is None else sampling.value,
+            sample_seed=None if sampling is None else sampling.seed,
+        )
+
+
+def _check_finite_weights(model: nn.Module) -> None:
+    """:func:`~cnn_aliasing.runtime.check_finite_weights`, after a fast pass that usually settles it: one
+    sum per floating-point tensor (a NaN or Inf anywhere makes its sum NaN or Inf), one host sync. Only
+    when some sum is not finite (a NaN or Inf, or a sum that overflowed) does the per-tensor check run,
+    naming the tensors or passing. Ten times faster on PreAct ResNet-18 (3 ms against 33 on one core)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    floats = [t.detach() for t in tensors if t.is_floating_point()]
+    if floats and not any(t.is_complex() for t in tensors):
+        device = floats[0].device
+        sums = torch.stack([t.sum().to(device, torch.float64) for t in floats])
+        if sums.isfinite().all().item():
+            return
+    check_finite_weights(model)
 
 
 def _images_of(batch: Any) -> torch.Tensor:
@@ -334,6 +622,8 @@ def measure(
     per_channel: bool = False,
     progress: bool = True,
     total_images: int | None = None,
+    sample_channels: int | float | None = None,
+    seed: int = 0,
 ) -> AliasingReport:
     """Aliasing (AM, std, count and optional scale-free variants) of every down-sampling op of ``model``.
 
@@ -343,13 +633,24 @@ def measure(
     :data:`cnn_aliasing.spectral.PER_MAP_METRICS` to AM; ``per_channel`` keeps per-channel means.
     ``total_images`` sizes the progress bar when ``batches`` has no length.
 
+    ``sample_channels`` estimates instead of measuring every map: an int k >= 1 forms the full-resolution
+    output of k output channels of each op (all of them where it has no more), a float f in (0, 1] of
+    ceil(f x its channels), at least one. The channels are drawn once per call, for each op from a
+    generator seeded by (``seed``, the op's name), and are the same on every image; the op's real output
+    is still computed by the op itself, so the model runs as it does unprobed. Each op's ``aliasing`` is
+    then the mean over the sampled maps, an unbiased estimate of AM, with ``std`` and ``count`` over the
+    sampled maps, ``sampled`` the channels drawn, and per metric ``sampling_sem`` (over the channel draw,
+    with the finite-population correction; 0 when every channel is sampled) and ``ci95``, the Student t
+    interval with k - 1 degrees of freedom. None (the default) measures every map exactly.
+
     Every batch is checked to lie in [0, 1]; images, weights or activations holding NaN or Inf raise a
     :class:`CnnAliasingError` naming the batch, parameter or op. Ops the engine cannot measure run
     unchanged with an :class:`~cnn_aliasing.probe.UnmeasurableOpWarning` each.
     """
     names = spectral.check_metric_names([AM, *(m for m in metrics if m != AM)])
-    accumulator = _Accumulator(names, spectral.as_nyquist(nyquist))
+    sampling = _check_sampling(sample_channels, seed)
     target = torch.device(device) if device is not None else model_device(model)
+    accumulator = _Accumulator(names, spectral.as_nyquist(nyquist), sampling, target)
     n_images = 0
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(
@@ -358,7 +659,7 @@ def measure(
         stack.enter_context(torch.no_grad())
         stack.enter_context(on_device(model, target))
         stack.enter_context(evaluation_mode(model))
-        check_finite_weights(model)
+        _check_finite_weights(model)
         stack.enter_context(probing(model, accumulator, OpSelector(include, exclude)))
         dtype = model_dtype(model)
         for index, batch in enumerate(batches):

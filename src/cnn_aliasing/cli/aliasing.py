@@ -90,6 +90,22 @@ class MeasureCommand(Subcommand):
         run.add_argument(
             "--per-channel", action="store_true", help="also keep each channel's mean in the JSON"
         )
+        run.add_argument(
+            "--sample-channels",
+            type=_sample_channels,
+            metavar="K",
+            help="estimate instead of measuring every map: form the full-resolution output of K output "
+            "channels of each op (an integer, e.g. 16) or of that fraction of them (a number in (0, 1], "
+            "e.g. 0.125), and report AM with its standard error and 95%% interval over the channel draw "
+            "(default: every channel, exact)",
+        )
+        run.add_argument(
+            "--sample-seed",
+            type=int,
+            default=0,
+            metavar="S",
+            help="seed of the channel draw of --sample-channels (default: 0)",
+        )
         out = parser.add_argument_group("output")
         out.add_argument("--out", type=Path, required=True, metavar="FILE", help="JSON report to write")
         out.add_argument("--csv", type=Path, metavar="FILE", help="also write the per-op table as CSV")
@@ -117,6 +133,8 @@ class MeasureCommand(Subcommand):
             per_channel=args.per_channel,
             progress=not args.quiet,
             total_images=len(images),
+            sample_channels=args.sample_channels,
+            seed=args.sample_seed,
         )
         end = time.perf_counter()
         report.meta.update(
@@ -137,6 +155,21 @@ class MeasureCommand(Subcommand):
             write_csv_atomic(args.csv, report.rows())
         _print_report(report, args, device, end - start)
         return 0
+
+
+def _sample_channels(text: str) -> int | float:
+    """``--sample-channels``: an integer count, or a fraction written with a point or an exponent (the
+    range is checked by measure, naming the valid values)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a channel count (e.g. 16) or a fraction in (0, 1] (e.g. 0.125), got {text!r}"
+        ) from None
 
 
 def _check_selection(model: torch.nn.Module, images: torch.Tensor, args: argparse.Namespace) -> None:
@@ -164,7 +197,7 @@ def _print_report(
     """The header line, the per-op table and the files written, on stdout."""
     print(
         f"aliasing of {len(report.ops)} down-sampling ops of {args.model} over {report.n_images} CIFAR-10 "
-        f"{args.split} images (nyquist={report.nyquist}, device={device}, {seconds:.1f} s)"
+        f"{args.split} images ({report.settings()}, device={device}, {seconds:.1f} s)"
     )
     print(report.format_table())
     print(f"wrote {args.out}" + (f" and {args.csv}" if args.csv is not None else ""))

@@ -4,7 +4,9 @@ catastrophic-overfitting check of fast adversarial training.
 The same images (the first ``eval_images`` of the test split) are used at every epoch, so the curves
 compare like with like: AM of every down-sampling op (:func:`cnn_aliasing.measure`), the clean accuracy
 and the robust accuracy under PGD (``eval_pgd_steps`` steps of ``eval_pgd_step`` at the recipe's eps,
-one random start with a fixed seed), all in float32 with the model in eval mode.
+one random start with a fixed seed), all in float32 with the model in eval mode. With the recipe's
+``eval_sample_channels`` set, AM is the channel-sampled estimate of :func:`cnn_aliasing.measure` (the same
+channels at every epoch, drawn with the tracking seed), and each op's 95% interval is recorded beside it.
 """
 
 from __future__ import annotations
@@ -29,9 +31,16 @@ class CatastrophicOverfittingWarning(UserWarning):
 
 def track(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: Recipe) -> dict[str, Any]:
     """``{"clean_accuracy", "pgd_accuracy", "aliasing": {op name: AM}}`` of ``model`` on the fixed batch
-    (float images in [0, 1] on the model's device); the model comes back in its own mode."""
+    (float images in [0, 1] on the model's device), plus ``"aliasing_ci95": {op name: [low, high]}`` when
+    the recipe samples channels; the model comes back in its own mode."""
     with evaluation_mode(model):
-        report = measure(model, [images], progress=False)
+        report = measure(
+            model,
+            [images],
+            progress=False,
+            sample_channels=recipe.eval_sample_channels,
+            seed=TRACKING_SEED,
+        )
         result = robust_accuracy(
             model,
             images,
@@ -43,11 +52,14 @@ def track(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: 
             seed=TRACKING_SEED,
             progress=False,
         )
-    return {
+    tracked = {
         "clean_accuracy": result.clean_accuracy,
         "pgd_accuracy": result.robust_accuracy,
         "aliasing": {op.name: op.aliasing for op in report.ops},
     }
+    if report.sampled:
+        tracked["aliasing_ci95"] = {op.name: list(op.ci95 or ()) for op in report.ops}
+    return tracked
 
 
 def overfitting_warning(history: list[dict[str, Any]], recipe: Recipe, robust: bool) -> str | None:
