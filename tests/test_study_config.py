@@ -26,7 +26,14 @@ def error_of(raw: dict[str, Any]) -> str:
 
 
 def test_shipped_configs_hold_the_study_settings() -> None:
-    assert shipped_configs() == ["paper-preact18", "paper-selftrained", "paper-wrn28", "quick"]
+    assert shipped_configs() == [
+        "antialias",
+        "antialias-gpu",
+        "paper-preact18",
+        "paper-selftrained",
+        "paper-wrn28",
+        "quick",
+    ]
     assert Path("configs/quick.toml").resolve() == config_file("quick").resolve()  # the repo symlink
     wrn = load_config("paper-wrn28")
     assert (wrn.attack.name, wrn.attack.norm, wrn.attack.eps) == ("standard", "Linf", 8 / 255)
@@ -198,7 +205,8 @@ def test_a_toml_file_with_unknown_keys_or_bad_syntax_is_named(tmp_path: Path) ->
         load_config(tmp_path / "other.toml")
     with pytest.raises(
         CnnAliasingError,
-        match="shipped configs: paper-preact18, paper-selftrained, paper-wrn28, quick",
+        match="shipped configs: antialias, antialias-gpu, paper-preact18, paper-selftrained, paper-wrn28, "
+        "quick",
     ):
         load_config("quik")
 

@@ -12,12 +12,14 @@ at the even positions.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cnn_aliasing.errors import UnknownNameError
+from cnn_aliasing.models.antialiasing import STRIDED, with_downsampling
 from cnn_aliasing.models.normalization import NormalizeSpec, make_normalizer, pool_to_features
 from cnn_aliasing.models.registry import register_model
 
@@ -48,8 +50,11 @@ class DMWideBlock(nn.Module):
     """Pre-activation WRN block; ``shortcut`` (1x1, strided) exists when the channel count changes.
 
     conv_0 reads the padded pre-activation; the shortcut conv reads the (unpadded) pre-activation, the
-    identity shortcut the raw input.
+    identity shortcut the raw input. ``conv_0_antialias`` (an identity) is where ``antialias(...,
+    "blurpool")`` puts BlurPool.
     """
+
+    antialias_slots: ClassVar[dict[str, str]] = {"conv_0": "conv_0_antialias"}
 
     def __init__(self, in_planes: int, out_planes: int, stride: int, activation: str) -> None:
         super().__init__()
@@ -60,6 +65,7 @@ class DMWideBlock(nn.Module):
         self.conv_0 = nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=0, bias=False)
         self.batchnorm_1 = nn.BatchNorm2d(out_planes)
         self.relu_1 = make_activation(activation)
+        self.conv_0_antialias: nn.Module = nn.Identity()
         self.conv_1 = nn.Conv2d(out_planes, out_planes, kernel_size=3, stride=1, padding=1, bias=False)
         self.shortcut: nn.Conv2d | None = None
         if in_planes != out_planes:
@@ -70,7 +76,7 @@ class DMWideBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.relu_0(self.batchnorm_0(x))
         out = self.conv_0(same_pad(pre, self.stride))
-        out = self.conv_1(self.relu_1(self.batchnorm_1(out)))
+        out = self.conv_1(self.conv_0_antialias(self.relu_1(self.batchnorm_1(out))))
         return out + (x if self.shortcut is None else self.shortcut(pre))
 
 
@@ -133,7 +139,12 @@ class DMWideResNet(nn.Module):
 
 
 class DMPreActBlock(nn.Module):
-    """Pre-activation block; ``shortcut`` is a 3x3 conv (on the padded raw input) when shape changes."""
+    """Pre-activation block; ``shortcut`` is a 3x3 conv (on the padded raw input) when shape changes.
+
+    ``conv_2d_1_antialias`` (an identity) is where ``antialias(..., "blurpool")`` puts BlurPool.
+    """
+
+    antialias_slots: ClassVar[dict[str, str]] = {"conv_2d_1": "conv_2d_1_antialias"}
 
     def __init__(self, in_planes: int, out_planes: int, stride: int, activation: str) -> None:
         super().__init__()
@@ -144,6 +155,7 @@ class DMPreActBlock(nn.Module):
         self.conv_2d_1 = nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=0, bias=False)
         self.batchnorm_1 = nn.BatchNorm2d(out_planes)
         self.relu_1 = make_activation(activation)
+        self.conv_2d_1_antialias: nn.Module = nn.Identity()
         self.conv_2d_2 = nn.Conv2d(out_planes, out_planes, kernel_size=3, stride=1, padding=1, bias=False)
         self.shortcut: nn.Conv2d | None = None
         if stride != 1 or in_planes != out_planes:
@@ -155,7 +167,7 @@ class DMPreActBlock(nn.Module):
         out = self.relu_0(self.batchnorm_0(x))
         shortcut = x if self.shortcut is None else self.shortcut(same_pad(x, self.stride))
         out = self.conv_2d_1(same_pad(out, self.stride))
-        out = self.conv_2d_2(self.relu_1(self.batchnorm_1(out)))
+        out = self.conv_2d_2(self.conv_2d_1_antialias(self.relu_1(self.batchnorm_1(out))))
         return out + shortcut
 
 
@@ -207,9 +219,13 @@ def dm_wrn_28_10(
     width: int = 10,
     activation: str = "silu",
     normalize: NormalizeSpec = "cifar10",
-) -> DMWideResNet:
-    """DeepMind-style Wide ResNet (RobustBench DMWideResNet keys), WRN-28-10 by default."""
-    return DMWideResNet(depth, width, num_classes, activation, normalize)
+    downsample: str = STRIDED,
+) -> nn.Module:
+    """DeepMind-style Wide ResNet (RobustBench DMWideResNet keys), WRN-28-10 by default.
+
+    ``downsample``: ``"strided"`` (as published), ``"flc"``, ``"asap"`` or ``"blurpool"``.
+    """
+    return with_downsampling(DMWideResNet(depth, width, num_classes, activation, normalize), downsample)
 
 
 @register_model
@@ -218,6 +234,11 @@ def dm_preact_resnet18(
     width: int = 64,
     activation: str = "silu",
     normalize: NormalizeSpec = "cifar10",
-) -> DMPreActResNet:
-    """DeepMind-style PreAct ResNet-18 (RobustBench DMPreActResNet keys); width scales all channels."""
-    return DMPreActResNet((2, 2, 2, 2), num_classes, width, activation, normalize)
+    downsample: str = STRIDED,
+) -> nn.Module:
+    """DeepMind-style PreAct ResNet-18 (RobustBench DMPreActResNet keys); width scales all channels.
+
+    ``downsample``: ``"strided"`` (as published), ``"flc"``, ``"asap"`` or ``"blurpool"``.
+    """
+    model = DMPreActResNet((2, 2, 2, 2), num_classes, width, activation, normalize)
+    return with_downsampling(model, downsample)

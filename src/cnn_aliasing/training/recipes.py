@@ -29,7 +29,8 @@ class Recipe:
     8/255; FGSM-RS: 1.25 eps). ``channels_last`` None chooses per device (on CUDA only, see
     :func:`cnn_aliasing.runtime.use_channels_last`); true or false forces it. ``eval_every`` 0 turns the
     per-epoch tracking off. ``n_train`` None trains on the whole train split, else on a fixed random subset
-    drawn with ``subset_seed``.
+    drawn with ``subset_seed``. ``downsample`` (``strided``, ``flc``, ``asap``, ``blurpool``) swaps the
+    architecture's down-sampling (see :mod:`cnn_aliasing.antialias`); it is passed on in ``arch_args``.
     """
 
     name: str
@@ -61,13 +62,17 @@ class Recipe:
     eval_images: int = 256
     eval_pgd_steps: int = 10
     eval_pgd_step: float = 2 / 255
+    eval_sample_channels: int | float | None = None  # per-epoch AM: measure(sample_channels=...); None exact
     overfit_drop: float = 0.2
     autocast: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
+    downsample: str = "strided"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "arch_args", dict(self.arch_args))
+        if self.downsample != "strided" and "downsample" not in self.arch_args:
+            self.arch_args["downsample"] = self.downsample  # the factory's argument (create_model)
         object.__setattr__(self, "milestones", tuple(self.milestones))
         _validate(self)
 
@@ -88,6 +93,8 @@ class Recipe:
     def replace(self, **overrides: Any) -> Recipe:
         """A copy with some fields changed (checked like :func:`get_recipe`'s overrides)."""
         _check_fields(overrides.keys(), f"recipe {self.name!r}")
+        if "downsample" in overrides and "arch_args" not in overrides:
+            overrides["arch_args"] = {k: v for k, v in self.arch_args.items() if k != "downsample"}
         return dataclasses.replace(self, **overrides)
 
 
@@ -160,6 +167,15 @@ def _validate(recipe: Recipe) -> None:
         raise bad("channels_last", "expected true, false, or None to choose per device (CUDA only)")
     if recipe.attack_step is not None and (not _is_number(recipe.attack_step) or recipe.attack_step <= 0):
         raise bad("attack_step", "expected a number > 0, or None for the objective's default")
+    sample = recipe.eval_sample_channels
+    if sample is not None and not (
+        (_is_int(sample) and sample >= 1) or (isinstance(sample, float) and 0 < sample <= 1)
+    ):
+        raise bad(
+            "eval_sample_channels",
+            "expected an integer >= 1 (channels of each op), a number in (0, 1] (that fraction of each "
+            "op's channels), or None to measure every channel",
+        )
     if recipe.n_train is not None and (not _is_int(recipe.n_train) or recipe.n_train < 1):
         raise bad("n_train", "expected an integer >= 1, or None for the whole train split")
     if not all(_is_int(m) and m >= 1 for m in recipe.milestones) or list(recipe.milestones) != sorted(
@@ -168,6 +184,12 @@ def _validate(recipe: Recipe) -> None:
         raise bad("milestones", "expected increasing epochs >= 1, e.g. [100, 150]")
     if not all(isinstance(k, str) for k in recipe.arch_args):
         raise bad("arch_args", "expected a mapping of argument names to values")
+    from cnn_aliasing.antialias import downsample_choices
+
+    if recipe.downsample not in downsample_choices():
+        raise bad("downsample", f"valid: {', '.join(downsample_choices())}")
+    if recipe.arch_args.get("downsample", recipe.downsample) != recipe.downsample:
+        raise bad("downsample", f"arch_args sets downsample={recipe.arch_args['downsample']!r}; set only one")
 
 
 # --------------------------------------------------------------------------------------------- registry

@@ -1,0 +1,314 @@
+"""Swapping a model's strided convolutions and pools for anti-aliased down-sampling.
+
+:func:`antialias` copies a model, finds its down-sampling ops with the probe
+(:func:`cnn_aliasing.find_downsamplers`) and replaces each module op as its method prescribes:
+
+- ``flc`` / ``asap``: the down-sampler *before* a stride-1 copy of a strided convolution (main path and
+  shortcut alike); the layer sizes its output like the strided convolution and the convolution gets
+  "same" padding, so shapes stay those of the strided model (also for padding-0 convolutions reading an
+  asymmetrically padded input, as in the DeepMind-style models).
+- ``blurpool``: a strided k x k convolution (k > 1) becomes the stride-1 convolution with BlurPool after
+  it; where the convolution's parent declares a slot for it (``antialias_slots = {"conv1":
+  "conv1_antialias"}``, an ``nn.Identity`` called after the activation that follows the convolution, as
+  the registered architectures do) BlurPool goes into that slot, i.e. after the activation as in Zhang
+  (2019). A strided 1x1 convolution without padding (a shortcut) gets BlurPool *before* it.
+- every method: a strided max-, average- or LP-pool becomes its stride-1 version followed by the
+  method's down-sampler (for BlurPool: Zhang's MaxBlurPool).
+
+Convolution parameters keep their names (``layer2.0.conv1.weight`` ...) and the layers hold no state, so
+a strided model's state dict loads into the swapped one unchanged. Ops that cannot be swapped (functional
+calls and strided slices inside a forward, other declared down-samplers) are named in an
+:class:`AntialiasWarning`. Methods are a registry: :func:`register_method`.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnn_aliasing.antialias.layers import ASAPPool, BlurPool, FLCPool, Pair, _pair
+from cnn_aliasing.errors import CnnAliasingError
+
+STRIDED = "strided"
+
+
+class AntialiasWarning(UserWarning):
+    """Some down-sampling ops of a model could not be swapped and down-sample as before."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The window of the strided op a down-sampler replaces (sizes its output like that op's)."""
+
+    kernel_size: Pair = (1, 1)
+    padding: Pair = (0, 0)
+    dilation: Pair = (1, 1)
+
+
+@dataclass(frozen=True)
+class Method:
+    """An anti-aliasing method: how it builds its down-sampler and where the down-sampler goes.
+
+    ``make(factor, geometry, options)`` returns the down-sampling module; ``before_conv(conv)`` says
+    whether it goes before a stride-1 copy of ``conv`` (else after it, or into the parent's slot);
+    ``options`` maps each option name to its default.
+    """
+
+    name: str
+    description: str
+    make: Callable[[Pair, Geometry, Mapping[str, Any]], nn.Module]
+    before_conv: Callable[[nn.Conv2d], bool]
+    options: Mapping[str, Any]
+
+    def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            valid = ", ".join(self.options) or "none"
+            raise CnnAliasingError(
+                f"anti-aliasing method {self.name!r} takes no option {', '.join(map(repr, unknown))}; "
+                f"valid options: {valid}"
+            )
+        return {**self.options, **options}
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Add a method to the registry (a name may be registered once)."""
+    if method.name in METHODS or method.name == STRIDED:
+        raise ValueError(f"an anti-aliasing method named {method.name!r} is already registered")
+    METHODS[method.name] = method
+    return method
+
+
+def list_methods() -> list[str]:
+    """Names of the registered anti-aliasing methods."""
+    return list(METHODS)
+
+
+def get_method(name: str) -> Method:
+    """The registered method ``name``; an unknown name lists the valid ones."""
+    if name not in METHODS:
+        raise CnnAliasingError(f"unknown anti-aliasing method {name!r}; valid: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def downsample_choices() -> list[str]:
+    """The values of a ``downsample`` argument: ``"strided"`` (the model as it is) and every method."""
+    return [STRIDED, *METHODS]
+
+
+def _same_padding(conv: nn.Conv2d) -> Pair:
+    return (
+        conv.dilation[0] * (conv.kernel_size[0] - 1) // 2,
+        conv.dilation[1] * (conv.kernel_size[1] - 1) // 2,
+    )
+
+
+def _conv_padding(conv: nn.Conv2d) -> Pair:
+    padding = conv.padding
+    return (0, 0) if isinstance(padding, str) else (padding[0], padding[1])
+
+
+def _make_flc(factor: Pair, geometry: Geometry, options: Mapping[str, Any]) -> nn.Module:
+    return FLCPool(factor, **geometry.__dict__)
+
+
+def _make_asap(factor: Pair, geometry: Geometry, options: Mapping[str, Any]) -> nn.Module:
+    return ASAPPool(factor, pad_to_odd=options["pad_to_odd"], **geometry.__dict__)
+
+
+def _make_blur(factor: Pair, geometry: Geometry, options: Mapping[str, Any]) -> nn.Module:
+    return BlurPool(options["filter_size"], factor)
+
+
+def _always(conv: nn.Conv2d) -> bool:
+    return True
+
+
+def _pointwise_unpadded(conv: nn.Conv2d) -> bool:
+    return conv.kernel_size == (1, 1) and _conv_padding(conv) == (0, 0)
+
+
+register_method(
+    Method("flc", "FLC pooling (Grabinski et al., ECCV 2022) before a stride-1 conv", _make_flc, _always, {})
+)
+register_method(
+    Method(
+        "asap",
+        "ASAP (Grabinski et al., 2023): FLC with a sqrt-Hamming window, before a stride-1 conv",
+        _make_asap,
+        _always,
+        {"pad_to_odd": False},
+    )
+)
+register_method(
+    Method(
+        "blurpool",
+        "BlurPool (Zhang, ICML 2019): binomial blur after a stride-1 conv's activation, before 1x1 shortcuts",
+        _make_blur,
+        _pointwise_unpadded,
+        {"filter_size": 3},
+    )
+)
+
+
+class AntialiasedConv2d(nn.Conv2d):
+    """A stride-1 copy of a strided convolution with a down-sampler before (``pool``) or after it
+    (``blur``). Its parameters are the strided convolution's, under the same names."""
+
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        *,
+        before: nn.Module | None = None,
+        after: nn.Module | None = None,
+        padding: Pair | None = None,
+    ) -> None:
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=1,
+            padding=padding if padding is not None else _conv_padding(conv),
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device="meta",
+        )
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.pool = before
+        self.blur = after
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool is not None:
+            x = self.pool(x)
+        out = self._conv_forward(x, self.weight, self.bias)
+        if self.blur is not None:
+            out = self.blur(out)
+        return out
+
+
+class AntialiasedPool(nn.Module):
+    """A stride-1 copy of a strided pooling module (``pool``) followed by a down-sampler (``downsample``)."""
+
+    def __init__(self, pool: nn.Module, downsample: nn.Module) -> None:
+        super().__init__()
+        self.pool = pool
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.downsample(self.pool(x))
+
+
+POOL_TYPES = (nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
+OUR_LAYERS = (FLCPool, ASAPPool, BlurPool)
+
+
+def _is_plain(module: nn.Module, cls: type[nn.Module]) -> bool:
+    """An instance of ``cls`` whose forward is ``cls``'s own (a subclass with another forward is foreign)."""
+    return isinstance(module, cls) and type(module).forward is cls.forward
+
+
+def _stride_one_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    conv.stride = (1, 1)  # the conv of the copy being swapped: same parameters, stride 1
+    return conv
+
+
+def _swap_conv(
+    conv: nn.Conv2d, method: Method, options: Mapping[str, Any], slot: nn.Module | None
+) -> tuple[nn.Module, nn.Module | None]:
+    """The replacement of a strided conv, and what goes into the parent's slot (None: nothing)."""
+    factor = _pair(conv.stride, "stride")
+    if method.before_conv(conv):
+        geometry = Geometry(conv.kernel_size, _conv_padding(conv), conv.dilation)  # type: ignore[arg-type]
+        layer = method.make(factor, geometry, options)
+        padding = _same_padding(conv) if method.name != "blurpool" else _conv_padding(conv)
+        return AntialiasedConv2d(conv, before=layer, padding=padding), None
+    layer = method.make(factor, Geometry(), options)
+    if slot is not None:
+        return _stride_one_conv(conv), layer
+    return AntialiasedConv2d(conv, after=layer), None
+
+
+def _swap_pool(pool: nn.Module, method: Method, options: Mapping[str, Any]) -> nn.Module:
+    factor = _pair(pool.stride if pool.stride is not None else pool.kernel_size, "stride")  # type: ignore[arg-type]
+    pool.stride = 1  # type: ignore[assignment]  # the pool of the copy being swapped
+    return AntialiasedPool(pool, method.make(factor, Geometry(), options))
+
+
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent_name, _, child = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child
+
+
+def _default_input(model: nn.Module) -> torch.Tensor:
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    return torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+
+
+def antialias(
+    model: nn.Module,
+    method: str,
+    *,
+    example_input: torch.Tensor | None = None,
+    inplace: bool = False,
+    **options: Any,
+) -> nn.Module:
+    """A copy of ``model`` with every strided conv and pool that the probe finds swapped for ``method``.
+
+    ``method`` is ``"flc"``, ``"asap"`` (option ``pad_to_odd``) or ``"blurpool"`` (option
+    ``filter_size``, 1..7, default 3), or any method registered with :func:`register_method`.
+    ``example_input`` is one input the model takes (default: a 1 x 3 x 32 x 32 image); the probe runs it
+    once (eval mode, no gradients) to find the ops. ``inplace=True`` swaps in ``model`` itself. Ops that
+    cannot be swapped are named in one :class:`AntialiasWarning`. The model's mode is kept.
+    """
+    from cnn_aliasing.probe import find_downsamplers
+
+    chosen = get_method(method)
+    settings = chosen.check_options(options)
+    chosen.make((2, 2), Geometry(), settings)  # bad option values fail here, before any copying
+    target = model if inplace else copy.deepcopy(model)
+    found = find_downsamplers(target, example_input if example_input is not None else _default_input(target))
+    modules = dict(target.named_modules())
+    skipped: list[str] = []
+    for op in found:
+        module = modules.get(op.name)
+        if module is None or isinstance(module, OUR_LAYERS):
+            if module is None:
+                skipped.append(f"{op.name} ({op.kind})")
+            continue
+        parent, child = _parent(target, op.name)
+        if _is_plain(module, nn.Conv2d):
+            slots = getattr(parent, "antialias_slots", {})
+            slot_name = slots.get(child)
+            slot = getattr(parent, slot_name, None) if slot_name else None
+            slot = slot if isinstance(slot, nn.Identity) else None
+            replacement, slotted = _swap_conv(module, chosen, settings, slot)  # type: ignore[arg-type]
+            setattr(parent, child, replacement)
+            if slotted is not None:
+                setattr(parent, slot_name, slotted)  # type: ignore[arg-type]
+        elif any(_is_plain(module, cls) for cls in POOL_TYPES):
+            setattr(parent, child, _swap_pool(module, chosen, settings))
+        else:
+            skipped.append(f"{op.name} ({op.kind})")
+    if skipped:
+        warnings.warn(
+            f"antialias({method!r}) could not swap {len(skipped)} down-sampling op(s), which down-sample "
+            f"as before: {', '.join(skipped)}. Functional calls and strided slices inside a forward cannot "
+            "be swapped; use modules (nn.Conv2d, nn.MaxPool2d, ...) for them.",
+            AntialiasWarning,
+            stacklevel=2,
+        )
+    return target

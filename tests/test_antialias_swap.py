@@ -1,0 +1,165 @@
+"""antialias(model, method): swapping a foreign model, weights copied from the strided model, the
+registered architectures' ``downsample`` argument and the recipes' ``downsample`` field."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnn_aliasing import find_downsamplers, measure
+from cnn_aliasing.antialias import (
+    AntialiasedConv2d,
+    AntialiasWarning,
+    ASAPPool,
+    BlurPool,
+    FLCPool,
+    antialias,
+    list_methods,
+)
+from cnn_aliasing.errors import CnnAliasingError, ModelArgumentError
+from cnn_aliasing.models import create_model
+
+METHODS = ["flc", "asap", "blurpool"]
+LAYER = {"flc": FLCPool, "asap": ASAPPool, "blurpool": BlurPool}
+KIND = {"flc": "flc_pool", "asap": "asap_pool", "blurpool": "blur_pool"}
+
+
+class Foreign(nn.Module):
+    """A model this package knows nothing about: strided 3x3 conv with a 1x1 strided shortcut, a
+    max-pool, an odd-sized input path, and two functional down-samplers that cannot be swapped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=True), nn.ReLU())
+        self.skip = nn.Conv2d(8, 16, 1, stride=2)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.stem(x)
+        out = self.body(out) + self.skip(out)
+        out = self.pool(out)
+        out = F.avg_pool2d(out, 2)
+        out = out[..., ::2, ::2]
+        return self.head(out.mean(dim=(-2, -1)))
+
+
+def image(size: tuple[int, int] = (32, 32), n: int = 2) -> torch.Tensor:
+    return torch.rand(n, 3, *size, generator=torch.Generator().manual_seed(0))
+
+
+def test_methods_registered() -> None:
+    assert list_methods() == METHODS
+    with pytest.raises(CnnAliasingError, match="valid: flc, asap, blurpool"):
+        antialias(Foreign(), "lowpass")
+    with pytest.raises(CnnAliasingError, match="valid options: filter_size"):
+        antialias(Foreign(), "blurpool", size=3)
+    with pytest.raises(CnnAliasingError, match="filter_size"):
+        antialias(Foreign(), "blurpool", filter_size=9)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_foreign_model_swapped(method: str) -> None:
+    torch.manual_seed(0)
+    model = Foreign().train()
+    with pytest.warns(AntialiasWarning) as caught:
+        swapped = antialias(model, method, example_input=image())
+    message = str(caught[0].message)
+    assert "avg_pool2d (avg_pool2d)" in message and "(strided_slice)" in message
+    assert "2 down-sampling op(s)" in message
+    assert swapped is not model and swapped.training
+    assert isinstance(model.body[0], nn.Conv2d) and model.body[0].stride == (2, 2)  # the original untouched
+    for size in [(32, 32), (33, 29)]:
+        assert swapped(image(size)).shape == model(image(size)).shape == (2, 5)
+    ops = {op.name: op.kind for op in find_downsamplers(swapped, image())}
+    assert ops["body.0.pool" if method != "blurpool" else "body.0.blur"] == KIND[method]
+    assert ops["skip.pool"] == KIND[method]
+    assert ops["pool.downsample"] == KIND[method]
+    assert sum(kind == KIND[method] for kind in ops.values()) == 3
+    assert isinstance(swapped.body[0], AntialiasedConv2d) and swapped.body[0].stride == (1, 1)
+    if method == "blurpool":  # after the 3x3 conv, before the 1x1 shortcut
+        assert swapped.body[0].pool is None and isinstance(swapped.body[0].blur, BlurPool)
+        assert isinstance(swapped.skip.pool, BlurPool) and swapped.skip.blur is None
+    else:  # before every conv, sized like the strided conv, "same" padding
+        assert isinstance(swapped.body[0].pool, LAYER[method]) and swapped.body[0].padding == (1, 1)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_weights_copied_give_the_same_stride_one_conv_outputs(method: str) -> None:
+    torch.manual_seed(1)
+    strided = Foreign()
+    with pytest.warns(AntialiasWarning):
+        swapped = antialias(strided, method, example_input=image())
+    assert list(swapped.state_dict()) == list(strided.state_dict())
+    for name, value in strided.state_dict().items():
+        torch.testing.assert_close(swapped.state_dict()[name], value, rtol=0, atol=0)
+    # a fresh swapped model takes the strided model's state dict as it is
+    with pytest.warns(AntialiasWarning):
+        fresh = antialias(Foreign(), method, example_input=image())
+    fresh.load_state_dict(strided.state_dict())
+    z = torch.randn(2, 8, 16, 16)
+    for name in ("body.0", "skip"):
+        old, new = strided.get_submodule(name), fresh.get_submodule(name)
+        expected = F.conv2d(z, old.weight, old.bias, stride=1, padding=new.padding)
+        torch.testing.assert_close(new._conv_forward(z, new.weight, new.bias), expected, rtol=0, atol=0)
+        assert new.weight is not old.weight
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_swapped_model_is_measured(method: str) -> None:
+    with pytest.warns(AntialiasWarning):
+        swapped = antialias(Foreign(), method, example_input=image())
+    report = measure(swapped, [image()], progress=False)
+    kinds = [op.kind for op in report.ops]
+    assert kinds.count(KIND[method]) == 3 and "avg_pool2d" in kinds
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("preact_resnet18", {"width": 4}),
+        ("wrn_28_10", {"depth": 10, "widen_factor": 1}),
+        ("resnet18", {"width": 4}),
+        ("dm_wrn_28_10", {"depth": 10, "width": 1}),
+        ("dm_preact_resnet18", {"width": 4}),
+    ],
+)
+@pytest.mark.parametrize("method", METHODS)
+def test_registered_architectures(name: str, args: dict, method: str) -> None:
+    torch.manual_seed(0)
+    strided = create_model(name, **args)
+    model = create_model(name, downsample=method, **args)
+    assert list(model.state_dict()) == list(strided.state_dict())
+    model.load_state_dict(strided.state_dict())
+    x = image()
+    assert model(x).shape == (2, 10)
+    ops = find_downsamplers(model, x)
+    assert ops and all(op.kind == KIND[method] for op in ops), ops
+    assert len(ops) == len(find_downsamplers(strided, x))
+    if method == "blurpool":  # the main path's blur sits after the activation, in the block's slot
+        assert any(op.name.endswith("_antialias") for op in ops)
+
+
+def test_create_model_rejects_unknown_downsample() -> None:
+    with pytest.raises(ModelArgumentError, match="valid: strided, flc, asap, blurpool"):
+        create_model("preact_resnet18", width=4, downsample="blur")
+
+
+def test_recipe_downsample_field() -> None:
+    from cnn_aliasing.training.recipes import get_recipe
+
+    recipe = get_recipe("small-standard", downsample="flc")
+    assert recipe.arch_args["downsample"] == "flc"
+    again = recipe.replace(downsample="blurpool")
+    assert again.arch_args["downsample"] == "blurpool" and again.downsample == "blurpool"
+    assert "downsample" not in recipe.replace(downsample="strided").arch_args
+    assert type(recipe).from_dict(recipe.to_dict()) == recipe
+    with pytest.raises(CnnAliasingError, match="valid: strided, flc, asap, blurpool"):
+        get_recipe("small-standard", downsample="max")
+    with pytest.raises(CnnAliasingError, match="set only one"):
+        get_recipe("small-standard", arch_args={"width": 4, "downsample": "asap"}, downsample="flc")
+    model = create_model(recipe.arch, **recipe.arch_args)
+    assert any(isinstance(m, FLCPool) for m in model.modules())
