@@ -7,7 +7,6 @@ alone. A missing key is a :class:`ResultsError` naming the file and the key.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -356,14 +355,10 @@ def table_rows(results: StudyResults) -> list[dict[str, Any]]:
     return rows
 
 
-def _json_safe(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def write_tables(results: StudyResults, rows: list[dict[str, Any]]) -> list[Path]:
     """Write ``results.csv`` and ``results.json`` (the rows, NaN as null) into the results folder."""
     csv_path = results.root / "results.csv"
     json_path = results.root / "results.json"
     write_csv_atomic(csv_path, rows)
-    write_json_atomic(json_path, [{k: _json_safe(v) for k, v in row.items()} for row in rows])
+    write_json_atomic(json_path, rows)  # writes NaN as null (provenance.json_safe)
     return [csv_path, json_path]
