@@ -347,3 +347,56 @@ def test_strided_1x1_conv_with_bias(size, metrics):
     op = report.ops[0]
     assert op.full_size == (size, size) and op.channels == 6
     assert op.aliasing == pytest.approx(am_by_hand(full, 2, 2).mean(), rel=1e-9)
+
+
+class _FlaggedPool(nn.Module):
+    """Down-samples functionally only when its flag is set: a trace depends on the flag."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        return F.avg_pool2d(x, 2) if self.pool else x
+
+
+def test_traces_are_reused_until_the_structure_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model is traced once; flipping a flag its forward branches on, or replacing a child, traces it
+    again and finds what changed; the cached trace follows each probe's selection."""
+    import cnn_aliasing.probe as probe
+
+    traces = []
+    trace_tree = probe._trace_tree
+    monkeypatch.setattr(probe, "_trace_tree", lambda *a: traces.append(a[1]) or trace_tree(*a))
+    model = _FlaggedPool()
+    x = torch.rand(1, 3, 8, 8)
+    assert find_downsamplers(model, x) == []
+    assert find_downsamplers(model, x) == []
+    assert len(traces) == 1
+    model.pool = True
+    for _ in range(2):
+        assert [d.kind for d in find_downsamplers(model, x)] == ["avg_pool2d"]
+        assert len(traces) == 2
+    assert find_downsamplers(model, x, exclude=["*avg_pool2d*"]) == []
+    assert len(traces) == 2
+    model.pool = False
+    model.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+    assert [d.name for d in find_downsamplers(model, x)] == ["conv"]
+    assert len(traces) == 3
+    assert [d.name for d in find_downsamplers(model, x)] == ["conv"]
+    assert len(traces) == 3
+
+
+def test_cached_traces_do_not_keep_a_model_alive() -> None:
+    import gc
+    import weakref
+
+    model = _FlaggedPool()
+    model.pool = True
+    measure(model, [torch.rand(2, 3, 8, 8)], progress=False)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -172,14 +173,83 @@ def _trace_tree(module: nn.Module, path: str, failures: list[tuple[str, str]]) -
         return inside_failing + whole
 
 
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _plain_attributes(module: nn.Module) -> tuple[tuple[str, Any], ...]:
+    """The module's own attributes of plain types (flags, sizes, names): a traced forward may branch on
+    them, so they are part of what a trace depends on."""
+    return tuple(
+        (k, v)
+        for k, v in vars(module).items()
+        if isinstance(v, _PLAIN) or (isinstance(v, tuple) and all(isinstance(i, _PLAIN) for i in v))
+    )
+
+
+def _structure(model: nn.Module) -> tuple[Any, ...]:
+    """What fx tracing of ``model`` depends on: each module's name, identity, class, forward code and
+    plain attributes."""
+    return tuple(
+        (name, id(m), type(m), type(m).forward, m.__dict__.get("forward"), _plain_attributes(m))
+        for name, m in model.named_modules()
+    )
+
+
+class _Route:
+    """Where the wrapped functional calls of a model's instrumented graphs go: the active probe's session
+    and selection, or nowhere (``session`` None: the calls run unchanged)."""
+
+    def __init__(self) -> None:
+        self.session: _Session | None = None
+        self.select = OpSelector()
+
+
+@dataclass
+class _Instrumented:
+    path: str  # of the traced module
+    graph: fx.GraphModule  # its traced forward, every functional down-sampling call wrapped
+    sites: tuple[str, ...]  # the names of those calls
+
+
+@dataclass
+class _ModelTrace:
+    structure: tuple[Any, ...]  # see _structure
+    graphs: list[_Instrumented]  # only those with functional down-sampling calls
+    failures: list[tuple[str, str]]  # untraceable modules: (path, reason)
+    route: _Route
+
+
+_TRACES: weakref.WeakKeyDictionary[nn.Module, _ModelTrace] = weakref.WeakKeyDictionary()
+"""Each probed model's instrumented traces, reused while its structure is unchanged: tracing and
+recompiling cost 20 to 30 ms a ``measure`` call for a ResNet. Entries go with their models."""
+
+
+def _model_trace(model: nn.Module) -> _ModelTrace:
+    """The instrumented traces of ``model``: cached, or traced now (also when the cached ones are in use
+    by an enclosing probe)."""
+    structure = _structure(model)
+    cached = _TRACES.get(model)
+    if cached is not None and cached.structure == structure and cached.route.session is None:
+        return cached
+    failures: list[tuple[str, str]] = []
+    route = _Route()
+    graphs = [g for g in (_instrument(t, route) for t in _trace_tree(model, "", failures)) if g.sites]
+    trace = _ModelTrace(structure, graphs, failures, route)
+    _TRACES[model] = trace
+    return trace
+
+
 class UntraceableWarning(UserWarning):
     """Some modules could not be traced, so functional down-sampling in their own code is not seen."""
 
 
-def _functional_wrapper(function: Callable[..., Any], name: str, session: _Session):
+def _functional_wrapper(function: Callable[..., Any], name: str, route: _Route):
     def measured(*args: Any, **kwargs: Any) -> Any:
-        call = downsamplers.functional_strided_call(function, args, kwargs)
-        if call is None:
+        session = route.session
+        call = None
+        if session is not None and route.select(name):
+            call = downsamplers.functional_strided_call(function, args, kwargs)
+        if session is None or call is None:
             return function(*args, **kwargs)
         return session.run(call, name)
 
@@ -194,18 +264,17 @@ def _node_name(traced_path: str, node: fx.Node) -> str:
     return f"{owner}:{node.name}" if owner else node.name
 
 
-def _rewrite(traced: _Traced, session: _Session, select: OpSelector) -> bool:
-    """Wrap the selected functional down-sampling calls of a traced graph; False if it has none."""
-    found = False
+def _instrument(traced: _Traced, route: _Route) -> _Instrumented:
+    """Wrap every functional call of a traced graph that may down-sample, to go through ``route``."""
+    sites = []
     for node in traced.graph.graph.nodes:
         if node.op == "call_function" and downsamplers.is_functional_downsampler(node.target, node.args):
             name = _node_name(traced.path, node)
-            if select(name):
-                node.target = _functional_wrapper(node.target, name, session)
-                found = True
-    if found:
+            node.target = _functional_wrapper(node.target, name, route)
+            sites.append(name)
+    if sites:
         traced.graph.recompile()
-    return found
+    return _Instrumented(traced.path, traced.graph, tuple(sites))
 
 
 def _walk(module: nn.Module, path: str = "") -> Iterator[tuple[str, nn.Module]]:
@@ -264,28 +333,30 @@ def probing(
     select = select or OpSelector()
     session = _Session(observe)
     patches = _Patches()
+    traces = _model_trace(model) if trace else None
     try:
         for name, module in _walk(model):
             if name and select(name) and downsamplers.module_may_downsample(module):
                 patches.replace_forward(module, _module_forward(module, name, session))
-        if trace:
-            failures: list[tuple[str, str]] = []
-            traced = _trace_tree(model, "", failures)
-            if failures:
-                listed = "; ".join(f"{p} ({why})" for p, why in failures)
+        if traces is not None:
+            if traces.failures:
+                listed = "; ".join(f"{p} ({why})" for p, why in traces.failures)
                 warnings.warn(
                     f"could not trace {listed}. Functional down-sampling (F.conv2d, F.*_pool2d, strided "
                     "slicing) in their own forward is not measured; the modules inside them are.",
                     UntraceableWarning,
                     stacklevel=3,
                 )
+            traces.route.session, traces.route.select = session, select
             modules = dict(model.named_modules())
-            for t in traced:
-                if _rewrite(t, session, select):
-                    patches.replace_forward(modules[t.path], t.graph.forward)
+            for graph in traces.graphs:
+                if any(select(site) for site in graph.sites):
+                    patches.replace_forward(modules[graph.path], graph.graph.forward)
         yield
     finally:
         patches.restore()
+        if traces is not None:
+            traces.route.session = None
 
 
 def find_downsamplers(
