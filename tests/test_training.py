@@ -25,6 +25,7 @@ from cnn_aliasing.training import (
     CatastrophicOverfittingWarning,
     Recipe,
     Trainer,
+    attack_step,
     crop_flip,
     get_objective,
     get_recipe,
@@ -71,8 +72,6 @@ def test_paper_baseline_is_the_study_schedule() -> None:
 
 
 def test_adversarial_recipes_use_the_published_attacks() -> None:
-    from cnn_aliasing.training import attack_step
-
     pgd, fgsm, trades = (get_recipe(n) for n in ("pgd-at", "fgsm-rs", "trades"))
     assert (pgd.objective, pgd.eps, attack_step(pgd), pgd.attack_steps) == ("pgd-at", EPS, 2 / 255, 10)
     assert (fgsm.objective, attack_step(fgsm)) == ("fgsm-rs", 1.25 * EPS)
@@ -105,7 +104,7 @@ def test_overrides_and_their_errors() -> None:
     for field, value, needle in [
         ("epochs", 0, "epochs=0 is invalid; expected an integer >= 1"),
         ("lr", -0.1, "lr=-0.1 is invalid"),
-        ("objective", "mart", "valid: fgsm-rs, pgd-at, standard, trades"),
+        ("objective", "mart", "valid: fgsm, fgsm-rs, pgd-at, standard, trades"),
         ("schedule", "cosine", "valid: constant, cyclic, multistep"),
         ("arch", "vgg", "valid: "),
         ("milestones", (150, 100), "increasing epochs"),
@@ -215,7 +214,7 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(12, 3, 8, 8, generator=gen), torch.randint(0, 10, (12,), generator=gen)
 
 
-@pytest.mark.parametrize("objective", ["pgd-at", "fgsm-rs", "trades"])
+@pytest.mark.parametrize("objective", ["pgd-at", "fgsm-rs", "fgsm", "trades"])
 def test_adversarial_training_stays_inside_the_eps_ball(objective: str) -> None:
     x, y = _batch()
     model = Recorder()
@@ -227,7 +226,7 @@ def test_adversarial_training_stays_inside_the_eps_ball(objective: str) -> None:
         min(inp.min().item() for inp in model.inputs) >= 0 and max(i.max().item() for i in model.inputs) <= 1
     )
     assert dist.max() > EPS / 2  # the attack did perturb
-    expected_calls = {"pgd-at": 10 + 1, "fgsm-rs": 1 + 1, "trades": 1 + 10 + 2}[objective]
+    expected_calls = {"pgd-at": 10 + 1, "fgsm-rs": 1 + 1, "fgsm": 1 + 1, "trades": 1 + 10 + 2}[objective]
     assert len(model.inputs) == expected_calls
 
 
@@ -247,6 +246,21 @@ def test_pgd_at_and_fgsm_rs_losses_against_a_float64_reference() -> None:
     (grad,) = torch.autograd.grad(F.cross_entropy(ref(start), y, reduction="sum"), [start])
     expected = (x.double() + (start + 1.25 * EPS * grad.sign() - x.double()).clamp(-EPS, EPS)).clamp(0, 1)
     assert torch.allclose(adv.double(), expected, atol=1e-6)
+
+
+def test_plain_fgsm_is_one_step_of_eps_from_the_clean_image() -> None:
+    x, y = _batch()
+    model = Recorder()
+    recipe = get_recipe("fgsm")
+    assert attack_step(recipe) == EPS and get_objective("fgsm").robust
+    loss, _ = get_objective("fgsm").loss(model, x, y, torch.Generator().manual_seed(0), recipe)
+    assert torch.equal(model.inputs[0], x)  # no random start: the gradient is taken at the clean image
+    ref = copy.deepcopy(model.net).double()
+    start = x.double().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(ref(start), y, reduction="sum"), [start])
+    expected = (x.double() + EPS * grad.sign()).clamp(0, 1)
+    assert torch.allclose(model.inputs[-1].double(), expected, atol=1e-6)
+    assert loss.item() == pytest.approx(F.cross_entropy(ref(expected), y).item(), rel=1e-5)
 
 
 def test_trades_loss_against_a_float64_reference() -> None:

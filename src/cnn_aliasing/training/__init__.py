@@ -5,8 +5,9 @@
 >>> result = train(recipe, "data", "runs/small-fgsm-rs")    # doctest: +SKIP
 >>> model = load_trained_model("runs/small-fgsm-rs")        # doctest: +SKIP
 
-Recipes: ``paper-baseline`` (the study's normal training), ``pgd-at``, ``fgsm-rs``, ``trades`` and the
-small ones ``small-standard`` and ``small-fgsm-rs`` (minutes on two CPU cores). See docs/training.md.
+Recipes: ``paper-baseline`` (the study's normal training), ``pgd-at``, ``fgsm-rs``, ``fgsm``, ``trades``
+and the small ones ``small-standard``, ``small-fgsm-rs`` and ``small-fgsm`` (minutes on two CPU cores).
+See docs/training.md.
 """
 
 from cnn_aliasing.training.augment import crop_flip, random_crop_flip

@@ -2,7 +2,7 @@
 
 An objective is called as ``objective(model, images, labels, generator, recipe) -> (loss, logits)``:
 ``loss`` is the batch mean, ``logits`` are the model's outputs on the inputs it was trained on (the
-adversarial ones for PGD-AT and FGSM-RS, the clean ones for standard training and TRADES), used for the
+adversarial ones for PGD-AT, FGSM and FGSM-RS, the clean ones for standard training and TRADES), used for the
 training accuracy. Adversarial examples come from :mod:`cnn_aliasing.attacks` and draw their random
 starts from ``generator``, so an epoch repeats exactly for a given seed.
 """
@@ -93,10 +93,12 @@ def _adversarial_ce(
     generator: torch.Generator,
     recipe: Recipe,
     steps: int,
+    random_start: bool = True,
 ) -> LossAndLogits:
-    """Cross-entropy on ``steps``-step PGD examples from a uniform random start (model in train mode)."""
+    """Cross-entropy on ``steps``-step PGD examples, from a uniform random start or the clean image
+    (model in train mode)."""
     threat = ThreatModel("Linf", recipe.eps)
-    adv = pgd_perturb(model, images, labels, threat, steps, attack_step(recipe), True, generator)
+    adv = pgd_perturb(model, images, labels, threat, steps, attack_step(recipe), random_start, generator)
     logits = model(adv)
     return F.cross_entropy(logits, labels), logits
 
@@ -115,6 +117,18 @@ def fgsm_rs(
 ) -> LossAndLogits:
     """FGSM-RS (Wong et al. 2020): cross-entropy on one step of 1.25 eps from a uniform random start."""
     return _adversarial_ce(model, images, labels, generator, recipe, 1)
+
+
+@register_objective("fgsm", robust=True, step_ratio=1.0)
+def fgsm(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, recipe: Recipe
+) -> LossAndLogits:
+    """Plain FGSM training (Goodfellow et al. 2015): cross-entropy on one step of eps from the clean image.
+
+    No random start: the fast adversarial training that overfits catastrophically (Wong et al. 2020), the
+    setting in which FLC pooling is reported to avoid it (Grabinski et al. 2022).
+    """
+    return _adversarial_ce(model, images, labels, generator, recipe, 1, random_start=False)
 
 
 def _kl_to(clean_probs: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
