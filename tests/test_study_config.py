@@ -126,10 +126,13 @@ def test_no_attack_section_or_enabled_false_means_no_attack() -> None:
         ({"attack": {"eps": "-1/255"}, "models": [CKPT]}, "s.toml: [attack]: eps: eps must be >= 0"),
         ({"attack": {"eps": True}, "models": [CKPT]}, "s.toml: [attack]: eps must be a number or a fraction"),
         ({"models": [{"checkpoint": "w.pt", "arch": "preact_resnet18"}]}, "#1: the key 'robust' is required"),
-        ({"models": [{"zoo": "Standard", "recipe": "x"}]}, "needs exactly one of the keys zoo, zoo_tags"),
+        (
+            {"models": [{"zoo": "Standard", "recipe": "x"}]},
+            "one of the keys checkpoint, recipe, zoo, zoo_on_disk, zoo_tags; it has recipe and zoo",
+        ),
         (
             {"models": [{"name": "x"}]},
-            "#1 needs exactly one of the keys zoo, zoo_tags, zoo_on_disk, checkpoint",
+            "#1 needs exactly one of the keys checkpoint, recipe, zoo, zoo_on_disk, zoo_tags; it has name",
         ),
         ({"models": []}, "[[models]] must list at least one model"),
         (

@@ -114,7 +114,8 @@ def test_overrides_and_their_errors() -> None:
     ]:
         with pytest.raises(CnnAliasingError, match=needle):
             get_recipe("small-standard", **{field: value})
-    with pytest.raises(UnknownNameError, match="unknown recipe 'huge'; valid recipes: paper-baseline"):
+    valid = "valid recipes: fgsm, fgsm-rs, paper-baseline, pgd-at, small-fgsm"
+    with pytest.raises(UnknownNameError, match=f"unknown recipe 'huge'; {valid}"):
         get_recipe("huge")
 
 

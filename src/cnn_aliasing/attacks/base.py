@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
+from cnn_aliasing.registry import Registry, docstring_line
 from cnn_aliasing.validation import Check, is_choice, is_number
 
 Norm = Literal["Linf", "L2"]
@@ -81,15 +82,13 @@ class _Registered:
     fixed: Mapping[str, Any]
 
 
-_ATTACKS: dict[str, _Registered] = {}
+ATTACKS: Registry[_Registered] = Registry("attack", describe=lambda r: docstring_line(r.cls))
 
 
 def register_attack(name: str, cls: type, /, **fixed: Any) -> None:
     """Register the attack dataclass ``cls`` under ``name``, built with ``fixed`` arguments (e.g.
     ``loss="ce"``) besides the user's options: the fields ``cls`` declares with :func:`option`."""
-    if name in _ATTACKS:
-        raise ValueError(f"attack {name!r} is registered twice")
-    _ATTACKS[name] = _Registered(cls, dict(fixed))
+    ATTACKS.register(name, _Registered(cls, dict(fixed)))
 
 
 def attack_options(name: str) -> list[str]:
@@ -115,14 +114,12 @@ def create_attack(name: str, /, **options: Any) -> Attack:
 
 
 def _registered(name: str) -> _Registered:
-    if name not in _ATTACKS:
-        raise UnknownNameError(f"unknown attack {name!r}; valid: {', '.join(sorted(_ATTACKS))}")
-    return _ATTACKS[name]
+    return ATTACKS.get(name)
 
 
 def list_attacks() -> list[str]:
     """Names of the registered attacks, sorted."""
-    return sorted(_ATTACKS)
+    return ATTACKS.names()
 
 
 def per_example_norm(delta: torch.Tensor, norm: Norm) -> torch.Tensor:

@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_global_options(parser, top_level=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in SUBCOMMANDS.values():
+    for name in SUBCOMMANDS.names():
+        command = SUBCOMMANDS.get(name)
         sub = subparsers.add_parser(
             command.name,
             help=command.help,
@@ -117,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             if not args.debug:
                 warnings.showwarning = _warning_line(sys.stderr)
-            return SUBCOMMANDS[args.command].run(args)
+            return SUBCOMMANDS.get(args.command).run(args)
     except KeyboardInterrupt:
         if args.debug:
             traceback.print_exc()

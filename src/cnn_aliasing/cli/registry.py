@@ -7,6 +7,8 @@ import argparse
 import textwrap
 from typing import ClassVar
 
+from cnn_aliasing.registry import Registry
+
 PROG = "cnn-aliasing"
 
 
@@ -27,14 +29,12 @@ class Subcommand(abc.ABC):
         """Do the work; return the exit code. User errors are raised as CnnAliasingError or OSError."""
 
 
-SUBCOMMANDS: dict[str, Subcommand] = {}
+SUBCOMMANDS: Registry[Subcommand] = Registry("subcommand", describe=lambda command: command.help)
 
 
 def register_subcommand(cls: type[Subcommand]) -> type[Subcommand]:
     """Class decorator: register an instance of ``cls`` under ``cls.name``."""
-    if cls.name in SUBCOMMANDS:
-        raise ValueError(f"a subcommand named {cls.name!r} is already registered")
-    SUBCOMMANDS[cls.name] = cls()
+    SUBCOMMANDS.register(cls.name, cls())
     return cls
 
 

@@ -9,29 +9,27 @@ from typing import Any, TypeVar
 from torch import nn
 
 from cnn_aliasing.errors import ModelArgumentError, UnknownNameError, first_line
+from cnn_aliasing.registry import Registry
 
 Factory = TypeVar("Factory", bound=Callable[..., nn.Module])
 
-_FACTORIES: dict[str, Callable[..., nn.Module]] = {}
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
 def register_model(factory: Factory) -> Factory:
     """Decorator: register ``factory`` under its function name; its docstring's first line describes it."""
-    name = factory.__name__
-    if name in _FACTORIES:
-        raise ValueError(f"a model named {name!r} is already registered")
-    _FACTORIES[name] = factory
+    MODELS.register(factory.__name__, factory)
     return factory
 
 
 def list_models() -> list[str]:
     """Names of all registered models, sorted."""
-    return sorted(_FACTORIES)
+    return MODELS.names()
 
 
 def model_descriptions() -> dict[str, str]:
     """Map each registered model name (sorted) to its one-line description."""
-    return {name: _description(_FACTORIES[name]) for name in list_models()}
+    return MODELS.describe()
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
@@ -40,9 +38,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     An unknown name or argument is an :class:`UnknownNameError` listing the valid ones; an argument the
     factory refuses (wrong type or value) is a :class:`ModelArgumentError` naming the model and arguments.
     """
-    if name not in _FACTORIES:
-        raise UnknownNameError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
-    factory = _FACTORIES[name]
+    factory = MODELS.get(name)
     parameters = inspect.signature(factory).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         unknown = sorted(set(kwargs) - set(parameters))
@@ -56,8 +52,3 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     except (TypeError, ValueError) as error:
         given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no arguments"
         raise ModelArgumentError(f"cannot build model {name!r} with {given}: {first_line(error)}") from error
-
-
-def _description(factory: Callable[..., nn.Module]) -> str:
-    doc = inspect.getdoc(factory)
-    return doc.splitlines()[0] if doc else ""

@@ -24,6 +24,7 @@ from torch import nn
 from cnn_aliasing import models, training, zoo
 from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
 from cnn_aliasing.provenance import sha256_of
+from cnn_aliasing.registry import Registry
 from cnn_aliasing.study.tables import from_table, is_bool, is_path, is_str, is_str_list, is_table, reads
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -107,15 +108,13 @@ class ModelSpec(abc.ABC):
         """The models this entry stands for (``model_dir``: where zoo checkpoints live)."""
 
 
-SPEC_KINDS: dict[str, type[ModelSpec]] = {}
+SPEC_KINDS: Registry[type[ModelSpec]] = Registry("model spec kind")
+"""The kinds of ``[[models]]`` entry, by the TOML key that marks each."""
 
 
 def register_spec(cls: type[ModelSpec]) -> type[ModelSpec]:
     """Class decorator: register a model spec kind under its identifying key."""
-    if cls.key in SPEC_KINDS:
-        raise ValueError(f"a model spec kind with key {cls.key!r} is already registered")
-    SPEC_KINDS[cls.key] = cls
-    return cls
+    return SPEC_KINDS.register(cls.key, cls)
 
 
 def parse_model_spec(raw: Any, where: str) -> ModelSpec:
@@ -126,7 +125,7 @@ def parse_model_spec(raw: Any, where: str) -> ModelSpec:
     if len(kinds) != 1:
         given = f"it has {' and '.join(kinds)}" if kinds else f"it has {', '.join(raw) or 'no keys'}"
         raise CnnAliasingError(f"{where} needs exactly one of the keys {', '.join(SPEC_KINDS)}; {given}")
-    return from_table(SPEC_KINDS[kinds[0]], raw, where)
+    return from_table(SPEC_KINDS.get(kinds[0]), raw, where)
 
 
 def _zoo_name(value: Any, where: str) -> str:

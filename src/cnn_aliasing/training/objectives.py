@@ -19,7 +19,7 @@ from torch import nn
 
 from cnn_aliasing.attacks import ThreatModel, pgd_perturb
 from cnn_aliasing.attacks.pgd import FGSM_RS_STEP
-from cnn_aliasing.errors import UnknownNameError
+from cnn_aliasing.registry import Registry, docstring_line
 from cnn_aliasing.runtime import evaluation_mode
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ class Objective:
     description: str = ""
 
 
-_OBJECTIVES: dict[str, Objective] = {}
+OBJECTIVES: Registry[Objective] = Registry("objective", describe=lambda o: o.description)
 
 
 def register_objective(
@@ -51,10 +51,7 @@ def register_objective(
     """Register an objective function under ``name``; its docstring's first line describes it."""
 
     def decorate(fn: ObjectiveFn) -> ObjectiveFn:
-        if name in _OBJECTIVES:
-            raise ValueError(f"an objective named {name!r} is already registered")
-        doc = (fn.__doc__ or "").strip().splitlines()
-        _OBJECTIVES[name] = Objective(name, fn, robust, step_ratio, doc[0] if doc else "")
+        OBJECTIVES.register(name, Objective(name, fn, robust, step_ratio, docstring_line(fn)))
         return fn
 
     return decorate
@@ -62,14 +59,12 @@ def register_objective(
 
 def list_objectives() -> list[str]:
     """Names of the registered objectives, sorted."""
-    return sorted(_OBJECTIVES)
+    return OBJECTIVES.names()
 
 
 def get_objective(name: str) -> Objective:
     """The registered objective ``name``; an unknown name lists the valid ones."""
-    if name not in _OBJECTIVES:
-        raise UnknownNameError(f"unknown objective {name!r}; valid: {', '.join(list_objectives())}")
-    return _OBJECTIVES[name]
+    return OBJECTIVES.get(name)
 
 
 def attack_step(recipe: Recipe) -> float:

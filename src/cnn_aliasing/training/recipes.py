@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
+from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.registry import Registry
 
 AUTOCAST_CHOICES = ("auto", "bf16", "off")
 EPS_8 = 8 / 255
@@ -193,27 +194,22 @@ def _validate(recipe: Recipe) -> None:
 
 
 # --------------------------------------------------------------------------------------------- registry
-_RECIPES: dict[str, Recipe] = {}
+RECIPES: Registry[Recipe] = Registry("recipe", describe=lambda r: r.description)
 
 
 def register_recipe(recipe: Recipe) -> Recipe:
     """Register ``recipe`` under ``recipe.name`` (a name may be registered once)."""
-    if recipe.name in _RECIPES:
-        raise ValueError(f"a recipe named {recipe.name!r} is already registered")
-    _RECIPES[recipe.name] = recipe
-    return recipe
+    return RECIPES.register(recipe.name, recipe)
 
 
 def list_recipes() -> list[str]:
-    """Names of the registered recipes, in registration order."""
-    return list(_RECIPES)
+    """Names of the registered recipes, sorted."""
+    return RECIPES.names()
 
 
 def get_recipe(name: str, **overrides: Any) -> Recipe:
     """The registered recipe ``name`` with ``overrides`` (field name -> value) applied and checked."""
-    if name not in _RECIPES:
-        raise UnknownNameError(f"unknown recipe {name!r}; valid recipes: {', '.join(_RECIPES)}")
-    return _RECIPES[name].replace(**overrides)
+    return RECIPES.get(name).replace(**overrides)
 
 
 def _register_all(*recipes: Callable[[], Recipe]) -> None:

@@ -9,39 +9,30 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from cnn_aliasing.errors import UnknownNameError
+from cnn_aliasing.registry import Registry
 
 if TYPE_CHECKING:
     from cnn_aliasing.training.recipes import Recipe
 
 Schedule = Callable[["Recipe", float], float]
-_SCHEDULES: dict[str, Schedule] = {}
+SCHEDULES: Registry[Schedule] = Registry("schedule")
 
 
 def register_schedule(name: str) -> Callable[[Schedule], Schedule]:
     """Register a schedule function under ``name``."""
-
-    def decorate(schedule: Schedule) -> Schedule:
-        if name in _SCHEDULES:
-            raise ValueError(f"a schedule named {name!r} is already registered")
-        _SCHEDULES[name] = schedule
-        return schedule
-
-    return decorate
+    return SCHEDULES.decorator(name)
 
 
 def list_schedules() -> list[str]:
     """Names of the registered schedules, sorted."""
-    return sorted(_SCHEDULES)
+    return SCHEDULES.names()
 
 
 def learning_rate(recipe: Recipe, t: float) -> float:
     """The learning rate of ``recipe`` at time ``t`` (in epochs, from 0): its schedule's, scaled by
     ``t / warmup_epochs`` during a linear warm-up (none when ``warmup_epochs`` is 0)."""
-    if recipe.schedule not in _SCHEDULES:
-        raise UnknownNameError(f"unknown schedule {recipe.schedule!r}; valid: {', '.join(list_schedules())}")
     warmup = min(1.0, t / recipe.warmup_epochs) if recipe.warmup_epochs > 0 else 1.0
-    return _SCHEDULES[recipe.schedule](recipe, t) * warmup
+    return SCHEDULES.get(recipe.schedule)(recipe, t) * warmup
 
 
 @register_schedule("multistep")
