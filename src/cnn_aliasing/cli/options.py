@@ -37,14 +37,21 @@ def parse_value(text: str) -> Any:
     return text
 
 
-def parse_model_arg(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` (e.g. ``width=16``) as ``(key, parsed value)``."""
+def split_key_value(text: str, *, expected: str, prefix: str = "") -> tuple[str, str]:
+    """``KEY=VALUE`` as ``(KEY, VALUE text)``: KEY an identifier (after an optional ``prefix``), VALUE not
+    empty; else an argparse error saying what was ``expected`` (a form and an example)."""
     key, sep, value = text.partition("=")
     key = key.strip()
-    if not sep or not key.isidentifier() or not value.strip():
-        raise argparse.ArgumentTypeError(
-            f"expected KEY=VALUE with KEY an argument name of the model (e.g. width=16), got {text!r}"
-        )
+    if not sep or not key.removeprefix(prefix).isidentifier() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return key, value
+
+
+def parse_model_arg(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` (e.g. ``width=16``) as ``(key, parsed value)``."""
+    key, value = split_key_value(
+        text, expected="KEY=VALUE with KEY an argument name of the model (e.g. width=16)"
+    )
     return key, parse_value(value)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from cnn_aliasing.attacks import parse_eps
-from cnn_aliasing.cli.options import parse_value, positive_int, resolve_device
+from cnn_aliasing.cli.options import parse_value, positive_int, resolve_device, split_key_value
 from cnn_aliasing.cli.registry import Subcommand, register_subcommand
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.training import Recipe, attack_step, get_recipe, list_recipes, train
@@ -22,13 +22,9 @@ _FRACTION_FIELDS = ("eps", "attack_step", "eval_pgd_step")
 def parse_setting(text: str) -> tuple[str, Any]:
     """``FIELD=VALUE`` (or ``arch_args.KEY=VALUE``) as ``(field, parsed value)``; eps-like fields also
     take fractions such as 8/255."""
-    key, sep, value = text.partition("=")
-    key = key.strip()
-    name = key.removeprefix(ARCH_ARG_PREFIX)
-    if not sep or not name.isidentifier() or not value.strip():
-        raise argparse.ArgumentTypeError(
-            f"expected FIELD=VALUE (e.g. epochs=3, eps=8/255, arch_args.width=32), got {text!r}"
-        )
+    key, value = split_key_value(
+        text, expected="FIELD=VALUE (e.g. epochs=3, eps=8/255, arch_args.width=32)", prefix=ARCH_ARG_PREFIX
+    )
     if key in _FRACTION_FIELDS and "/" in value:
         try:
             return key, parse_eps(value)
