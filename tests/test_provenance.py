@@ -172,3 +172,23 @@ def test_write_json_atomic_writes_non_finite_floats_as_null(tmp_path: Path) -> N
         "d": {"e": None, "f": None, "g": [{"h": None}]},
         "i": 2.0,
     }
+
+
+def test_read_json_object_names_the_file_and_what_is_wrong(tmp_path: Path) -> None:
+    from cnn_aliasing.provenance import JsonFileError, read_json_object
+
+    good = tmp_path / "good.json"
+    good.write_text('{"a": [1, 2]}', encoding="utf-8")
+    assert read_json_object(good) == {"a": [1, 2]}
+    cases = {
+        "missing.json": (None, "missing.json: no such file"),
+        "bad.json": ("{not json", "bad.json: not valid JSON"),
+        "list.json": ("[1, 2]", "list.json: expected a JSON object at the top level, got list"),
+    }
+    for name, (text, expected) in cases.items():
+        if text is not None:
+            (tmp_path / name).write_text(text, encoding="utf-8")
+        with pytest.raises(JsonFileError, match=expected):
+            read_json_object(tmp_path / name)
+    with pytest.raises(JsonFileError, match="cannot read it"):
+        read_json_object(tmp_path)  # a folder

@@ -22,6 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnn_aliasing.errors import CnnAliasingError
+
+StrPath = str | os.PathLike[str]
+"""A file or folder path as users give it."""
+
 DISTRIBUTION = "cnn-aliasing"
 _GIT_TIMEOUT_S = 5.0
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -159,6 +164,27 @@ def _fsync_dir(folder: Path) -> None:
 
 
 _HASH_CHUNK = 1 << 20
+
+
+class JsonFileError(CnnAliasingError):
+    """A JSON file is missing, unreadable, not JSON, or not an object at the top level."""
+
+
+def read_json_object(path: StrPath) -> dict[str, Any]:
+    """The JSON object in ``path``; a :class:`JsonFileError` names the file and what is wrong with it."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise JsonFileError(f"{path}: no such file") from None
+    except OSError as error:
+        raise JsonFileError(f"{path}: cannot read it ({error.strerror or error})") from None
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise JsonFileError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise JsonFileError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
+    return data
 
 
 def sha256_of(path: Path) -> str:

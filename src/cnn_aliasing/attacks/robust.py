@@ -33,7 +33,7 @@ from cnn_aliasing.attacks.base import NORMS, Attack, AttackInvariantError, Threa
 from cnn_aliasing.data import to_float
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.identity import data_sha256, model_identity
-from cnn_aliasing.provenance import atomic_file, write_json_atomic
+from cnn_aliasing.provenance import JsonFileError, atomic_file, read_json_object, write_json_atomic
 from cnn_aliasing.runtime import check_unit_range, model_device, on_device, safe_on_cpu
 
 STATE_FORMAT = "cnn-aliasing robust-accuracy state"
@@ -135,7 +135,7 @@ class _State:
     @classmethod
     def load(cls, path: Path, config: dict[str, Any]) -> _State:
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            raw = read_json_object(path)
             if raw.get("format") != STATE_FORMAT or raw.get("version") != STATE_VERSION:
                 raise ValueError("not a robust-accuracy state file of this version")
             stored = raw["config"]
@@ -150,7 +150,7 @@ class _State:
                 stage_seconds=float(raw["stage_seconds"]),
                 elapsed=float(raw["elapsed"]),
             )
-        except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
+        except (JsonFileError, ValueError, KeyError, TypeError) as exc:
             raise StateMismatchError(f"cannot resume from state file {path}: {exc!r}") from None
         for key in sorted(set(stored) | set(config)):
             if stored.get(key) != config.get(key):

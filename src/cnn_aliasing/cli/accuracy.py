@@ -11,6 +11,7 @@ import torch
 from cnn_aliasing import attacks, data, zoo
 from cnn_aliasing.cli.options import (
     add_data_arguments,
+    add_device_argument,
     add_model_arguments,
     load_model,
     prepare_output,
@@ -51,9 +52,7 @@ class EvaluateCommand(Subcommand):
         add_model_arguments(parser)
         add_data_arguments(parser)
         run = parser.add_argument_group("evaluation")
-        run.add_argument(
-            "--device", metavar="DEVICE", help="torch device (default: cuda if available, else cpu)"
-        )
+        add_device_argument(run)
         attack = parser.add_argument_group("robust accuracy")
         attack.add_argument(
             "--attack",

@@ -11,6 +11,7 @@ import torch
 from cnn_aliasing import data, spectral
 from cnn_aliasing.cli.options import (
     add_data_arguments,
+    add_device_argument,
     add_model_arguments,
     load_model,
     prepare_output,
@@ -53,9 +54,7 @@ class MeasureCommand(Subcommand):
         add_model_arguments(parser)
         add_data_arguments(parser)
         run = parser.add_argument_group("measurement")
-        run.add_argument(
-            "--device", metavar="DEVICE", help="torch device (default: cuda if available, else cpu)"
-        )
+        add_device_argument(run)
         run.add_argument(
             "--include",
             action="extend",

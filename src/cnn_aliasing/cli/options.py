@@ -84,6 +84,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_device_argument(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    default: str = "cuda if available, else cpu",
+) -> None:
+    """The ``--device`` option, the same in every subcommand (``default`` says what omitting it means)."""
+    parser.add_argument(
+        "--device", metavar="DEVICE", help=f"torch device, e.g. cpu, cuda, cuda:1 (default: {default})"
+    )
+
+
 def resolve_device(name: str | None) -> torch.device:
     """The device given by ``--device`` (None: cuda if available, else cpu), checked to be usable here."""
     return runtime.resolve_device(name, option="--device")

@@ -7,7 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from cnn_aliasing.cli.options import resolve_device
+from cnn_aliasing.cli.options import add_device_argument, resolve_device
 from cnn_aliasing.cli.registry import Subcommand, register_subcommand
 from cnn_aliasing.study import StudyConfig, expand_models, load_config, run_study, shipped_configs
 from cnn_aliasing.study.config import DEFAULT_CONFIG, device_setting
@@ -50,11 +50,7 @@ class StudyCommand(Subcommand):
         )
         parser.add_argument("--force", action="store_true", help="recompute models already done")
         parser.add_argument("--out", type=Path, metavar="DIR", help="results folder (default: the config's)")
-        parser.add_argument(
-            "--device",
-            metavar="DEVICE",
-            help="torch device (default: the config's; auto = cuda if available)",
-        )
+        add_device_argument(parser, default="the config's; auto = cuda if available, else cpu")
         parser.add_argument(
             "--no-report",
             action="store_true",

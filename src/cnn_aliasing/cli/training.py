@@ -10,7 +10,13 @@ from typing import Any
 import torch
 
 from cnn_aliasing.attacks import parse_eps
-from cnn_aliasing.cli.options import parse_value, positive_int, resolve_device, split_key_value
+from cnn_aliasing.cli.options import (
+    add_device_argument,
+    parse_value,
+    positive_int,
+    resolve_device,
+    split_key_value,
+)
 from cnn_aliasing.cli.registry import Subcommand, register_subcommand
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.training import Recipe, attack_step, get_recipe, list_recipes, train
@@ -95,7 +101,7 @@ class TrainCommand(Subcommand):
             "--data-dir", type=Path, metavar="DIR", help="folder holding cifar-10-batches-py/"
         )
         parser.add_argument("--out", type=Path, metavar="DIR", help="the run folder to write (and resume)")
-        parser.add_argument("--device", metavar="DEVICE", help="torch device (default: cuda if available)")
+        add_device_argument(parser)
         parser.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads (torch's default)")
         parser.add_argument(
             "--restart", action="store_true", help="replace a run in --out instead of resuming"

@@ -7,7 +7,6 @@ prefixes (DataParallel, wrappers) stripped.
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from collections.abc import Mapping, Sequence
@@ -19,9 +18,7 @@ import torch
 from torch import nn
 
 from cnn_aliasing.errors import CheckpointError, first_line
-from cnn_aliasing.provenance import atomic_file
-
-StrPath = str | os.PathLike[str]
+from cnn_aliasing.provenance import StrPath, atomic_file
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 _PREFIXES = ("module.", "model.")

@@ -6,7 +6,6 @@ alone. A missing key is a :class:`ResultsError` naming the file and the key.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,11 +13,10 @@ from typing import Any
 import numpy as np
 
 from cnn_aliasing.errors import CnnAliasingError
-from cnn_aliasing.provenance import write_csv_atomic, write_json_atomic
+from cnn_aliasing.measure import AM
+from cnn_aliasing.provenance import JsonFileError, read_json_object, write_csv_atomic, write_json_atomic
+from cnn_aliasing.result_status import DONE
 
-AM = "aliasing"
-DONE = "done"
-FAILED = "failed"
 #: With at most this many finished models every point of a scatter plot is named.
 LABEL_ALL_UP_TO = 8
 
@@ -29,16 +27,9 @@ class ResultsError(CnnAliasingError):
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ResultsError(f"{path}: no such file") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ResultsError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise ResultsError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
-    return data
+        return read_json_object(path)
+    except JsonFileError as error:
+        raise ResultsError(str(error)) from None
 
 
 def _get(obj: dict[str, Any], key: str, path: Path, where: str = "") -> Any:

@@ -34,7 +34,8 @@ from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.evaluation import clean_accuracy
 from cnn_aliasing.identity import data_sha256, model_identity
 from cnn_aliasing.measure import AliasingReport, measure
-from cnn_aliasing.provenance import run_metadata, write_json_atomic
+from cnn_aliasing.provenance import JsonFileError, read_json_object, run_metadata, write_json_atomic
+from cnn_aliasing.result_status import DONE, FAILED, PENDING
 from cnn_aliasing.runtime import evaluation_mode, resolve_device, run_model
 from cnn_aliasing.study.config import REPORTED, REPORTED_EPS, StudyConfig
 from cnn_aliasing.study.specs import LoadContext, StudyModel, expand_models
@@ -42,7 +43,6 @@ from cnn_aliasing.study.spectra import capture_spectrum
 
 SCHEMA = 1
 REPORTED_IMAGES = 10_000  # RobustBench's reported figures are on the whole CIFAR-10 test set
-DONE, FAILED, PENDING = "done", "failed", "pending"
 MEASUREMENTS = ("clean_accuracy", "robust_accuracy", "aliasing", "spectrum")
 
 
@@ -115,10 +115,9 @@ def fingerprint(model: StudyModel, settings: dict[str, Any]) -> str:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json_object(path)
+    except JsonFileError:
         return None
-    return loaded if isinstance(loaded, dict) else None
 
 
 def _is_finished(path: Path, wanted: str) -> bool:

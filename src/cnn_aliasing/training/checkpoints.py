@@ -17,7 +17,6 @@ and the weights' hash):
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,8 @@ from cnn_aliasing.errors import CheckpointError
 from cnn_aliasing.identity import weights_sha256
 from cnn_aliasing.models import create_model, load_checkpoint
 from cnn_aliasing.models.checkpoint import cpu_state_dict, save_state_dict
-from cnn_aliasing.provenance import atomic_file, write_json_atomic
+from cnn_aliasing.provenance import JsonFileError, StrPath, atomic_file, read_json_object, write_json_atomic
 
-StrPath = str | os.PathLike[str]
 WEIGHTS = "model.safetensors"
 SIDECAR = "model.json"
 STATE = "state.pt"
@@ -57,10 +55,10 @@ def read_sidecar(path: StrPath) -> dict[str, Any]:
     if not file.is_file():
         raise CheckpointError(f"no training sidecar {file}: {path} is not a cnn-aliasing training run")
     try:
-        sidecar = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"cannot read the training sidecar {file}: {error}") from error
-    if not isinstance(sidecar, dict) or sidecar.get("schema") != SCHEMA:
+        sidecar = read_json_object(file)
+    except JsonFileError as error:
+        raise CheckpointError(f"cannot read the training sidecar: {error}") from None
+    if sidecar.get("schema") != SCHEMA:
         raise CheckpointError(f"training sidecar {file} is not of schema {SCHEMA}")
     return sidecar
 

@@ -26,7 +26,7 @@ from cnn_aliasing.data import load_cifar10, to_float
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.identity import data_sha256
 from cnn_aliasing.models import create_model
-from cnn_aliasing.provenance import run_metadata
+from cnn_aliasing.provenance import StrPath, run_metadata
 from cnn_aliasing.runtime import resolve_device, safe_on_cpu, use_channels_last
 from cnn_aliasing.training.augment import random_crop_flip
 from cnn_aliasing.training.checkpoints import (
@@ -47,7 +47,6 @@ from cnn_aliasing.training.recipes import Recipe
 from cnn_aliasing.training.schedules import learning_rate
 from cnn_aliasing.training.tracking import overfitting_warning, track
 
-StrPath = str | os.PathLike[str]
 REFRESH_EVERY = 10  # steps between progress-bar refreshes (the only host syncs inside an epoch)
 
 

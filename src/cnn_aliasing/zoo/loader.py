@@ -18,10 +18,10 @@ from torch import nn
 
 from cnn_aliasing.errors import CheckpointError, first_line
 from cnn_aliasing.models import load_checkpoint
+from cnn_aliasing.provenance import StrPath
 from cnn_aliasing.zoo.entry import ZooEntry
 from cnn_aliasing.zoo.registry import zoo_entry
 
-StrPath = str | os.PathLike[str]
 Downloader = Callable[[str, Path], None]
 """``downloader(gdrive_id, destination)`` writes the Google Drive file to ``destination`` or raises."""
 
