@@ -524,7 +524,7 @@ def test_keyboard_interrupt_exits_130(
     def interrupted(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli.aliasing, "measure", interrupted)
+    monkeypatch.setattr(cli.measure, "measure", interrupted)
     code, _, err = run_cli(capsys, *measure_args(cifar_dir, tmp_path / "r.json"))
     assert (code, err) == (130, "cnn-aliasing: interrupted\n")
 
@@ -536,7 +536,7 @@ def test_warnings_are_shown_as_one_line(
         warnings.warn("first part\n  second part", UserWarning, stacklevel=1)
         return measure_aliasing(*args, **kwargs)
 
-    monkeypatch.setattr(cli.aliasing, "measure", warning_measure)
+    monkeypatch.setattr(cli.measure, "measure", warning_measure)
     code, _, err = run_cli(capsys, *measure_args(cifar_dir, tmp_path / "r.json"))
     assert (code, err) == (0, "cnn-aliasing: warning: first part; second part\n")
 

@@ -20,7 +20,7 @@ from cnn_aliasing import data, spectral, zoo
 from cnn_aliasing.attacks import NORMS, resolve_attacks
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.study.specs import ModelSpec, parse_model_spec
-from cnn_aliasing.study.tables import (
+from cnn_aliasing.study.toml_fields import (
     from_table,
     is_eps,
     is_path,

@@ -25,7 +25,7 @@ from cnn_aliasing import models, training, zoo
 from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
 from cnn_aliasing.provenance import sha256_of
 from cnn_aliasing.registry import Registry
-from cnn_aliasing.study.tables import from_table, is_bool, is_path, is_str, is_str_list, is_table, reads
+from cnn_aliasing.study.toml_fields import from_table, is_bool, is_path, is_str, is_str_list, is_table, reads
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 

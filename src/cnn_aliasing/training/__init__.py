@@ -11,7 +11,6 @@ See docs/training.md.
 """
 
 from cnn_aliasing.training.augment import crop_flip, random_crop_flip
-from cnn_aliasing.training.checkpoints import has_sidecar, load_trained_model, read_sidecar, weights_file
 from cnn_aliasing.training.loop import Trainer, TrainResult, epoch_seed, load_train_data, train, use_autocast
 from cnn_aliasing.training.objectives import (
     Objective,
@@ -21,6 +20,7 @@ from cnn_aliasing.training.objectives import (
     register_objective,
 )
 from cnn_aliasing.training.recipes import FIELDS, Recipe, get_recipe, list_recipes, register_recipe
+from cnn_aliasing.training.run_folder import has_sidecar, load_trained_model, read_sidecar, weights_file
 from cnn_aliasing.training.schedules import learning_rate, list_schedules, register_schedule
 from cnn_aliasing.training.tracking import CatastrophicOverfittingWarning, overfitting_warning, track
 

@@ -29,7 +29,9 @@ from cnn_aliasing.models import create_model
 from cnn_aliasing.provenance import StrPath, run_metadata
 from cnn_aliasing.runtime import resolve_device, safe_on_cpu, use_channels_last
 from cnn_aliasing.training.augment import random_crop_flip
-from cnn_aliasing.training.checkpoints import (
+from cnn_aliasing.training.objectives import attack_step, get_objective
+from cnn_aliasing.training.recipes import Recipe
+from cnn_aliasing.training.run_folder import (
     COMMIT,
     SCHEMA,
     SIDECAR,
@@ -42,8 +44,6 @@ from cnn_aliasing.training.checkpoints import (
     weights_commit,
     write_run,
 )
-from cnn_aliasing.training.objectives import attack_step, get_objective
-from cnn_aliasing.training.recipes import Recipe
 from cnn_aliasing.training.schedules import learning_rate
 from cnn_aliasing.training.tracking import overfitting_warning, track
 
@@ -278,7 +278,7 @@ def train(
     """Train ``recipe`` on CIFAR-10 from ``data_dir`` into ``out_dir`` and return the result.
 
     Writes ``out_dir/state.pt``, ``out_dir/model.safetensors`` and ``out_dir/model.json`` (the sidecar)
-    after every epoch (see :mod:`cnn_aliasing.training.checkpoints`). With ``resume`` a run of the same
+    after every epoch (see :mod:`cnn_aliasing.training.run_folder`). With ``resume`` a run of the same
     recipe already there continues from its last saved state (a complete one returns at once, one whose
     weights or sidecar a kill left behind the state is repaired first); a run of another recipe is an
     error. Without ``resume`` any run there is replaced.
