@@ -171,8 +171,8 @@ class AliasingReport:
             OpAliasing(
                 name=o["name"],
                 kind=o["kind"],
-                factor=tuple(o["factor"]),  # type: ignore[arg-type]
-                full_size=tuple(o["full_size"]),  # type: ignore[arg-type]
+                factor=tuple(o["factor"]),
+                full_size=tuple(o["full_size"]),
                 channels=o["channels"],
                 metrics={k: _summary_from_json(v) for k, v in o["metrics"].items()},
                 sampled=_sample_from_json(o.get("sampled")),

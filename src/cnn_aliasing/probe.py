@@ -308,7 +308,7 @@ class _Patches:
 
     def replace_forward(self, module: nn.Module, forward: Callable[..., Any]) -> None:
         self._undo.append((module, module.__dict__.get("forward", self._missing)))
-        module.forward = forward  # type: ignore[method-assign]
+        module.forward = forward
 
     def restore(self) -> None:
         while self._undo:
@@ -316,7 +316,7 @@ class _Patches:
             if previous is self._missing:
                 del module.forward
             else:
-                module.forward = previous  # type: ignore[method-assign]
+                module.forward = previous
 
 
 @contextlib.contextmanager

@@ -79,12 +79,12 @@ def on_device(model: nn.Module, device: torch.device, *, channels_last: bool = F
     if moved:
         model.to(device)
     if channels_last:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # missing from torch's stubs
     try:
         yield
     finally:
         if channels_last and not was_channels_last:
-            model.to(memory_format=torch.contiguous_format)
+            model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         if moved:
             model.to(home)
 
@@ -173,7 +173,7 @@ def safe_on_cpu(model: nn.Module, device: torch.device, *, channels_last: bool =
         yield
         return
     enabled = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # a settable flag, typed as ContextProp
     try:
         yield
     finally:

@@ -41,7 +41,7 @@ def as_factor(factor: int | Sequence[int]) -> tuple[int, int]:
     pair = (factor, factor) if isinstance(factor, int) else tuple(factor)
     if len(pair) != 2 or not all(isinstance(f, int) and 1 <= f <= MAX_FACTOR for f in pair):
         raise CnnAliasingError(f"factor must be an int or a pair of ints in 1..{MAX_FACTOR}, got {factor!r}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 def as_nyquist(nyquist: str | Nyquist) -> Nyquist:
@@ -204,7 +204,9 @@ def _small_spectra_fft(x: torch.Tensor, grid: _Grid, mix: Mix | None = None) -> 
     return _SmallSpectra(y.real, y.imag, z.real, z.imag, grid.weights(x.device), x if mix is None else None)
 
 
-def _dft_matrix(samples: int, frequencies: list[int | None], period: int, stride: int = 1) -> torch.Tensor:
+def _dft_matrix(
+    samples: int, frequencies: Sequence[int | None], period: int, stride: int = 1
+) -> torch.Tensor:
     """Real (samples*stride, 2F) matrix [cos | -sin] of the DFT at these frequencies, divided by ``period``.
 
     Row j*stride is sample j (other rows are zero); a None frequency gives zero columns.
@@ -255,7 +257,8 @@ def _small_spectra_dft(x: torch.Tensor, grid: _Grid, mix: Mix | None = None) -> 
         real = a[:, :cols, :n] - a[:, cols:, n:]
         imag = a[:, cols:, :n] + a[:, :cols, n:]
         parts += [real.transpose(1, 2), imag.transpose(1, 2)]
-    return _SmallSpectra(*parts, grid.weights(x.device), x if mix is None else None)
+    y_re, y_im, z_re, z_im = parts
+    return _SmallSpectra(y_re, y_im, z_re, z_im, grid.weights(x.device), x if mix is None else None)
 
 
 DFT_MAX_SIZE = 32

@@ -57,9 +57,10 @@ def is_number(low: float, high: float = math.inf, *, open_low: bool = False) -> 
     def check(value: Any, where: str) -> float:
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise invalid(where, wanted, value)
-        if value > high or value < low or (open_low and value == low):
+        number = float(value)
+        if number > high or number < low or (open_low and number == low):
             raise invalid(where, wanted, value)
-        return float(value)
+        return number
 
     return check
 

@@ -44,7 +44,7 @@ def _pair(value: int | Sequence[int], what: str, minimum: int = 1) -> Pair:
         isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in pair
     ):
         raise CnnAliasingError(f"{what} must be an int or a pair of ints >= {minimum}, got {value!r}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 def _check_maps(x: torch.Tensor, what: str) -> None:

@@ -175,10 +175,10 @@ class AntialiasedConv2d(nn.Conv2d):
         super().__init__(
             conv.in_channels,
             conv.out_channels,
-            conv.kernel_size,
+            _pair(conv.kernel_size, "kernel_size"),
             stride=1,
             padding=padding if padding is not None else _conv_padding(conv),
-            dilation=conv.dilation,
+            dilation=_pair(conv.dilation, "dilation"),
             groups=conv.groups,
             bias=conv.bias is not None,
             padding_mode=conv.padding_mode,
@@ -295,7 +295,7 @@ def antialias(
             slot_name = slots.get(child)
             slot = getattr(parent, slot_name, None) if slot_name else None
             slot = slot if isinstance(slot, nn.Identity) else None
-            replacement, slotted = _swap_conv(module, chosen, settings, slot)  # type: ignore[arg-type]
+            replacement, slotted = _swap_conv(module, chosen, settings, slot)
             setattr(parent, child, replacement)
             if slotted is not None:
                 setattr(parent, slot_name, slotted)  # type: ignore[arg-type]

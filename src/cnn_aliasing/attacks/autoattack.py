@@ -191,7 +191,7 @@ def check_dynamic(model: nn.Module, x: torch.Tensor) -> None:
         if event == "call" and frame.f_code.co_name in _GRADIENT_CALLS:
             calls += 1
 
-    sys.settrace(trace)  # type: ignore[arg-type]
+    sys.settrace(trace)
     try:
         model(x)
     finally:

@@ -38,7 +38,7 @@ _TINY = 1e-12
 
 def _loss_fn(loss: str | LossFn) -> LossFn:
     """The loss function of a name of :data:`LOSSES` or a callable (checked by ``_is_loss``)."""
-    return loss if callable(loss) else LOSSES[_is_loss(loss, "loss")]
+    return loss if callable(loss) else LOSSES[str(_is_loss(loss, "loss"))]
 
 
 def uniform_start(

@@ -19,7 +19,7 @@ from cnn_aliasing.cli.options import (
     run_meta,
 )
 from cnn_aliasing.cli.registry import Subcommand, register_subcommand
-from cnn_aliasing.evaluation import clean_accuracy
+from cnn_aliasing.evaluation import AccuracyResult, clean_accuracy
 from cnn_aliasing.provenance import write_json_atomic
 
 
@@ -90,7 +90,9 @@ class EvaluateCommand(Subcommand):
         )
         model.to(device).eval()  # attacks expect an eval-mode model (and warn otherwise)
         batches = data.iterate_batches(images, labels, args.batch_size, device=device)
-        results = {"clean": clean_accuracy(model, batches, progress=not args.quiet, total_images=len(images))}
+        results: dict[str, AccuracyResult | attacks.RobustAccuracy] = {
+            "clean": clean_accuracy(model, batches, progress=not args.quiet, total_images=len(images))
+        }
         print(
             f"clean accuracy of {args.model} on {len(images)} CIFAR-10 {args.split} images: "
             f"{results['clean']} (device={device}, {time.perf_counter() - start:.1f} s)"

@@ -179,7 +179,7 @@ def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any
             )
         model = training.load_trained_model(args.model)
         sidecar = training.read_sidecar(args.model)
-        path = training.weights_file(args.model)
+        path: Path | None = training.weights_file(args.model)
         described = {
             **sidecar["model"],
             "trained": {k: sidecar[k] for k in ("recipe", "objective", "robust", "seed", "epochs_done")},
@@ -195,7 +195,7 @@ def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any
         model = zoo.load_zoo_model(
             entry.name, args.model_dir, download=args.download_weights, progress=not args.quiet
         )
-        path: Path | None = zoo.checkpoint_path(entry.name, args.model_dir)
+        path = zoo.checkpoint_path(entry.name, args.model_dir)
         described = {
             "name": entry.name,
             "args": dict(entry.arch_args),

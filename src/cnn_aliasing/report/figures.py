@@ -83,7 +83,7 @@ def robust_accuracy_vs_aliasing(results: StudyResults, out_dir: Path) -> list[Pa
     for ax, op in zip(axes, ops, strict=True):
         for model in models:
             measured = model.op(op)
-            if measured is None:
+            if measured is None or model.robust_accuracy is None:
                 continue
             ax.scatter(measured.aliasing, 100 * model.robust_accuracy, color=_colour(model), zorder=3)
             if model.name in highlight:
@@ -179,6 +179,7 @@ def spectrum_figure(spectrum: SpectrumResult, out_dir: Path, stem: str) -> list[
     axes[0].add_patch(
         Rectangle((-nx, -ny), 2 * nx, 2 * ny, fill=False, edgecolor="cyan", linestyle="--", linewidth=1.2)
     )
+    assert image is not None  # four panels, each drawn
     fig.colorbar(image, ax=list(axes), shrink=0.8, label="log10 magnitude")
     fig.suptitle(
         f"{spectrum.model}, op {spectrum.op}, image {spectrum.image}, channel {spectrum.channel}, "

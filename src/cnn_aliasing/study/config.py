@@ -187,7 +187,7 @@ def parse_config(raw: dict[str, Any], file: str, *, default_name: str) -> StudyC
         raise CnnAliasingError(
             f"{file}: unknown key {unknown[0]!r}; valid top-level keys: {', '.join(valid)}"
         )
-    sections = {
+    sections: dict[str, Any] = {
         key: from_table(cls, raw[key], f"{file}: [{key}]") for key, cls in _SECTIONS.items() if key in raw
     }
     if "attack" in raw and not sections["attack"].enabled:

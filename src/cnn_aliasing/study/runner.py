@@ -331,6 +331,11 @@ def reported_robust_accuracy(model: StudyModel) -> dict[str, Any]:
     }
 
 
+def _say_stage(say: Callable[[str], None], prefix: str, stage: str) -> None:
+    """Report one stage of a model's work under its ``[i/n] name`` prefix."""
+    say(f"{prefix}: {stage}")
+
+
 def _printer(enabled: bool) -> Callable[[str], None]:
     def say(message: str) -> None:
         if enabled:
@@ -401,7 +406,7 @@ def run_study(
             say(f"{prefix}: done in an earlier run, skipped (--force recomputes)")
             outcomes.append(ModelOutcome(model.name, DONE, None, skipped=True))
             continue
-        record = runner.run(model, prints[model.name], force, lambda stage, p=prefix: say(f"{p}: {stage}"))
+        record = runner.run(model, prints[model.name], force, functools.partial(_say_stage, say, prefix))
         write_json_atomic(paths.model_file(model), record)
         paths.state_file(model).unlink(missing_ok=True)  # after the commit: a kill before it keeps the state
         statuses[model.name] = record["status"]

@@ -46,7 +46,7 @@ def from_table(cls: type[T], raw: Any, where: str, **extra: Any) -> T:
     if unknown:
         raise CnnAliasingError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(valid)}")
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]  # every table class is a dataclass
         if "check" not in f.metadata:
             continue
         if f.name in raw:

@@ -84,7 +84,7 @@ class Trainer:
         self.model = model.to(device)
         self.channels_last = use_channels_last(recipe.channels_last, device)
         if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's stubs
         self.model.train()
         self.forward: nn.Module = torch.compile(self.model) if recipe.compile else self.model  # type: ignore[assignment]
         self.objective = get_objective(recipe.objective)

@@ -73,7 +73,7 @@ class Recipe:
     def __post_init__(self) -> None:
         object.__setattr__(self, "arch_args", dict(self.arch_args))
         if self.downsample != "strided" and "downsample" not in self.arch_args:
-            self.arch_args["downsample"] = self.downsample  # the factory's argument (create_model)
+            self.arch_args["downsample"] = self.downsample  # type: ignore[index]  # a dict, made just above
         object.__setattr__(self, "milestones", tuple(self.milestones))
         _validate(self)
 
@@ -218,7 +218,7 @@ def _register_all(*recipes: Callable[[], Recipe]) -> None:
 
 
 _SMALL_ARCH_ARGS = {"width": 16, "normalize": "cifar10"}
-_SMALL = {
+_SMALL: dict[str, Any] = {
     "arch_args": _SMALL_ARCH_ARGS,
     "n_train": 10_000,
     "batch_size": 128,
