@@ -33,7 +33,8 @@ from cnn_aliasing.cli.options import parse_value
 from cnn_aliasing.models import create_model
 from cnn_aliasing.provenance import run_metadata
 from cnn_aliasing.runtime import use_channels_last
-from cnn_aliasing.training import Trainer, get_recipe, learning_rate, list_recipes, use_autocast
+from cnn_aliasing.training import Trainer, get_recipe, learning_rate, list_recipes
+from cnn_aliasing.training.loop import use_autocast
 
 
 def synchronize(device: torch.device) -> None:

@@ -15,12 +15,9 @@ from cnn_aliasing.attacks import (
     ThreatModel,
     ZeroGradientWarning,
     create_attack,
-    dlr_loss,
-    margin,
-    per_example_norm,
-    targeted_dlr_loss,
 )
 from cnn_aliasing.attacks.apgd import _oscillating
+from cnn_aliasing.attacks.base import dlr_loss, margin, per_example_norm, targeted_dlr_loss
 from cnn_aliasing.errors import CnnAliasingError
 
 

@@ -14,10 +14,10 @@ from cnn_aliasing.attacks import (
     ThreatModel,
     create_attack,
     fgsm,
-    per_example_norm,
     pgd_perturb,
-    uniform_start,
 )
+from cnn_aliasing.attacks.base import per_example_norm
+from cnn_aliasing.attacks.pgd import uniform_start
 from cnn_aliasing.errors import CnnAliasingError
 
 

@@ -25,11 +25,11 @@ from cnn_aliasing.attacks import (
     ThreatModel,
     list_attacks,
     parse_eps,
-    per_example_norm,
     resolve_attacks,
     robust_accuracy,
 )
 from cnn_aliasing.attacks.autoattack import check_square
+from cnn_aliasing.attacks.base import per_example_norm
 from cnn_aliasing.attacks.robust import StateMismatchError
 from cnn_aliasing.errors import CnnAliasingError
 

@@ -26,18 +26,17 @@ from cnn_aliasing.training import (
     Recipe,
     Trainer,
     attack_step,
-    crop_flip,
     get_objective,
     get_recipe,
     learning_rate,
     list_recipes,
     load_trained_model,
-    overfitting_warning,
-    random_crop_flip,
     read_sidecar,
     track,
     train,
 )
+from cnn_aliasing.training.augment import crop_flip, random_crop_flip
+from cnn_aliasing.training.tracking import overfitting_warning
 
 EPS = 8 / 255
 TINY = {"arch_args": {"width": 4, "normalize": "cifar10"}, "n_train": None, "batch_size": 16, "lr": 0.05}

@@ -10,8 +10,7 @@ and the small ones ``small-standard``, ``small-fgsm-rs`` and ``small-fgsm`` (min
 See docs/training.md.
 """
 
-from cnn_aliasing.training.augment import crop_flip, random_crop_flip
-from cnn_aliasing.training.loop import Trainer, TrainResult, epoch_seed, load_train_data, train, use_autocast
+from cnn_aliasing.training.loop import Trainer, TrainResult, train
 from cnn_aliasing.training.objectives import (
     Objective,
     attack_step,
@@ -22,7 +21,7 @@ from cnn_aliasing.training.objectives import (
 from cnn_aliasing.training.recipes import FIELDS, Recipe, get_recipe, list_recipes, register_recipe
 from cnn_aliasing.training.run_folder import has_sidecar, load_trained_model, read_sidecar, weights_file
 from cnn_aliasing.training.schedules import learning_rate, list_schedules, register_schedule
-from cnn_aliasing.training.tracking import CatastrophicOverfittingWarning, overfitting_warning, track
+from cnn_aliasing.training.tracking import CatastrophicOverfittingWarning, track
 
 __all__ = [
     "FIELDS",
@@ -32,8 +31,6 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "attack_step",
-    "crop_flip",
-    "epoch_seed",
     "get_objective",
     "get_recipe",
     "has_sidecar",
@@ -41,16 +38,12 @@ __all__ = [
     "list_objectives",
     "list_recipes",
     "list_schedules",
-    "load_train_data",
     "load_trained_model",
-    "overfitting_warning",
-    "random_crop_flip",
     "read_sidecar",
     "register_objective",
     "register_recipe",
     "register_schedule",
     "track",
     "train",
-    "use_autocast",
     "weights_file",
 ]
