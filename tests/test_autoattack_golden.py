@@ -47,6 +47,7 @@ import pytest
 import torch
 from torch import nn
 
+from attack_models import single_thread
 from cnn_aliasing.attacks import ThreatModel, create_attack, robust_accuracy
 from cnn_aliasing.attacks import apgd as apgd_module
 from cnn_aliasing.attacks import fab as fab_module
@@ -72,12 +73,8 @@ def _ids(attack: str) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @cache
