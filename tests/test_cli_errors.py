@@ -89,7 +89,7 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     ),
     "train set out of range": (
         [*RECIPE, "--set", "epochs=0", "--dry-run"],
-        ("field epochs=0 is invalid", "integer >= 1"),
+        ("field epochs must be an integer >= 1, got int 0",),
     ),
     "train missing data dir": (
         [*RECIPE, "--data-dir", "nowhere", "--out", "t1", "--quiet"],

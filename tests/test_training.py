@@ -101,15 +101,21 @@ def test_overrides_and_their_errors() -> None:
         get_recipe("pgd-at", x=1)
     assert all(f in str(error.value) for f in FIELDS)
     for field, value, needle in [
-        ("epochs", 0, "epochs=0 is invalid; expected an integer >= 1"),
-        ("lr", -0.1, "lr=-0.1 is invalid"),
-        ("objective", "mart", "valid: fgsm, fgsm-rs, pgd-at, standard, trades"),
-        ("schedule", "cosine", "valid: constant, cyclic, multistep"),
-        ("arch", "vgg", "valid: "),
+        ("epochs", 0, "recipe 'small-standard' field epochs must be an integer >= 1, got int 0"),
+        ("lr", -0.1, "field lr must be a number >= 0, got float -0.1"),
+        ("objective", "mart", "field objective must be one of fgsm, fgsm-rs, pgd-at, standard, trades, got"),
+        ("schedule", "cosine", "must be one of constant, cyclic, multistep, got str 'cosine'"),
+        ("arch", "vgg", "field arch must be one of "),
         ("milestones", (150, 100), "increasing epochs"),
-        ("autocast", "fp16", "valid: auto, bf16, off"),
-        ("flip", 1, "true or false"),
-        ("n_train", 0, "n_train=0"),
+        ("autocast", "fp16", "must be one of 'auto', 'bf16', 'off'"),
+        ("flip", 1, "field flip must be true or false, got int 1"),
+        (
+            "n_train",
+            0,
+            r"field n_train must be an integer >= 1, got int 0 \(or None: the whole train split\)",
+        ),
+        ("attack_step", 0.0, "field attack_step must be a number > 0"),
+        ("downsample", "x", "field downsample must be one of strided, flc, asap, blurpool"),
     ]:
         with pytest.raises(CnnAliasingError, match=needle):
             get_recipe("small-standard", **{field: value})

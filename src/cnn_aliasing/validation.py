@@ -36,6 +36,25 @@ def is_bool(value: Any, where: str) -> bool:
     return value
 
 
+def is_whole(value: Any) -> bool:
+    """Whether ``value`` is an integer (booleans are not integers here)."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral)
+
+
+def optional(check: Check, none_means: str) -> Check:
+    """None (which means ``none_means``), or a value passing ``check``; the error says both."""
+
+    def check_optional(value: Any, where: str) -> Any:
+        if value is None:
+            return None
+        try:
+            return check(value, where)
+        except CnnAliasingError as error:
+            raise CnnAliasingError(f"{error} (or None: {none_means})") from None
+
+    return check_optional
+
+
 def is_int(minimum: int) -> Check:
     """An integer >= ``minimum`` (booleans are not integers here)."""
 

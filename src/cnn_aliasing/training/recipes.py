@@ -10,16 +10,82 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.registry import Registry
+from cnn_aliasing.validation import (
+    Check,
+    invalid,
+    is_bool,
+    is_choice,
+    is_int,
+    is_number,
+    is_str,
+    is_whole,
+    optional,
+)
 
 AUTOCAST_CHOICES = ("auto", "bf16", "off")
 EPS_8 = 8 / 255
+
+
+def checked(check: Check) -> dict[str, Check]:
+    """Metadata of a recipe field: the check its value must pass (see :mod:`cnn_aliasing.validation`)."""
+    return {"check": check}
+
+
+def _names_of(kind: str) -> list[str]:
+    """The valid names of a field that names a registered thing (imported when a recipe is checked:
+    the registries' modules import this one)."""
+    from cnn_aliasing.antialias import downsample_choices
+    from cnn_aliasing.models import list_models
+    from cnn_aliasing.training.objectives import list_objectives
+    from cnn_aliasing.training.schedules import list_schedules
+
+    lists: dict[str, Callable[[], list[str]]] = {
+        "model": list_models,
+        "objective": list_objectives,
+        "schedule": list_schedules,
+        "downsample": lambda: list(downsample_choices()),
+    }
+    return lists[kind]()
+
+
+def _registered(kind: str) -> Check:
+    """A name among the registered ``kind`` names."""
+
+    def check(value: Any, where: str) -> str:
+        valid = _names_of(kind)
+        if value not in valid:
+            raise invalid(where, f"one of {', '.join(valid)}", value)
+        return value
+
+    return check
+
+
+def _is_milestones(value: Any, where: str) -> tuple[int, ...]:
+    """Increasing epochs >= 1."""
+    epochs = tuple(value) if isinstance(value, (tuple, list)) else None
+    if epochs is None or not all(is_whole(m) and m >= 1 for m in epochs) or list(epochs) != sorted(epochs):
+        raise invalid(where, "increasing epochs >= 1, e.g. [100, 150]", value)
+    return epochs
+
+
+def _is_arguments(value: Any, where: str) -> Mapping[str, Any]:
+    """A mapping of argument names to values."""
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise invalid(where, "a mapping of argument names to values", value)
+    return value
+
+
+def _is_sample_channels(value: Any, where: str) -> int | float:
+    """A count of channels >= 1 or a fraction in (0, 1] (see ``measure(sample_channels=...)``)."""
+    if (is_whole(value) and value >= 1) or (isinstance(value, float) and 0 < value <= 1):
+        return value
+    raise invalid(where, "an integer >= 1 (channels of each op) or a number in (0, 1] (that fraction)", value)
 
 
 @dataclass(frozen=True)
@@ -34,41 +100,50 @@ class Recipe:
     architecture's down-sampling (see :mod:`cnn_aliasing.antialias`); it is passed on in ``arch_args``.
     """
 
-    name: str
+    name: str = field(metadata=checked(is_str))
     description: str = ""
-    arch: str = "preact_resnet18"
-    arch_args: Mapping[str, Any] = field(default_factory=lambda: {"normalize": "cifar10"})
-    objective: str = "standard"
-    epochs: int = 200
-    batch_size: int = 512
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    schedule: str = "multistep"
-    milestones: tuple[int, ...] = (100, 150)
-    gamma: float = 0.1
-    lr_peak: float = 0.4
-    warmup_epochs: float = 0.0
-    crop_padding: int = 4
-    flip: bool = True
-    eps: float = EPS_8
-    attack_step: float | None = None
-    attack_steps: int = 10
-    trades_beta: float = 6.0
-    n_train: int | None = None
-    subset_seed: int = 0
-    seed: int = 0
-    eval_every: int = 1
-    eval_images: int = 256
-    eval_pgd_steps: int = 10
-    eval_pgd_step: float = 2 / 255
-    eval_sample_channels: int | float | None = None  # per-epoch AM: measure(sample_channels=...); None exact
-    overfit_drop: float = 0.2
-    autocast: str = "auto"
-    channels_last: bool | None = None
-    compile: bool = False
-    downsample: str = "strided"
+    arch: str = field(default="preact_resnet18", metadata=checked(_registered("model")))
+    arch_args: Mapping[str, Any] = field(
+        default_factory=lambda: {"normalize": "cifar10"}, metadata=checked(_is_arguments)
+    )
+    objective: str = field(default="standard", metadata=checked(_registered("objective")))
+    epochs: int = field(default=200, metadata=checked(is_int(1)))
+    batch_size: int = field(default=512, metadata=checked(is_int(1)))
+    lr: float = field(default=0.1, metadata=checked(is_number(0)))
+    momentum: float = field(default=0.9, metadata=checked(is_number(0)))
+    weight_decay: float = field(default=5e-4, metadata=checked(is_number(0)))
+    nesterov: bool = field(default=False, metadata=checked(is_bool))
+    schedule: str = field(default="multistep", metadata=checked(_registered("schedule")))
+    milestones: tuple[int, ...] = field(default=(100, 150), metadata=checked(_is_milestones))
+    gamma: float = field(default=0.1, metadata=checked(is_number(0)))
+    lr_peak: float = field(default=0.4, metadata=checked(is_number(0, 1)))
+    warmup_epochs: float = field(default=0.0, metadata=checked(is_number(0)))
+    crop_padding: int = field(default=4, metadata=checked(is_int(0)))
+    flip: bool = field(default=True, metadata=checked(is_bool))
+    eps: float = field(default=EPS_8, metadata=checked(is_number(0)))
+    attack_step: float | None = field(
+        default=None, metadata=checked(optional(is_number(0, open_low=True), "the objective's default step"))
+    )
+    attack_steps: int = field(default=10, metadata=checked(is_int(1)))
+    trades_beta: float = field(default=6.0, metadata=checked(is_number(0)))
+    n_train: int | None = field(default=None, metadata=checked(optional(is_int(1), "the whole train split")))
+    subset_seed: int = field(default=0, metadata=checked(is_int(0)))
+    seed: int = field(default=0, metadata=checked(is_int(0)))
+    eval_every: int = field(default=1, metadata=checked(is_int(0)))
+    eval_images: int = field(default=256, metadata=checked(is_int(1)))
+    eval_pgd_steps: int = field(default=10, metadata=checked(is_int(1)))
+    eval_pgd_step: float = field(default=2 / 255, metadata=checked(is_number(0)))
+    # per-epoch AM: measure(sample_channels=...)
+    eval_sample_channels: int | float | None = field(
+        default=None, metadata=checked(optional(_is_sample_channels, "measure every channel"))
+    )
+    overfit_drop: float = field(default=0.2, metadata=checked(is_number(0, 1)))
+    autocast: str = field(default="auto", metadata=checked(is_choice(*AUTOCAST_CHOICES)))
+    channels_last: bool | None = field(
+        default=None, metadata=checked(optional(is_bool, "channels_last on CUDA only"))
+    )
+    compile: bool = field(default=False, metadata=checked(is_bool))
+    downsample: str = field(default="strided", metadata=checked(_registered("downsample")))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "arch_args", dict(self.arch_args))
@@ -111,86 +186,17 @@ def _check_fields(names: Any, what: str) -> None:
         )
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)  # type: ignore[arg-type]
-
-
 def _validate(recipe: Recipe) -> None:
-    """Raise CnnAliasingError naming the first field with a bad value and what would be valid."""
-    from cnn_aliasing.models import list_models
-    from cnn_aliasing.training.objectives import list_objectives
-    from cnn_aliasing.training.schedules import list_schedules
-
-    def bad(name: str, valid: str) -> CnnAliasingError:
-        value = getattr(recipe, name)
-        return CnnAliasingError(f"recipe {recipe.name!r}: field {name}={value!r} is invalid; {valid}")
-
-    choices: dict[str, list[str]] = {
-        "arch": list_models(),
-        "objective": list_objectives(),
-        "schedule": list_schedules(),
-        "autocast": list(AUTOCAST_CHOICES),
-    }
-    for name, valid in choices.items():
-        if getattr(recipe, name) not in valid:
-            raise bad(name, f"valid: {', '.join(valid)}")
-    positive_ints = ("epochs", "batch_size", "attack_steps", "eval_images", "eval_pgd_steps")
-    for name in positive_ints:
-        if not _is_int(getattr(recipe, name)) or getattr(recipe, name) < 1:
-            raise bad(name, "expected an integer >= 1")
-    for name in ("crop_padding", "eval_every", "seed", "subset_seed"):
-        if not _is_int(getattr(recipe, name)) or getattr(recipe, name) < 0:
-            raise bad(name, "expected an integer >= 0")
-    non_negative = (
-        "lr",
-        "momentum",
-        "weight_decay",
-        "gamma",
-        "warmup_epochs",
-        "eps",
-        "trades_beta",
-        "eval_pgd_step",
-    )
-    for name in non_negative:
-        if not _is_number(getattr(recipe, name)) or getattr(recipe, name) < 0:
-            raise bad(name, "expected a finite number >= 0")
-    for name in ("lr_peak", "overfit_drop"):
-        if not _is_number(getattr(recipe, name)) or not 0 <= getattr(recipe, name) <= 1:
-            raise bad(name, "expected a number in [0, 1]")
-    for name in ("nesterov", "flip", "compile"):
-        if not isinstance(getattr(recipe, name), bool):
-            raise bad(name, "expected true or false")
-    if recipe.channels_last is not None and not isinstance(recipe.channels_last, bool):
-        raise bad("channels_last", "expected true, false, or None to choose per device (CUDA only)")
-    if recipe.attack_step is not None and (not _is_number(recipe.attack_step) or recipe.attack_step <= 0):
-        raise bad("attack_step", "expected a number > 0, or None for the objective's default")
-    sample = recipe.eval_sample_channels
-    if sample is not None and not (
-        (_is_int(sample) and sample >= 1) or (isinstance(sample, float) and 0 < sample <= 1)
-    ):
-        raise bad(
-            "eval_sample_channels",
-            "expected an integer >= 1 (channels of each op), a number in (0, 1] (that fraction of each "
-            "op's channels), or None to measure every channel",
-        )
-    if recipe.n_train is not None and (not _is_int(recipe.n_train) or recipe.n_train < 1):
-        raise bad("n_train", "expected an integer >= 1, or None for the whole train split")
-    if not all(_is_int(m) and m >= 1 for m in recipe.milestones) or list(recipe.milestones) != sorted(
-        recipe.milestones
-    ):
-        raise bad("milestones", "expected increasing epochs >= 1, e.g. [100, 150]")
-    if not all(isinstance(k, str) for k in recipe.arch_args):
-        raise bad("arch_args", "expected a mapping of argument names to values")
-    from cnn_aliasing.antialias import downsample_choices
-
-    if recipe.downsample not in downsample_choices():
-        raise bad("downsample", f"valid: {', '.join(downsample_choices())}")
+    """Check every field with the check it declares, then the one rule that spans two fields; an error
+    names the recipe, the field, what is valid and the value given."""
+    for f in dataclasses.fields(recipe):
+        if "check" in f.metadata:
+            f.metadata["check"](getattr(recipe, f.name), f"recipe {recipe.name!r} field {f.name}")
     if recipe.arch_args.get("downsample", recipe.downsample) != recipe.downsample:
-        raise bad("downsample", f"arch_args sets downsample={recipe.arch_args['downsample']!r}; set only one")
+        raise CnnAliasingError(
+            f"recipe {recipe.name!r}: arch_args sets downsample={recipe.arch_args['downsample']!r} and the "
+            f"field downsample={recipe.downsample!r}; set only one"
+        )
 
 
 # --------------------------------------------------------------------------------------------- registry
