@@ -400,3 +400,34 @@ def test_cached_traces_do_not_keep_a_model_alive() -> None:
     del model
     gc.collect()
     assert alive() is None
+
+
+class _ScaledPool(nn.Module):
+    """Reads a buffer in its own (traced) forward, then down-samples functionally."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.register_buffer("scale", torch.tensor(1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(torch.relu(self.conv(x) - self.scale), 2)
+
+
+def test_a_cached_trace_never_reads_a_replaced_buffer_or_parameter() -> None:
+    """``model.to(...)`` replaces buffers and assignment replaces tensors: a trace that held the old ones
+    would compute with stale values, so it is traced again, and the result equals a fresh model's."""
+    import copy
+
+    model, x = _ScaledPool(), torch.rand(2, 3, 8, 8)
+    measure(model, [x], progress=False)
+    for change in (
+        lambda m: setattr(m, "scale", torch.tensor(0.5)),
+        lambda m: m.to(torch.float64),
+        lambda m: setattr(m.conv, "weight", nn.Parameter(m.conv.weight.detach() * 2)),
+    ):
+        change(model)
+        dtype = next(model.parameters()).dtype
+        got = measure(model, [x.to(dtype)], progress=False).op("avg_pool2d").aliasing
+        fresh = measure(copy.deepcopy(model), [x.to(dtype)], progress=False).op("avg_pool2d").aliasing
+        assert got == fresh

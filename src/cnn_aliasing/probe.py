@@ -188,11 +188,13 @@ def _plain_attributes(module: nn.Module) -> tuple[tuple[str, Any], ...]:
 
 def _structure(model: nn.Module) -> tuple[Any, ...]:
     """What fx tracing of ``model`` depends on: each module's name, identity, class, forward code and
-    plain attributes."""
-    return tuple(
+    plain attributes, and the identity of every parameter and buffer (a traced graph holds the tensors its
+    forward reads; ``model.to(...)`` replaces buffers, and assigning a parameter replaces it)."""
+    modules = tuple(
         (name, id(m), type(m), type(m).forward, m.__dict__.get("forward"), _plain_attributes(m))
         for name, m in model.named_modules()
     )
+    return modules, tuple(id(t) for t in (*model.parameters(), *model.buffers()))
 
 
 class _Route:
