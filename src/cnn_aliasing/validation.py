@@ -59,7 +59,7 @@ def is_int(minimum: int) -> Check:
     """An integer >= ``minimum`` (booleans are not integers here)."""
 
     def check(value: Any, where: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        if not is_whole(value) or value < minimum:
             raise invalid(where, f"an integer >= {minimum}", value)
         return int(value)
 

@@ -233,6 +233,14 @@ _SMALL: dict[str, Any] = {
     "milestones": (),
 }
 
+_FAST: dict[str, Any] = {  # Wong et al.'s fast adversarial training schedule, shared by both FGSM recipes
+    "epochs": 15,
+    "batch_size": 128,
+    "lr": 0.2,
+    "schedule": "cyclic",
+    "milestones": (),
+}
+
 _register_all(
     lambda: Recipe(
         name="paper-baseline",
@@ -251,21 +259,13 @@ _register_all(
         name="fgsm-rs",
         description="fast FGSM-RS training (Wong et al. 2020): step 1.25 eps, cyclic lr up to 0.2, 15 epochs",
         objective="fgsm-rs",
-        epochs=15,
-        batch_size=128,
-        lr=0.2,
-        schedule="cyclic",
-        milestones=(),
+        **_FAST,
     ),
     lambda: Recipe(
         name="fgsm",
         description="plain FGSM training (no random start, step eps), as fgsm-rs: overfits catastrophically",
         objective="fgsm",
-        epochs=15,
-        batch_size=128,
-        lr=0.2,
-        schedule="cyclic",
-        milestones=(),
+        **_FAST,
     ),
     lambda: Recipe(
         name="trades",
