@@ -38,15 +38,15 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     ),
     "measure n-images 0": (
         ["measure", *MODEL, *DATA, "--n-images", "0", "--out", "m3.json"],
-        ("cnn-aliasing measure: error: argument --n-images", "positive integer, got '0'"),
+        ("cnn-aliasing measure: error: argument --n-images", "the value must be an integer >= 1, got int 0"),
     ),
     "measure n-images -1": (
         ["measure", *MODEL, *DATA, "--n-images", "-1", "--out", "m4.json"],
-        ("argument --n-images", "positive integer, got '-1'"),
+        ("argument --n-images", "the value must be an integer >= 1, got int -1"),
     ),
     "measure n-images abc": (
         ["measure", *MODEL, *DATA, "--n-images", "abc", "--out", "m5.json"],
-        ("argument --n-images", "positive integer, got 'abc'"),
+        ("argument --n-images", "the value must be an integer >= 1, got str 'abc'"),
     ),
     "measure checkpoint that is no checkpoint": (
         ["measure", *MODEL, *DATA, "--checkpoint", "junk.pt", "--out", "m6.json"],

@@ -77,7 +77,9 @@ def test_n_images_equal_to_split_size_and_the_result_is_writable(tmp_path: Path)
 @pytest.mark.parametrize("n_images", [0, -3, 2.5, True])
 def test_bad_n_images(tmp_path: Path, n_images: object) -> None:
     make_layout(tmp_path)
-    with pytest.raises(DataError, match="n_images must be a positive integer"):
+    got = f"{type(n_images).__name__} {n_images!r}"
+    message = rf"^n_images must be an integer >= 1, got {got} \(or None: the whole split\)$"
+    with pytest.raises(CnnAliasingError, match=message):
         load_cifar10(tmp_path, "test", n_images=n_images)  # type: ignore[arg-type]
 
 
@@ -424,7 +426,10 @@ def test_iterate_batches_moves_to_device() -> None:
 
 @pytest.mark.parametrize("batch_size", [0, -1, 1.5, True])
 def test_iterate_batches_rejects_bad_batch_size_at_call_time(batch_size: object) -> None:
-    with pytest.raises(CnnAliasingError, match="batch_size must be a positive integer"):
+    with pytest.raises(
+        CnnAliasingError,
+        match=rf"^batch_size must be an integer >= 1, got {type(batch_size).__name__} {batch_size!r}$",
+    ):
         iterate_batches(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(2), batch_size)  # type: ignore[arg-type]
 
 

@@ -140,7 +140,7 @@ def test_no_attack_section_or_enabled_false_means_no_attack() -> None:
             "[[models]] #1: zoo: unknown zoo model 'Nope'; valid zoo models: Standard",
         ),
         ({"models": [{"zoo_tags": ["wrn"]}]}, "zoo_tags: unknown zoo tag 'wrn'; valid tags:"),
-        ({"models": [{**CKPT, "arch": "vgg"}]}, "arch: unknown architecture 'vgg'; valid:"),
+        ({"models": [{**CKPT, "arch": "vgg"}]}, "arch: unknown architecture 'vgg'; valid architectures: "),
         ({"data": {"n_images": 0}, "models": [CKPT]}, "[data]: n_images must be an integer >= 1, got int 0"),
         ({"data": {"split": "val"}, "models": [CKPT]}, "[data]: split must be one of 'train', 'test'"),
         ({"aliasing": {"metrics": ["am"]}, "models": [CKPT]}, "[aliasing]: metrics: unknown metric(s) 'am'"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import numbers
 import os
 import pickle
 import shutil
@@ -27,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cnn_aliasing.errors import CnnAliasingError, DataError
+from cnn_aliasing.validation import is_int, optional
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -156,11 +156,6 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------------- loading
-def _is_positive_int(value: object) -> bool:
-    """True for ints (Python or numpy) above zero; False for bools, floats and the rest."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) > 0
-
-
 def _find_folder(root: Path) -> Path | None:
     """The `cifar-10-batches-py` folder for `root` (its parent or the folder itself), None if absent."""
     if (root / CIFAR10_FOLDER).is_dir():
@@ -189,12 +184,7 @@ def load_cifar10(
         raise DataError(
             f"unknown CIFAR-10 split {split!r}; valid splits: {', '.join(map(repr, SPLIT_FILES))}"
         )
-    if n_images is not None:
-        if not _is_positive_int(n_images):
-            raise DataError(
-                f"n_images must be a positive integer or None (the whole split), got {n_images!r}"
-            )
-        n_images = int(n_images)
+    n_images = optional(is_int(1), "the whole split")(n_images, "n_images")
     root = Path(root).expanduser()
     folder = _find_folder(root)
     if folder is None:
@@ -380,13 +370,11 @@ def iterate_batches(
 
     Images travel as uint8 and are converted on the device, which moves a quarter of the bytes.
     """
-    if not _is_positive_int(batch_size):
-        raise CnnAliasingError(f"batch_size must be a positive integer, got {batch_size!r}")
+    step = is_int(1)(batch_size, "batch_size")
     if len(images) != len(labels):
         raise CnnAliasingError(f"{len(images)} images but {len(labels)} labels; need one label per image")
     target = torch.device(device) if device is not None else None
     non_blocking = target is not None and target.type == "cuda"
-    step = int(batch_size)
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, len(images), step):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ from torch import nn
 from cnn_aliasing import data, models, runtime, training, zoo
 from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
 from cnn_aliasing.identity import data_sha256, model_identity
-from cnn_aliasing.provenance import run_metadata, sha256_of
+from cnn_aliasing.model_source import ArchSource, LoadOptions, ModelSource, RunSource, ZooSource
+from cnn_aliasing.provenance import run_metadata
+from cnn_aliasing.validation import Check, is_int
 
 _WORDS: dict[str, Any] = {"true": True, "false": False, "none": None, "null": None}
 
@@ -73,15 +76,21 @@ class _ModelArgsAction(argparse.Action):
         setattr(namespace, self.dest, collected)
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def checked_value(check: Check) -> Callable[[str], Any]:
+    """An argparse ``type``: the text parsed by :func:`parse_value`, then passed through ``check`` (see
+    :mod:`cnn_aliasing.validation`); its error, in the package-wide form, becomes argparse's."""
+
+    def convert(text: str) -> Any:
+        try:
+            return check(parse_value(text), "the value")
+        except CnnAliasingError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return convert
+
+
+positive_int = checked_value(is_int(1))
+"""An integer >= 1, as an argparse ``type``."""
 
 
 def add_device_argument(
@@ -166,55 +175,42 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The model named by ``--model`` (an architecture, a zoo model, or a training run: its folder or
-    model.safetensors with model.json beside it) and its "model"/"checkpoint" meta."""
-    torch.manual_seed(args.seed)
+def model_source(args: argparse.Namespace) -> ModelSource:
+    """The source ``--model`` names: a training run (its folder or model.safetensors with model.json
+    beside it), a zoo model or an architecture, in that order; ``--model-arg`` and ``--checkpoint`` apply
+    to an architecture only."""
     model_args = args.model_args or {}
+    custom = bool(model_args) or args.checkpoint is not None
     if training.has_sidecar(args.model):
-        if model_args or args.checkpoint is not None:
+        if custom:
             raise CnnAliasingError(
                 f"--model-arg and --checkpoint do not apply to the trained run {args.model}: its "
                 "architecture, arguments and weights come from its model.json and model.safetensors"
             )
-        model = training.load_trained_model(args.model)
-        sidecar = training.read_sidecar(args.model)
-        path: Path | None = training.weights_file(args.model)
-        described = {
-            **sidecar["model"],
-            "trained": {k: sidecar[k] for k in ("recipe", "objective", "robust", "seed", "epochs_done")},
-        }
-    elif args.model in zoo.ZOO:
+        return RunSource(Path(args.model))
+    if args.model in zoo.ZOO:
         entry = zoo.zoo_entry(args.model)
-        if model_args or args.checkpoint is not None:
+        if custom:
             raise CnnAliasingError(
                 f"--model-arg and --checkpoint do not apply to zoo model {entry.name}: it is {entry.arch} "
                 f"with {dict(entry.arch_args) or 'default arguments'} and reads its weights from "
                 f"--model-dir; for other weights give --model {entry.arch} with --checkpoint"
             )
-        model = zoo.load_zoo_model(
-            entry.name, args.model_dir, download=args.download_weights, progress=not args.quiet
-        )
-        path = zoo.checkpoint_path(entry.name, args.model_dir)
-        described = {
-            "name": entry.name,
-            "args": dict(entry.arch_args),
-            "arch": entry.arch,
-            "zoo": entry.to_dict(),
-        }
-    elif args.model in models.list_models():
-        model = models.create_model(args.model, **model_args)
-        path = args.checkpoint
-        if path is not None:
-            models.load_checkpoint(model, path)
-        described = {"name": args.model, "args": model_args}
-    else:
-        raise UnknownNameError(
-            f"unknown model {args.model!r}; valid architectures: {', '.join(models.list_models())}; "
-            f"zoo models: {', '.join(zoo.ZOO)}"
-        )
-    checkpoint = None if path is None else {"path": os.fspath(path.resolve()), "sha256": sha256_of(path)}
-    return model, {"model": described, "checkpoint": checkpoint}
+        return ZooSource(entry.name)
+    if args.model in models.list_models():
+        return ArchSource(args.model, model_args, args.checkpoint)
+    raise UnknownNameError(
+        f"unknown model {args.model!r}; valid architectures: {', '.join(models.list_models())}; "
+        f"zoo models: {', '.join(zoo.ZOO)}"
+    )
+
+
+def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model ``--model`` names (see :func:`model_source`), in eval mode, and its "model"/"checkpoint"
+    meta; ``--seed`` seeds an architecture's random initialisation."""
+    torch.manual_seed(args.seed)
+    options = LoadOptions(args.model_dir, download=args.download_weights, progress=not args.quiet)
+    return model_source(args).load(options)
 
 
 def prepare_output(path: Path, option: str) -> None:

@@ -21,9 +21,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from cnn_aliasing import models, training, zoo
+from cnn_aliasing import training, zoo
 from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
-from cnn_aliasing.provenance import sha256_of
+from cnn_aliasing.model_source import ArchSource, LoadOptions, RunSource, ZooSource, check_architecture
 from cnn_aliasing.registry import Registry
 from cnn_aliasing.study.toml_fields import from_table, is_bool, is_path, is_str, is_str_list, is_table, reads
 
@@ -45,6 +45,11 @@ class LoadContext:
     device: torch.device
     progress: bool
     seed: int  # the study's seed: a recipe's training seed unless its overrides set one
+
+    @property
+    def load_options(self) -> LoadOptions:
+        """The options of :meth:`ModelSource.load`: zoo checkpoints are read, never downloaded."""
+        return LoadOptions(self.model_dir, progress=self.progress)
 
 
 @dataclass
@@ -147,11 +152,10 @@ def _zoo_tags(value: Any, where: str) -> tuple[str, ...]:
 
 def _arch(value: Any, where: str) -> str:
     name = is_str(value, where)
-    if name not in models.list_models():
-        raise CnnAliasingError(
-            f"{where}: unknown architecture {name!r}; valid: {', '.join(models.list_models())}"
-        )
-    return name
+    try:
+        return check_architecture(name)
+    except UnknownNameError as error:
+        raise CnnAliasingError(f"{where}: {error}") from None
 
 
 def _zoo_model(entry: zoo.ZooEntry, name: str | None = None) -> StudyModel:
@@ -167,10 +171,9 @@ def _zoo_model(entry: zoo.ZooEntry, name: str | None = None) -> StudyModel:
 
 
 def _load_zoo(model: StudyModel, context: LoadContext) -> LoadedModel:
-    name = model.source["zoo"]
-    module = zoo.load_zoo_model(name, context.model_dir, progress=context.progress)
-    path = zoo.checkpoint_path(name, context.model_dir)
-    source = {**model.source, "checkpoint": os.fspath(path.resolve()), "sha256": sha256_of(path)}
+    module, meta = ZooSource(model.source["zoo"]).load(context.load_options)
+    checkpoint = meta["checkpoint"]
+    source = {**model.source, "checkpoint": checkpoint["path"], "sha256": checkpoint["sha256"]}
     return LoadedModel(module, {**model.describe(), "source": source, "training": None})
 
 
@@ -223,11 +226,10 @@ class ZooOnDiskSpec(ModelSpec):
 
 def _load_checkpoint(model: StudyModel, context: LoadContext) -> LoadedModel:
     assert model.arch is not None
-    module = models.create_model(model.arch, **model.arch_args)
-    path = Path(model.source["checkpoint"])
-    models.load_checkpoint(module, path)
-    source = {**model.source, "sha256": sha256_of(path)}
-    return LoadedModel(module.eval(), {**model.describe(), "source": source, "training": None})
+    source_of = ArchSource(model.arch, model.arch_args, Path(model.source["checkpoint"]))
+    module, meta = source_of.load(context.load_options)
+    source = {**model.source, "sha256": meta["checkpoint"]["sha256"]}
+    return LoadedModel(module, {**model.describe(), "source": source, "training": None})
 
 
 @register_spec
@@ -265,9 +267,13 @@ def _train_recipe(model: StudyModel, context: LoadContext) -> LoadedModel:
         recipe, context.data_dir, out_dir, device=context.device, progress=context.progress, resume=True
     )
     train_s = time.perf_counter() - start
-    module = training.load_trained_model(result.checkpoint)
+    module, meta = RunSource(Path(result.checkpoint)).load(context.load_options)
     sidecar = result.sidecar
-    arch, arch_args, robust = sidecar["model"]["name"], sidecar["model"]["args"], bool(sidecar["robust"])
+    arch, arch_args, robust = (
+        meta["model"]["name"],
+        meta["model"]["args"],
+        bool(meta["model"]["trained"]["robust"]),
+    )
     checkpoint = os.path.relpath(Path(result.checkpoint).resolve(), context.output.resolve())
     record = {
         **model.describe(),
@@ -278,7 +284,7 @@ def _train_recipe(model: StudyModel, context: LoadContext) -> LoadedModel:
         "tags": list(_training_tags(robust, arch)),
         "training": {"history": sidecar["history"], "recipe": sidecar["recipe"]},
     }
-    return LoadedModel(module.eval(), record, train_s)
+    return LoadedModel(module, record, train_s)
 
 
 @register_spec
