@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from cnn_aliasing.training import (
     train,
 )
 from cnn_aliasing.training.augment import crop_flip, random_crop_flip
+from cnn_aliasing.training.recipes import read_catalogue
 from cnn_aliasing.training.tracking import overfitting_warning
 
 EPS = 8 / 255
@@ -87,6 +89,21 @@ def test_small_recipes_are_named_small_and_small() -> None:
         r = get_recipe(name)
         assert r.arch_args["width"] == 16 and r.n_train == 10_000 and r.epochs <= 8
         assert r.description.startswith("SMALL")
+
+
+def test_a_catalogue_starts_from_shared_fields_and_its_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "recipes.toml"
+    path.write_text('[shared.s]\nepochs = 3\nlr = 0.01\n[recipes.a]\nshared = "s"\nlr = 0.02\n[recipes.b]\n')
+    a, b = read_catalogue(path)
+    assert (a.name, a.epochs, a.lr, a.batch_size) == ("a", 3, 0.02, 512) and b == Recipe(name="b")
+    for text, message in [
+        ('[shared.s]\n[recipes.a]\nshared = "t"\n', "[recipes.a] shared must be one of s, got str 't'"),
+        ("[recipes.a]\nepochs = 0\n", "recipe 'a' field epochs must be an integer >= 1, got int 0"),
+        ("[recipes.a]\nepoch = 3\n", "recipe: unknown field 'epoch'; valid fields: name,"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(CnnAliasingError, match=f"^{re.escape(f'{path}: {message}')}"):
+            read_catalogue(path)
 
 
 def test_overrides_and_their_errors() -> None:

@@ -1,4 +1,5 @@
-"""Provenance of a run (versions, platform, git state, time) and atomic JSON writing for result files."""
+"""Provenance of a run (versions, platform, git state, time), atomic JSON writing for result files, and
+reading JSON and TOML files with errors that name the file."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ import numpy as np
 import torch
 
 from cnn_aliasing.errors import CnnAliasingError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 StrPath = str | os.PathLike[str]
 """A file or folder path as users give it."""
@@ -185,6 +191,16 @@ def read_json_object(path: StrPath) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise JsonFileError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
     return data
+
+
+def read_toml(path: StrPath) -> dict[str, Any]:
+    """The TOML document in ``path``; an error names the file and what is wrong with it."""
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise CnnAliasingError(f"{path}: cannot read it ({error.strerror or error})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise CnnAliasingError(f"{path}: not valid TOML: {error}") from None
 
 
 def sha256_of(path: Path) -> str:

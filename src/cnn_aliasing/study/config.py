@@ -8,7 +8,6 @@ against the current working directory. The reference with every key and default 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from cnn_aliasing import data, spectral, zoo
 from cnn_aliasing.attacks import NORMS, resolve_attacks
 from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.provenance import read_toml
 from cnn_aliasing.study.specs import ModelSpec, parse_model_spec
 from cnn_aliasing.study.toml_fields import (
     from_table,
@@ -31,11 +31,6 @@ from cnn_aliasing.study.toml_fields import (
     to_json,
 )
 from cnn_aliasing.validation import invalid, is_bool, is_choice, is_int, is_str
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 SHIPPED_PACKAGE = "cnn_aliasing"
 SHIPPED_FOLDER = "configs"
@@ -260,9 +255,5 @@ def config_file(name_or_path: str | Path | None) -> Path:
 def load_config(name_or_path: str | Path | None = None) -> StudyConfig:
     """Read a study config (a .toml path or a shipped config name; default ``quick``)."""
     path = config_file(name_or_path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as error:
-        raise CnnAliasingError(f"{path}: not valid TOML: {error}") from None
-    config = parse_config(raw, str(path), default_name=path.stem)
+    config = parse_config(read_toml(path), str(path), default_name=path.stem)
     return replace(config, path=path.resolve())

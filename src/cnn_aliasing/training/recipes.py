@@ -1,4 +1,5 @@
-"""Training recipes: a frozen dataclass of every value a run depends on, and a registry of named ones.
+"""Training recipes: a frozen dataclass of every value a run depends on, and a registry of named ones
+(the catalogue, data in ``recipes.toml`` beside this module).
 
 A recipe fixes the architecture, the data subset, the objective, the optimiser and its schedule, the
 augmentation, the per-epoch tracking and the speed switches. :func:`get_recipe` returns a named recipe
@@ -12,9 +13,12 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.provenance import StrPath, read_toml
 from cnn_aliasing.registry import Registry
 from cnn_aliasing.validation import (
     Check,
@@ -218,81 +222,27 @@ def get_recipe(name: str, **overrides: Any) -> Recipe:
     return RECIPES.get(name).replace(**overrides)
 
 
-def _register_all(*recipes: Callable[[], Recipe]) -> None:
-    for make in recipes:
-        register_recipe(make())
+def read_catalogue(path: StrPath) -> list[Recipe]:
+    """The recipes of a catalogue file (the shipped one: ``recipes.toml`` beside this module): a table
+    ``[recipes.NAME]`` per recipe, which may start from the fields of ``[shared.KEY]`` with ``shared =
+    "KEY"``; each is checked as any recipe is."""
+    raw = read_toml(path)
+    shared, recipes = raw.get("shared", {}), []
+    for name, table in raw.get("recipes", {}).items():
+        fields = dict(table)
+        base = fields.pop("shared", None)
+        if base is not None and base not in shared:
+            raise invalid(f"{path}: [recipes.{name}] shared", f"one of {', '.join(shared)}", base)
+        try:
+            recipes.append(Recipe.from_dict({**shared.get(base, {}), **fields, "name": name}))
+        except CnnAliasingError as error:
+            raise CnnAliasingError(f"{path}: {error}") from None
+    return recipes
 
 
-_SMALL_ARCH_ARGS = {"width": 16, "normalize": "cifar10"}
-_SMALL: dict[str, Any] = {
-    "arch_args": _SMALL_ARCH_ARGS,
-    "n_train": 10_000,
-    "batch_size": 128,
-    "lr": 0.05,  # 0.1 to 0.2 diverges within an epoch on this model without a BN before its classifier
-    "schedule": "cyclic",
-    "milestones": (),
-}
+def _register_shipped() -> None:
+    for recipe in read_catalogue(Path(str(resources.files(__package__) / "recipes.toml"))):
+        register_recipe(recipe)
 
-_FAST: dict[str, Any] = {  # Wong et al.'s fast adversarial training schedule, shared by both FGSM recipes
-    "epochs": 15,
-    "batch_size": 128,
-    "lr": 0.2,
-    "schedule": "cyclic",
-    "milestones": (),
-}
 
-_register_all(
-    lambda: Recipe(
-        name="paper-baseline",
-        description="the study's normal training: 200 epochs, batch 512, SGD 0.1 (/10 at 100 and 150)",
-        warmup_epochs=1.0,  # without it PreAct ResNet-18 (no BN before its classifier) diverges in epoch 1
-    ),
-    lambda: Recipe(
-        name="pgd-at",
-        description="PGD-AT (Madry et al.): Linf 8/255, 10 steps of 2/255; lr 0.05 /10 at 100 and 150",
-        objective="pgd-at",
-        batch_size=128,
-        lr=0.05,  # 0.1 diverged in 2 epochs on this model (no BN before its classifier), fp32 and bf16
-        warmup_epochs=1.0,
-    ),
-    lambda: Recipe(
-        name="fgsm-rs",
-        description="fast FGSM-RS training (Wong et al. 2020): step 1.25 eps, cyclic lr up to 0.2, 15 epochs",
-        objective="fgsm-rs",
-        **_FAST,
-    ),
-    lambda: Recipe(
-        name="fgsm",
-        description="plain FGSM training (no random start, step eps), as fgsm-rs: overfits catastrophically",
-        objective="fgsm",
-        **_FAST,
-    ),
-    lambda: Recipe(
-        name="trades",
-        description="TRADES (Zhang et al. 2019): beta 6, KL inner maximisation, 10 steps of 2/255; as pgd-at",
-        objective="trades",
-        batch_size=128,
-        lr=0.05,  # as pgd-at
-        warmup_epochs=1.0,
-    ),
-    lambda: Recipe(
-        name="small-standard",
-        description="SMALL: width-16 PreAct ResNet-18, 10,000 train images, 6 epochs; minutes on 2 CPU cores",
-        epochs=6,
-        **_SMALL,
-    ),
-    lambda: Recipe(
-        name="small-fgsm-rs",
-        description="SMALL: FGSM-RS on width-16 PreAct ResNet-18, 10,000 train images, 5 epochs",
-        objective="fgsm-rs",
-        epochs=5,
-        **_SMALL,
-    ),
-    lambda: Recipe(
-        name="small-fgsm",
-        description="SMALL: plain FGSM (no random start, step eps) on width-16 PreAct ResNet-18, 5 epochs",
-        objective="fgsm",
-        epochs=5,
-        **_SMALL,
-    ),
-)
+_register_shipped()
