@@ -152,7 +152,7 @@ def test_dlr_needs_enough_classes() -> None:
 
 def test_oscillation_check_keeps_the_reference_wrap() -> None:
     """At the first checkpoint the reference compares step 0 with the unwritten last slot (zero)."""
-    steps = torch.tensor([[1.0, -1.0], [2.0, -0.5], [1.5, 0.0], [0.0, 0.0]])  # n_iter = 4, 2 points
+    steps = torch.tensor([[1.0, 2.0, 1.5, 0.0], [-1.0, -0.5, 0.0, 0.0]])  # 2 points (rows), n_iter = 4
     # i = 2, k = 3: point 0 rises at steps 0 (1 > slot 3's 0) and 1; point 1 at steps 1 and 2: 2 <= 3 rho
     assert _oscillating(steps, 2, 3, 0.75).tolist() == [True, True]
     assert _oscillating(steps, 2, 3, 0.5).tolist() == [False, False]
@@ -166,7 +166,7 @@ def test_zero_gradients_warn() -> None:
         model[1].weight.zero_()
     x = images(3)
     y = torch.zeros(3, dtype=torch.long)
-    with pytest.warns(ZeroGradientWarning, match="3 points had a zero gradient"):
+    with pytest.warns(ZeroGradientWarning, match="3 runs \\(point and target\\) had a zero gradient"):
         adv = run(create_attack("apgd-dlr", n_iter=10), model, x, y, ThreatModel("Linf", 0.1))
     assert adv.shape == x.shape
 

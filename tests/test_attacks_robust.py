@@ -253,7 +253,10 @@ def test_presets_and_custom_lists() -> None:
     assert all(a.eot_iter == 20 and a.n_iter == 100 for a in rand.attacks)
     assert resolve_attacks("pgd+apgd-ce", {"apgd-ce": {"n_iter": 3}}).attacks[1].n_iter == 3
     assert resolve_attacks(["pgd", "fgsm"]).names == ["pgd", "fgsm"]
-    assert set(PRESETS) == {"standard", "apgd-ce", "apgd-ce+apgd-t", "rand"}
+    assert set(PRESETS) == {"standard", "standard-reference", "apgd-ce", "apgd-ce+apgd-t", "rand"}
+    reference = resolve_attacks("standard-reference")
+    assert reference.names == resolve_attacks("standard").names
+    assert [getattr(a, "reference", None) for a in reference.attacks] == [True, True, True, None]
 
 
 @pytest.mark.parametrize(

@@ -94,7 +94,8 @@ def _success(model: nn.Module, adv: torch.Tensor, x: torch.Tensor, y: torch.Tens
 def _attack(
     case: dict[str, Any], model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int
 ) -> torch.Tensor:
-    attack = create_attack(case["attack"], **case["options"])
+    options = {**case["options"], **({"reference": True} if case["attack"] != "square" else {})}
+    attack = create_attack(case["attack"], **options)
     threat = ThreatModel(case["norm"], case["eps"])
     return attack(model, x, y, threat, torch.Generator().manual_seed(seed)).detach()
 
@@ -113,7 +114,7 @@ def _ours_apgd(case_id: str) -> dict[str, Any]:
 
     def recording_oscillating(losses: torch.Tensor, i: int, k: int, rho: float) -> torch.Tensor:
         runs[-1]["checkpoints"].append(i)
-        runs[-1]["losses"].append(losses[i].tolist())
+        runs[-1]["losses"].append(losses[:, i].tolist())
         return oscillating(losses, i, k, rho)
 
     def recording_targeted(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -143,10 +144,10 @@ def _ours_fab(case_id: str) -> dict[str, Any]:
     run = fab_module.FAB._run
 
     def recording_run(
-        self: Any, model: nn.Module, x0: torch.Tensor, yr: torch.Tensor, target: Any, *a: Any
+        self: Any, model: nn.Module, x0: torch.Tensor, yr: torch.Tensor, target: Any, *a: Any, **kw: Any
     ) -> Any:
         runs.append({"points": gm.point_indices(x0, x), "targets": target.tolist()})
-        return run(self, model, x0, yr, target, *a)
+        return run(self, model, x0, yr, target, *a, **kw)
 
     with mock.patch.object(fab_module.FAB, "_run", recording_run):
         adv = _attack(case, model, x, y, case["seed"])
@@ -294,17 +295,17 @@ def test_targets_are_the_2nd_most_likely_class_first_then_down_the_logits(attack
         run_fab = fab_module.FAB._run
 
         def recording_fab(
-            self: Any, model: nn.Module, x0: torch.Tensor, yr: Any, t: torch.Tensor, *a: Any
+            self: Any, model: nn.Module, x0: torch.Tensor, yr: Any, t: torch.Tensor, *a: Any, **kw: Any
         ) -> Any:
             targets.append(t.tolist())
-            return run_fab(self, model, x0, yr, t, *a)
+            return run_fab(self, model, x0, yr, t, *a, **kw)
 
         patches = [mock.patch.object(fab_module.FAB, "_run", recording_fab)]
     correct = y[2:]  # the first points are mislabelled: no attack runs on them
     with contextlib.ExitStack() as stack:
         for patch in patches:
             stack.enter_context(patch)
-        attack = create_attack(attack_name, n_iter=2)
+        attack = create_attack(attack_name, n_iter=2, reference=True)
         attack(model, x[2:], correct, ThreatModel("Linf", 0.0), torch.Generator().manual_seed(0))
     assert targets == _target_order(model, x[2:])
 
@@ -369,8 +370,10 @@ def test_square_window_sides_on_32x32_images_equal_the_reference(norm: str) -> N
 
 
 # ----------------------------------------------------------------------------------------------- cascade
+@pytest.mark.parametrize("preset", ["standard-reference", "standard"])
 @pytest.mark.parametrize("case_id", sorted(CASCADES))
-def test_standard_cascade_stages_equal_the_reference(case_id: str) -> None:
+def test_standard_cascade_stages_equal_the_reference(case_id: str, preset: str) -> None:
+    """In the reference's order of work, and batched (the same verdict per point by construction)."""
     case = CASCADES[case_id]
     ref = case["reference"]
     model, x, y = _inputs(case["model"])
@@ -390,7 +393,7 @@ def test_standard_cascade_stages_equal_the_reference(case_id: str) -> None:
             y,
             case["eps"],
             norm=case["norm"],
-            attack="standard",
+            attack=preset,
             seed=case["seed"],
             batch_size=x.shape[0],
             progress=False,
@@ -402,3 +405,76 @@ def test_standard_cascade_stages_equal_the_reference(case_id: str) -> None:
     assert result.clean_accuracy == ref["clean_accuracy"]
     assert [[name, acc] for name, acc in result.per_attack] == ref["per_attack"]
     assert broken_by == ref["broken_by"]
+
+
+# ------------------------------------------------------------------ the default, batched order of work
+class _RowCounter(nn.Module):
+    """Counts the rows (images) of every forward pass of ``model``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(x.shape[0])
+        return self.model(x)
+
+
+BATCHED_CASES = _ids("apgd-ce") + _ids("apgd-t") + _ids("fab-t")
+
+
+@pytest.mark.parametrize("case_id", BATCHED_CASES)
+def test_batched_order_breaks_the_points_the_reference_breaks_with_less_work(case_id: str) -> None:
+    """Same verdict per point as the reference on every golden case; fewer rows through the model, and no
+    forward pass larger than the batch given (the targets of a group share the batch)."""
+    case = CASES[case_id]
+    model, x, y = _inputs(case["model"])
+    threat = ThreatModel(case["norm"], case["eps"])
+    rows = {}
+    for reference in (True, False):
+        counter = _RowCounter(model)
+        attack = create_attack(case["attack"], **case["options"], reference=reference)
+        adv = attack(counter, x, y, threat, torch.Generator().manual_seed(case["seed"])).detach()
+        assert _success(model, adv, x, y) == case["reference"]["success"]
+        assert max(counter.batches) <= x.shape[0]
+        rows[reference] = sum(counter.batches)
+    assert rows[False] < rows[True]
+
+
+@pytest.mark.parametrize("attack_name", ["apgd-t", "fab-t"])
+def test_batched_targets_fill_the_batch_in_the_reference_target_order(attack_name: str) -> None:
+    """2 of 16 points robust (the others mislabelled), eps 0: the first run takes 8 targets of both
+    points (16 rows of (point, target), target-major), the second the 9th target."""
+    model, x, _ = _inputs("cnn")
+    y = gm.labels_for(model, x, n_wrong=14)
+    order = _target_order(model, x)
+    robust = [14, 15]
+    expected = [[(i, t[i]) for t in order[:8] for i in robust], [(i, order[8][i]) for i in robust]]
+    recorded: list[list[tuple[int, int]]] = []
+
+    def record(rows: torch.Tensor, targets: torch.Tensor) -> None:
+        recorded.append(list(zip(gm.point_indices(rows, x), targets.tolist(), strict=True)))
+
+    if attack_name == "apgd-t":
+        run = apgd_module._run
+
+        def recording_apgd(*args: Any, **kw: Any) -> Any:
+            record(args[1], args[5])  # the rows' images and targets
+            return run(*args, **kw)
+
+        patch = mock.patch.object(apgd_module, "_run", recording_apgd)
+    else:
+        run_fab = fab_module.FAB._run
+
+        def recording_fab(
+            self: Any, model: nn.Module, x0: Any, yr: Any, t: torch.Tensor, *a: Any, **kw: Any
+        ) -> Any:
+            record(x0, t)
+            return run_fab(self, model, x0, yr, t, *a, **kw)
+
+        patch = mock.patch.object(fab_module.FAB, "_run", recording_fab)
+    with patch:
+        attack = create_attack(attack_name, n_iter=2)
+        attack(model, x, y, ThreatModel("Linf", 0.0), torch.Generator().manual_seed(0))
+    assert recorded == expected

@@ -4,6 +4,9 @@ Presets (as fra31/auto-attack's ``version=``):
 
 - ``standard``: APGD-CE (100 iterations, 1 restart), APGD-T (targeted DLR, top 9 classes, 100
   iterations), FAB-T (9 targets, 100 iterations), Square (5,000 queries, p_init 0.8), for Linf and L2.
+- ``standard-reference``: ``standard`` with ``reference=True`` for APGD and FAB: the reference's order of
+  work and random stream, so a run can be checked point by point against fra31/auto-attack (on a GPU
+  too); ``standard`` gives the same verdicts with less work (finished points and targets drop out).
 - ``apgd-ce`` and ``apgd-ce+apgd-t``: the cheaper first stages of ``standard``.
 - ``rand``: for randomised models, APGD-CE and APGD-DLR with 20 EoT iterations each (the reference's
   ``version='rand'`` runs ``['apgd-ce', 'apgd-dlr']`` with ``eot_iter=20``).
@@ -49,8 +52,15 @@ STANDARD_ATTACKS: tuple[tuple[str, Mapping[str, Any]], ...] = (
     ("fab-t", {"n_iter": 100, "n_restarts": 1, "n_target_classes": 9}),
     ("square", {"n_queries": 5000, "p_init": 0.8}),
 )
+REFERENCE_ATTACKS = tuple(
+    (name, {**options, "reference": True}) if name != "square" else (name, options)
+    for name, options in STANDARD_ATTACKS
+)
 PRESETS: dict[str, Preset] = {
     "standard": Preset(STANDARD_ATTACKS, "APGD-CE, APGD-T, FAB-T, Square (RobustBench's AutoAttack)"),
+    "standard-reference": Preset(
+        REFERENCE_ATTACKS, "standard in the reference's order of work (slower; reproduces it point by point)"
+    ),
     "apgd-ce": Preset(STANDARD_ATTACKS[:1], "APGD-CE alone"),
     "apgd-ce+apgd-t": Preset(STANDARD_ATTACKS[:2], "APGD-CE then APGD-T"),
     "rand": Preset(

@@ -35,6 +35,7 @@ from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.identity import data_sha256, model_identity
 from cnn_aliasing.provenance import JsonFileError, atomic_file, read_json_object, write_json_atomic
 from cnn_aliasing.runtime import check_unit_range, model_device, on_device, safe_on_cpu
+from cnn_aliasing.validation import is_choice, is_int, is_number
 
 STATE_FORMAT = "cnn-aliasing robust-accuracy state"
 STATE_VERSION = 1
@@ -223,12 +224,9 @@ def _as_images(images: torch.Tensor) -> torch.Tensor:
 def _check_arguments(
     images: torch.Tensor, labels: torch.Tensor, eps: float, norm: str, batch_size: int
 ) -> torch.Tensor:
-    if norm not in NORMS:
-        raise CnnAliasingError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
-    if not (isinstance(eps, (int, float)) and eps >= 0 and eps == eps):
-        raise CnnAliasingError(f"eps must be a number >= 0, got {eps!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise CnnAliasingError(f"batch_size must be a positive integer, got {batch_size!r}")
+    is_choice(*NORMS)(norm, "norm")
+    is_number(0.0)(eps, "eps")
+    is_int(1)(batch_size, "batch_size")
     if labels.shape != (images.shape[0],):
         raise CnnAliasingError(
             f"labels must be ({images.shape[0]},) to match the images, got {tuple(labels.shape)}"
@@ -405,7 +403,8 @@ class _Cascade:
         """Run ``attack`` on the images at ``index``; return the indices it fooled and their images (CPU)."""
         x = _to(self.images[index], self.device, self.channels_last)
         y = self.labels[index].to(self.device)
-        generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        on_cpu = getattr(attack, "reference", False)  # the reference draws its random numbers on the CPU
+        generator = torch.Generator(device="cpu" if on_cpu else self.device).manual_seed(self.seed)
         adv = attack(self.model, x, y, self.threat, generator).detach()
         check_adversarial(adv, x, self.threat, name=attack.name)
         with torch.inference_mode():
