@@ -243,6 +243,35 @@ def test_square_stops_querying_a_point_once_it_is_misclassified():
     assert model.rows <= robust_rows + 4 * 50
 
 
+def _deterministic_candidate(
+    self: Square, x: torch.Tensor, x_best: torch.Tensor, iteration: int, threat: ThreatModel, *_: object
+) -> torch.Tensor:
+    """A candidate that depends only on the best point and the iteration: one pixel set to x +- eps."""
+    flat = x_best.flatten(1).clone()
+    pixel = (iteration * 37) % flat.shape[1]
+    sign = 1.0 if (iteration * 11) % 3 else -1.0
+    flat[:, pixel] = (x.flatten(1)[:, pixel] + sign * threat.eps).clamp(0.0, 1.0)
+    return flat.view_as(x)
+
+
+@pytest.mark.parametrize("lookahead", [2, 8, 64])
+def test_square_lookahead_follows_the_sequential_search_exactly(lookahead, monkeypatch):
+    """With candidates that depend only on the best point and the iteration, evaluating several
+    iterations per forward pass must give each point the very sequence of one-at-a-time search."""
+    monkeypatch.setattr(Square, "_candidate", _deterministic_candidate)
+    model = _small_net(seed=2)
+    x = _images(12, seed=3)
+    y = _predicted(model, x)
+    threat = ThreatModel("Linf", 0.05)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        one = Square(n_queries=300, lookahead=1)._run(model, x, y, threat, gen.manual_seed(0))
+        many = Square(n_queries=300, lookahead=lookahead)._run(model, x, y, threat, gen.manual_seed(0))
+        fooled = (model(one).argmax(dim=1) != y).sum().item()
+    assert 0 < fooled < len(y), "the case should mix points that fall and points that do not"
+    assert torch.equal(many, one)
+
+
 def test_fab_t_with_fewer_classes_than_targets_and_binary_models():
     model = _small_net(n_classes=3)
     x = _images(8)
@@ -269,7 +298,7 @@ def test_registered_names_and_options():
         1,
         False,
     )
-    assert attack_options("square") == ["n_queries", "p_init", "n_restarts", "rescale_schedule"]
+    assert attack_options("square") == ["n_queries", "p_init", "n_restarts", "rescale_schedule", "lookahead"]
     assert attack_options("fab") == [
         "n_target_classes",
         "n_iter",

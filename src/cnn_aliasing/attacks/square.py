@@ -23,10 +23,11 @@ from torch import nn
 
 from cnn_aliasing.attacks.base import ThreatModel, check_options, option, register_attack
 from cnn_aliasing.errors import CnnAliasingError
-from cnn_aliasing.validation import is_bool, is_int, is_number
+from cnn_aliasing.validation import is_bool, is_int, is_number, optional
 
 _P_STEPS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # p halves after each of these iterations
 _COMPACT_EVERY = 10  # iterations between host-side updates of the set of points still being attacked
+_LOOKAHEAD = 8  # iterations evaluated per forward pass off the CPU (where small batches cost launches)
 
 
 def p_schedule(iteration: int, n_queries: int, p_init: float, rescale: bool) -> float:
@@ -64,12 +65,19 @@ def _pyramid(height: int, width: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Square:
-    """Square Attack with the margin loss; ``rescale_schedule=False`` is AutoAttack's setting."""
+    """Square Attack with the margin loss; ``rescale_schedule=False`` is AutoAttack's setting.
+
+    ``lookahead``: iterations evaluated per forward pass (see :meth:`_run`); more makes fewer, larger
+    passes, which pays where a small batch costs more in kernel launches than in arithmetic (GPUs).
+    """
 
     n_queries: int = field(default=5000, metadata=option(is_int(1)))
     p_init: float = field(default=0.8, metadata=option(is_number(0.0, 1.0, open_low=True)))
     n_restarts: int = field(default=1, metadata=option(is_int(1)))
     rescale_schedule: bool = field(default=False, metadata=option(is_bool))
+    lookahead: int | None = field(
+        default=None, metadata=option(optional(is_int(1), f"1 on the CPU, {_LOOKAHEAD} on other devices"))
+    )
     name: str = field(init=False, default="square")
 
     def __post_init__(self) -> None:
@@ -118,7 +126,14 @@ class Square:
         threat: ThreatModel,
         generator: torch.Generator,
     ) -> torch.Tensor:
-        """One run of random search from a fresh start; returns the best point found for each image."""
+        """One run of random search from a fresh start; returns the best point found for each image.
+
+        Each step evaluates the candidates of the next ``lookahead`` iterations for every point still
+        correct, all made from its current best point, in one forward pass; the iterations up to the first
+        candidate that improves some point count as done (that point takes it), the rest are discarded.
+        Every point so follows Square's sequence (each candidate made from its best point at that
+        iteration), with fewer, larger forward passes.
+        """
         eps = threat.eps
         if threat.norm == "Linf":
             stripes = _random_signs((x.shape[0], x.shape[1], 1, x.shape[3]), x, generator)
@@ -127,32 +142,55 @@ class Square:
             delta = _l2_init(x, generator)
             x_best = (x + eps * delta / _l2(delta).clamp_min(1e-12)).clamp(0.0, 1.0)
         margin_best = _margin(model(x_best), y)
-
-        h, w = x.shape[2:]
+        lookahead = self.lookahead or (1 if x.device.type == "cpu" else _LOOKAHEAD)
         patterns: dict[int, torch.Tensor] = {}
-        for iteration in range(self.n_queries):
-            if iteration % _COMPACT_EVERY == 0:  # the points still classified correctly (a host sync)
+        iteration, compact_at = 0, 0
+        while iteration < self.n_queries:
+            if iteration >= compact_at:  # the points still classified correctly (a host sync)
                 active = (margin_best > 0).nonzero().squeeze(1)
                 if active.numel() == 0:
                     break
                 x_curr, y_curr = x.index_select(0, active), y.index_select(0, active)
-            p = p_schedule(iteration, self.n_queries, self.p_init, self.rescale_schedule)
-            side = round(math.sqrt(p * h * w))
+                compact_at = iteration + _COMPACT_EVERY
             best_curr, margin_curr = x_best.index_select(0, active), margin_best.index_select(0, active)
-            if threat.norm == "Linf":
-                side = min(max(side, 1), h, w)
-                x_new = _linf_update(x_curr, best_curr, side, eps, generator)
-            else:
-                side = max(side, 3)
-                side = min(side + 1 - side % 2, h, w)
-                if side not in patterns:
-                    patterns[side] = l2_window_pattern(side, x.dtype, x.device)
-                x_new = _l2_update(x_curr, best_curr, patterns[side], eps, generator)
-            margin = _margin(model(x_new), y_curr)
-            improved = (margin < margin_curr) & (margin_curr > 0)
-            margin_best.index_copy_(0, active, torch.where(improved, margin, margin_curr))
-            x_best.index_copy_(0, active, torch.where(improved.view(-1, 1, 1, 1), x_new, best_curr))
+            k = min(lookahead, self.n_queries - iteration)
+            candidates = [
+                self._candidate(x_curr, best_curr, iteration + j, threat, patterns, generator)
+                for j in range(k)
+            ]
+            margins = _margin(model(torch.cat(candidates)), y_curr.repeat(k)).view(k, -1)
+            improved = (margins < margin_curr) & (margin_curr > 0)
+            if k == 1:
+                taken, accept = 0, improved[0]
+            else:  # the first iteration at which some point improves (a host sync)
+                first = torch.where(improved, torch.arange(k, device=x.device).view(-1, 1), k).amin(dim=0)
+                taken = min(int(first.min()), k - 1)
+                accept = first == taken
+            margin_best.index_copy_(0, active, torch.where(accept, margins[taken], margin_curr))
+            x_best.index_copy_(0, active, torch.where(accept.view(-1, 1, 1, 1), candidates[taken], best_curr))
+            iteration += taken + 1
         return x_best
+
+    def _candidate(
+        self,
+        x: torch.Tensor,
+        x_best: torch.Tensor,
+        iteration: int,
+        threat: ThreatModel,
+        patterns: dict[int, torch.Tensor],
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """The update of ``x_best`` that iteration ``iteration`` tries (window side by the p schedule)."""
+        h, w = x.shape[2:]
+        p = p_schedule(iteration, self.n_queries, self.p_init, self.rescale_schedule)
+        side = round(math.sqrt(p * h * w))
+        if threat.norm == "Linf":
+            return _linf_update(x, x_best, min(max(side, 1), h, w), threat.eps, generator)
+        side = max(side, 3)
+        side = min(side + 1 - side % 2, h, w)
+        if side not in patterns:
+            patterns[side] = l2_window_pattern(side, x.dtype, x.device)
+        return _l2_update(x, x_best, patterns[side], threat.eps, generator)
 
 
 def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
