@@ -39,3 +39,8 @@ class ModelInputError(CnnAliasingError):
 
 class ModelArgumentError(CnnAliasingError, ValueError):
     """A registered model's factory refused its arguments (a wrong type or value)."""
+
+
+class DistributedError(CnnAliasingError):
+    """A process group cannot start from its environment, or a collective failed or timed out (a peer
+    rank probably died or stopped); the message names this rank and the world size."""

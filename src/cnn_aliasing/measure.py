@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cnn_aliasing import spectral
+from cnn_aliasing import distributed, spectral
 from cnn_aliasing.downsamplers import StridedCall
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.probe import OpCall, OpSelector, probing
@@ -268,7 +268,7 @@ def _format_cell(value: Any) -> str:
 class _RunningMoments:
     """Per-channel running mean and sum of squared deviations of per-map values, on the device."""
 
-    def __init__(self, channels: int, device: torch.device):
+    def __init__(self, channels: int, device: torch.device | None):
         self.n = 0  # maps per channel
         self.mean = torch.zeros(channels, dtype=torch.float64, device=device)
         self.m2 = torch.zeros(channels, dtype=torch.float64, device=device)
@@ -324,6 +324,26 @@ class _RunningMoments:
         return MetricSummary(
             values[0], values[1], count, self.mean.tolist() if per_channel else None, sem, ci95
         )
+
+
+def _merge_moments(moments: Sequence[_RunningMoments], extra: torch.Tensor) -> torch.Tensor:
+    """Replace ``moments`` on every rank by those of all ranks' values together, and return ``extra`` (a
+    float64 vector) summed over the ranks: two float64 all-reduces whatever the number of moments (the
+    counts and sums of values with ``extra``, then the squared deviations about the common means)."""
+    if not moments:
+        return distributed.all_reduce_sum(extra)
+    sizes = [m.mean.numel() for m in moments]
+    local = [torch.cat([m.mean * m.n, m.mean.new_full((1,), float(m.n))]) for m in moments]
+    *totals, summed_extra = distributed.all_reduce_sum(torch.cat([*local, extra])).split(
+        [size + 1 for size in sizes] + [extra.numel()]
+    )
+    counts = torch.stack([total[-1] for total in totals])
+    means = [total[:-1] / count.clamp(min=1) for total, count in zip(totals, counts, strict=True)]
+    deviations = [m.m2 + (m.mean - mean).square() * m.n for m, mean in zip(moments, means, strict=True)]
+    m2s = distributed.all_reduce_sum(torch.cat(deviations)).split(sizes)
+    for m, mean, m2, count in zip(moments, means, m2s, counts.tolist(), strict=True):
+        m.mean, m.m2, m.n = mean, m2, int(count)
+    return summed_extra
 
 
 def _sampling_sem(channel_means: torch.Tensor, population: int) -> torch.Tensor:
@@ -453,16 +473,39 @@ def _check_sampling(sample_channels: Any, seed: Any) -> _Sampling | None:
     return _Sampling(value, int(seed))
 
 
-@dataclass
-class _OpState:
+@dataclass(frozen=True)
+class _OpLayout:
+    """What an op's statistics are of: its kind, factor, full-resolution size, channels and sample."""
+
     kind: str
     factor: tuple[int, int]
     full_size: tuple[int, int]
     channels: int
+    sample: ChannelSample | None  # the channels measured (None: all)
+
+    @property
+    def measured(self) -> int:
+        """How many channels are measured (the length of the per-channel statistics)."""
+        return self.channels if self.sample is None else self.sample.channels
+
+
+@dataclass
+class _OpState:
+    layout: _OpLayout
     moments: dict[str, _RunningMoments]
     nonfinite: torch.Tensor  # maps whose aliasing is NaN or Inf (a count on the device)
-    sample: ChannelSample | None  # the channels measured (None: all)
     index: torch.Tensor | None  # the sample's indices on the device, None when it covers every channel
+
+    @classmethod
+    def empty(cls, layout: _OpLayout, metrics: Sequence[str], device: torch.device | None) -> _OpState:
+        """No maps seen yet."""
+        moments = {m: _RunningMoments(layout.measured, device) for m in metrics}
+        nonfinite = torch.zeros((), dtype=torch.int64, device=device)
+        sample = layout.sample
+        index = None
+        if sample is not None and sample.channels < layout.channels:
+            index = torch.tensor(sample.indices, dtype=torch.int64, device=device)
+        return cls(layout, moments, nonfinite, index)
 
 
 POINTWISE_MIX_RATIO = 2
@@ -492,27 +535,49 @@ class _Accumulator:
         state = self.ops.get(op.name)
         if state is None:
             sample = self.sampling.draw(op.name, channels) if self.sampling is not None else None
-            index = None
-            if sample is not None and sample.channels < channels:
-                index = torch.tensor(sample.indices, dtype=torch.int64, device=self.device)
-        elif state.channels != channels:
+            layout = _OpLayout(op.kind, op.factor, call.full_size(), channels, sample)
+            state = self.ops[op.name] = _OpState.empty(layout, self.metrics, self.device)
+        elif state.layout.channels != channels:
             raise CnnAliasingError(
-                f"op {op.name!r} produced {channels} channels after {state.channels} in an earlier call"
+                f"op {op.name!r} produced {channels} channels after {state.layout.channels} in an earlier "
+                "call"
             )
-        else:
-            sample, index = state.sample, state.index
-        values = self._per_map(op, call, index)
-        measured = channels if index is None else index.numel()
-        if state is None:
-            device = values[AM].device
-            moments = {m: _RunningMoments(measured, device) for m in self.metrics}
-            nonfinite = torch.zeros((), dtype=torch.int64, device=device)
-            size = call.full_size()
-            state = _OpState(op.kind, op.factor, size, channels, moments, nonfinite, sample, index)
-            self.ops[op.name] = state
+        values = self._per_map(op, call, state.index)
         state.nonfinite += values[AM].isfinite().logical_not().sum()
         for name, v in values.items():
-            state.moments[name].add(v.reshape(-1, measured))
+            state.moments[name].add(v.reshape(-1, state.layout.measured))
+
+    def combine_ranks(self, n_images: int) -> int:
+        """Make every rank's statistics those of all ranks' maps together; return the number of images of
+        all ranks.
+
+        The ranks first agree on the ops (in the order of the lowest rank that saw each; a rank that saw
+        no images, or not every op, gets empty statistics for the rest), then sum in float64: per channel
+        the counts and sums of values (with the non-finite counts and the images), then the squared
+        deviations about the common means (Chan et al.'s merge: equal to one process up to rounding)."""
+        self._adopt_ops(distributed.all_gather_object({n: s.layout for n, s in self.ops.items()}))
+        moments = [m for s in self.ops.values() for m in s.moments.values()]
+        counts = [s.nonfinite.to(self.device, torch.float64).reshape(1) for s in self.ops.values()]
+        images = torch.tensor([float(n_images)], dtype=torch.float64, device=self.device)
+        summed = _merge_moments(moments, torch.cat([*counts, images]))
+        for state, count in zip(self.ops.values(), summed[:-1], strict=True):
+            state.nonfinite = count.to(torch.int64)
+        return int(summed[-1].item())
+
+    def _adopt_ops(self, layouts: Sequence[dict[str, _OpLayout]]) -> None:
+        """Take on the ops every rank saw (``layouts``, in rank order), refusing ops that differ."""
+        agreed: dict[str, _OpLayout] = {}
+        for rank, ops in enumerate(layouts):
+            for name, layout in ops.items():
+                if agreed.setdefault(name, layout) != layout:
+                    raise CnnAliasingError(
+                        f"op {name!r} differs between ranks: {agreed[name]} on a lower rank, {layout} on "
+                        f"rank {rank}; every rank must measure the same model"
+                    )
+        self.ops = {
+            name: self.ops.get(name) or _OpState.empty(layout, self.metrics, self.device)
+            for name, layout in agreed.items()
+        }
 
     def check_finite(self) -> None:
         """Raise naming the ops whose full-resolution output held NaN or Inf (one host sync)."""
@@ -521,7 +586,7 @@ class _Accumulator:
         device = next(iter(self.ops.values())).nonfinite.device
         counts = torch.stack([s.nonfinite.to(device) for s in self.ops.values()]).tolist()
         bad = [
-            f"{name!r} ({n} of {s.moments[AM].n * s.moments[AM].mean.numel()} maps)"
+            f"{name!r} ({n} of {s.moments[AM].n * s.layout.measured} maps)"
             for (name, s), n in zip(self.ops.items(), counts, strict=True)
             if n
         ]
@@ -558,15 +623,15 @@ class _Accumulator:
         ops = [
             OpAliasing(
                 name,
-                s.kind,
-                s.factor,
-                s.full_size,
-                s.channels,
+                s.layout.kind,
+                s.layout.factor,
+                s.layout.full_size,
+                s.layout.channels,
                 {
-                    m: r.summary(per_channel, None if s.sample is None else s.channels)
+                    m: r.summary(per_channel, None if s.layout.sample is None else s.layout.channels)
                     for m, r in s.moments.items()
                 },
-                s.sample,
+                s.layout.sample,
             )
             for name, s in self.ops.items()
         ]
@@ -624,6 +689,7 @@ def measure(
     total_images: int | None = None,
     sample_channels: int | float | None = None,
     seed: int = 0,
+    across_ranks: bool = False,
 ) -> AliasingReport:
     """Aliasing (AM, std, count and optional scale-free variants) of every down-sampling op of ``model``.
 
@@ -643,6 +709,13 @@ def measure(
     with the finite-population correction; 0 when every channel is sampled) and ``ci95``, the Student t
     interval with k - 1 degrees of freedom. None (the default) measures every map exactly.
 
+    ``across_ranks``: under ``torchrun`` (a process group started by
+    :func:`cnn_aliasing.distributed.init_from_env`), ``batches`` are this rank's share of the images (e.g.
+    :func:`cnn_aliasing.distributed.shard_range`), every rank calls ``measure`` alike, and the statistics
+    are summed over the ranks in float64, so each returns the report of all ranks' images (equal to one
+    process up to rounding); ``meta`` records ``world_size`` and ``backend``. Nothing changes in a single
+    process. A rank may have no images.
+
     Every batch is checked to lie in [0, 1]; images, weights or activations holding NaN or Inf raise a
     :class:`CnnAliasingError` naming the batch, parameter or op. Ops the engine cannot measure run
     unchanged with an :class:`~cnn_aliasing.probe.UnmeasurableOpWarning` each.
@@ -651,10 +724,17 @@ def measure(
     sampling = _check_sampling(sample_channels, seed)
     target = torch.device(device) if device is not None else model_device(model)
     accumulator = _Accumulator(names, spectral.as_nyquist(nyquist), sampling, target)
+    context = distributed.current() if across_ranks else distributed.SINGLE
     n_images = 0
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(
-            tqdm(total=total_images, disable=not progress, unit="img", desc="measuring aliasing", leave=False)
+            tqdm(
+                total=total_images,
+                disable=not (progress and context.is_main),
+                unit="img",
+                desc="measuring aliasing",
+                leave=False,
+            )
         )
         stack.enter_context(torch.no_grad())
         stack.enter_context(on_device(model, target))
@@ -668,7 +748,11 @@ def measure(
             run_model(model, images)
             n_images += images.shape[0]
             bar.update(images.shape[0])
+    if context.world_size > 1:
+        n_images = accumulator.combine_ranks(n_images)
     if n_images == 0:
         raise CnnAliasingError("measure() got no images: the batches iterable was empty")
     accumulator.check_finite()
-    return accumulator.report(n_images, per_channel)
+    report = accumulator.report(n_images, per_channel)
+    report.meta.update(context.meta())
+    return report

@@ -4,12 +4,20 @@ The cascade follows the reference AutoAttack: the clean accuracy first; then eac
 in batches, on the points still robust, each from the clean image with a generator seeded with ``seed``
 for every batch; a point counts as robust only if no attack fooled it (the worst case per point).
 With ``state_path`` the evaluation writes its state atomically after every batch (clean and robust flags,
-the current attack's points and how many of its batches are done); calling again with the same arguments
+the current attack's points and which of its batches are done); calling again with the same arguments
 continues from it, so a kill loses at most the batch in flight and the final numbers equal those of an
-uninterrupted run (same device, same batch size). Only the clean pass (one forward over the images,
-before any attack) is not saved batch by batch. The state records what it belongs to (the attack
-settings, the model's identity with the hash of its weights, and the hash of the images and labels), and
-a state of another model or other images is refused with :class:`StateMismatchError`.
+uninterrupted run (same device, same batch size).
+
+Under ``torchrun`` (``across_ranks=True``) each attack's batches, the same as in one process, are dealt
+round-robin to the ranks (:func:`cnn_aliasing.distributed.shard_batches`); after every round the points
+each rank fooled (and their adversarial images) are gathered on every rank, so all ranks hold the same
+flags, equal point by point to one process with the same seed, and rank 0 alone writes the state. The
+state records the finished batches by index, so it resumes with any number of ranks.
+
+Only the clean pass (one forward over the images, before any attack) is not saved batch by batch. The
+state records what it belongs to (the attack settings, the model's identity with the hash of its weights,
+and the hash of the images and labels), and a state of another model or other images is refused with
+:class:`StateMismatchError`.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from cnn_aliasing import distributed
 from cnn_aliasing.attacks.autoattack import AttackPlan, check_model, check_square, resolve_attacks
 from cnn_aliasing.attacks.base import NORMS, Attack, AttackInvariantError, ThreatModel, check_adversarial
 from cnn_aliasing.data import to_float
@@ -38,13 +47,16 @@ from cnn_aliasing.runtime import check_unit_range, model_device, on_device, safe
 from cnn_aliasing.validation import is_choice, is_int, is_number
 
 STATE_FORMAT = "cnn-aliasing robust-accuracy state"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 1 counted the finished batches of the attack in progress; 2 lists them
 
 
 @dataclass
 class RobustAccuracy:
     """Result of :func:`robust_accuracy`. Accuracies are fractions in [0, 1]; ``per_attack`` lists the
-    robust accuracy after each attack of the cascade, ``attack_seconds`` the time each took."""
+    robust accuracy after each attack of the cascade, ``attack_seconds`` the time each took;
+    ``clean_points`` and ``robust_points`` flag each image classified correctly before and after the
+    attacks; ``world_size`` and ``backend`` tell how many processes computed it (see
+    :mod:`cnn_aliasing.distributed`)."""
 
     clean_accuracy: float
     robust_accuracy: float
@@ -59,9 +71,13 @@ class RobustAccuracy:
     adversarial: torch.Tensor | None = field(default=None, repr=False)
     model: dict[str, Any] = field(default_factory=dict)
     data_sha256: str | None = None
+    clean_points: torch.Tensor | None = field(default=None, repr=False)
+    robust_points: torch.Tensor | None = field(default=None, repr=False)
+    world_size: int = 1
+    backend: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of everything but the adversarial images."""
+        """JSON-ready dict of everything but the adversarial images and the per-point flags."""
         return {
             "clean_accuracy": self.clean_accuracy,
             "robust_accuracy": self.robust_accuracy,
@@ -75,6 +91,8 @@ class RobustAccuracy:
             "attack": self.attack,
             "model": self.model,
             "data_sha256": self.data_sha256,
+            "world_size": self.world_size,
+            "backend": self.backend,
         }
 
 
@@ -106,7 +124,7 @@ class StateMismatchError(CnnAliasingError):
 @dataclass
 class _State:
     """Where an evaluation stands: clean and robust flags, finished attacks, and for the attack in
-    progress the points it attacks (robust when it began) and how many of their batches are done."""
+    progress the points it attacks (robust when it began) and which of their batches are done."""
 
     config: dict[str, Any]
     clean: torch.Tensor | None = None
@@ -114,7 +132,7 @@ class _State:
     per_attack: list[tuple[str, float]] = field(default_factory=list)
     attack_seconds: list[tuple[str, float]] = field(default_factory=list)
     stage_points: torch.Tensor | None = None
-    batches_done: int = 0
+    batches_done: set[int] = field(default_factory=set)
     stage_seconds: float = 0.0
     elapsed: float = 0.0
 
@@ -128,7 +146,7 @@ class _State:
             "per_attack": self.per_attack,
             "attack_seconds": self.attack_seconds,
             "stage_points": None if self.stage_points is None else self.stage_points.tolist(),
-            "batches_done": self.batches_done,
+            "batches_done": sorted(self.batches_done),
             "stage_seconds": self.stage_seconds,
             "elapsed": self.elapsed,
         }
@@ -137,8 +155,8 @@ class _State:
     def load(cls, path: Path, config: dict[str, Any]) -> _State:
         try:
             raw = read_json_object(path)
-            if raw.get("format") != STATE_FORMAT or raw.get("version") != STATE_VERSION:
-                raise ValueError("not a robust-accuracy state file of this version")
+            if raw.get("format") != STATE_FORMAT or raw.get("version") not in (1, STATE_VERSION):
+                raise ValueError("not a robust-accuracy state file of version 1 or 2")
             stored = raw["config"]
             state = cls(
                 config=stored,
@@ -147,7 +165,7 @@ class _State:
                 per_attack=[(n, a) for n, a in raw["per_attack"]],
                 attack_seconds=[(n, s) for n, s in raw["attack_seconds"]],
                 stage_points=None if raw["stage_points"] is None else torch.tensor(raw["stage_points"]),
-                batches_done=int(raw["batches_done"]),
+                batches_done=_batches_done(raw["version"], raw["batches_done"]),
                 stage_seconds=float(raw["stage_seconds"]),
                 elapsed=float(raw["elapsed"]),
             )
@@ -160,6 +178,15 @@ class _State:
                     " pass the same arguments (model, images, attack) or delete the state file"
                 )
         return state
+
+
+def _batches_done(version: int, stored: Any) -> set[int]:
+    """The finished batches of a state: version 1 counted them (the first n), version 2 lists them."""
+    if version == 1:
+        return set(range(int(stored)))
+    if not isinstance(stored, list):
+        raise ValueError(f"batches_done must be a list of batch indices, got {stored!r}")
+    return {int(b) for b in stored}
 
 
 def _short(value: object) -> str:
@@ -204,10 +231,11 @@ class _Store:
         """Fill ``into`` with the adversarial examples of the batches the state counts as done."""
         if self.adv_dir is None or not self.adv_dir.is_dir():
             return
-        finished, current = len(state.per_attack), state.batches_done if state.stage_points is not None else 0
+        finished = len(state.per_attack)
+        current = state.batches_done if state.stage_points is not None else set()
         for chunk in sorted(self.adv_dir.glob("*.safetensors")):
             stage, batch = (int(part) for part in chunk.stem.split("-"))
-            if stage < finished or (stage == finished and batch < current):
+            if stage < finished or (stage == finished and batch in current):
                 tensors = load_file(chunk)
                 into[tensors["index"]] = tensors["images"]
 
@@ -254,6 +282,7 @@ def robust_accuracy(
     progress: bool = True,
     attack_options: Mapping[str, Mapping[str, Any]] | None = None,
     channels_last: bool = False,
+    across_ranks: bool = False,
 ) -> RobustAccuracy:
     """Clean and robust accuracy of ``model`` on ``images`` (N x C x H x W in [0, 1], or uint8) under
     ``attack`` at radius ``eps`` of ``norm`` ("Linf" or "L2").
@@ -264,7 +293,9 @@ def robust_accuracy(
     (and back) and left in its mode, which should be eval (the checks warn otherwise). ``state_path``
     makes the run resumable (see the module docstring). ``channels_last`` runs the model in that memory
     format (often faster for convolutions on GPUs, may change float rounding; off by default; on the CPU it
-    runs with oneDNN off, see :func:`cnn_aliasing.runtime.use_channels_last`).
+    runs with oneDNN off, see :func:`cnn_aliasing.runtime.use_channels_last`). ``across_ranks``: share
+    the batches among the ranks of the process group (see the module docstring); every rank calls with the
+    same arguments and gets the same result; only rank 0 writes the state and shows progress.
     """
     flat = _as_images(images)
     labels = _check_arguments(flat, labels, eps, norm, batch_size)
@@ -284,16 +315,10 @@ def robust_accuracy(
         "model": model_identity(model),
         "return_adversarial": return_adversarial,
     }
-    store = _Store(path, return_adversarial)
-    if path is not None and path.exists():
-        state = _State.load(path, config)
-    else:
-        state = _State(config)
-        store.clear_adversarial()
-        store.save(state)
-    adversarial = flat.clone() if return_adversarial else None
-    if adversarial is not None:
-        store.load_adversarial(adversarial, state)
+    context = distributed.current() if across_ranks else distributed.SINGLE
+    store = _Store(path if context.is_main else None, return_adversarial)
+    opened = _open_state(store, config, flat) if context.is_main else None
+    state, adversarial = _raise_error(distributed.broadcast_object(opened))
 
     start = time.perf_counter()
     elapsed_before = state.elapsed
@@ -302,7 +327,17 @@ def robust_accuracy(
             first = _to(flat[:batch_size], target, channels_last)
             check_model(model, first, labels[:batch_size].to(target), plan)
         runner = _Cascade(
-            model, flat, labels, threat, plan, batch_size, seed, target, channels_last, progress
+            model,
+            flat,
+            labels,
+            threat,
+            plan,
+            batch_size,
+            seed,
+            target,
+            channels_last,
+            progress and context.is_main,
+            context,
         )
         runner.run(state, store, adversarial, lambda: elapsed_before + time.perf_counter() - start)
     assert state.clean is not None and state.robust is not None
@@ -325,7 +360,38 @@ def robust_accuracy(
         adversarial=adversarial,
         model=config["model"],
         data_sha256=config["data_sha256"],
+        clean_points=state.clean.clone(),
+        robust_points=state.robust.clone(),
+        **context.meta(),
     )
+
+
+_Opened = tuple[_State, torch.Tensor | None]
+
+
+def _open_state(store: _Store, config: dict[str, Any], flat: torch.Tensor) -> _Opened | StateMismatchError:
+    """The state to start from (read from the state file if there is one, else new and written) with the
+    adversarial images it has, or the error that refused the file (to be raised on every rank)."""
+    if store.path is not None and store.path.exists():
+        try:
+            state = _State.load(store.path, config)
+        except StateMismatchError as error:
+            return error
+    else:
+        state = _State(config)
+        store.clear_adversarial()
+        store.save(state)
+    adversarial = None
+    if config["return_adversarial"]:
+        adversarial = flat.clone()
+        store.load_adversarial(adversarial, state)
+    return state, adversarial
+
+
+def _raise_error(opened: _Opened | StateMismatchError | None) -> _Opened:
+    if not isinstance(opened, tuple):
+        raise opened or StateMismatchError("rank 0 sent no state")
+    return opened
 
 
 def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -345,9 +411,15 @@ class _Cascade:
     device: torch.device
     channels_last: bool
     progress: bool
+    context: distributed.Context
 
     def _batches(self, points: torch.Tensor) -> list[torch.Tensor]:
         return list(points.split(self.batch_size)) if points.numel() else []
+
+    def _rounds(self, batches: Sequence[int]) -> list[int | None]:
+        """This rank's batch of each round over ``batches`` (None where it has none in that round)."""
+        mine = distributed.shard_batches(len(batches), self.context)
+        return [batches[mine[k]] if k < len(mine) else None for k in range(distributed.rounds(len(batches)))]
 
     def run(
         self, state: _State, store: _Store, adversarial: torch.Tensor | None, clock: Callable[[], float]
@@ -363,40 +435,53 @@ class _Cascade:
                 continue
             if state.stage_points is None:
                 state.stage_points = state.robust.nonzero().squeeze(1)
-                state.batches_done, state.stage_seconds = 0, 0.0
+                state.batches_done, state.stage_seconds = set(), 0.0
             batches = self._batches(state.stage_points)
+            pending = [b for b in range(len(batches)) if b not in state.batches_done]
             bar = tqdm(
-                total=len(batches), initial=state.batches_done, desc=attack.name, disable=not self.progress
+                total=len(batches),
+                initial=len(state.batches_done),
+                desc=attack.name,
+                disable=not self.progress,
             )
             with bar:
-                for b in range(state.batches_done, len(batches)):
+                for mine in self._rounds(pending):
                     began = time.perf_counter()
-                    fooled_index, fooled_adv = self._attack_batch(attack, batches[b])
-                    state.robust[fooled_index] = False
-                    if adversarial is not None:
-                        adversarial[fooled_index] = fooled_adv
-                        store.save_adversarial(stage, b, fooled_index, fooled_adv)
-                    state.batches_done = b + 1
+                    outcome = None if mine is None else (mine, *self._attack_batch(attack, batches[mine]))
+                    finished = [o for o in distributed.all_gather_object(outcome) if o is not None]
+                    for b, fooled_index, fooled_adv in finished:
+                        state.robust[fooled_index] = False
+                        if adversarial is not None:
+                            adversarial[fooled_index] = fooled_adv
+                            store.save_adversarial(stage, b, fooled_index, fooled_adv)
+                        state.batches_done.add(b)
                     state.stage_seconds += time.perf_counter() - began
                     state.elapsed = clock()
                     store.save(state)
-                    bar.update(1)
+                    bar.update(len(finished))
                     bar.set_postfix(robust=f"{state.robust.float().mean().item():.2%}")
             state.per_attack.append((attack.name, state.robust.sum().item() / max(len(state.robust), 1)))
             state.attack_seconds.append((attack.name, state.stage_seconds))
-            state.stage_points, state.batches_done, state.stage_seconds = None, 0, 0.0
+            state.stage_points, state.batches_done, state.stage_seconds = None, set(), 0.0
             state.elapsed = clock()
             store.save(state)
         state.elapsed = clock()
         store.save(state)
 
     def _clean_flags(self) -> torch.Tensor:
+        """Which images the model classifies correctly (each rank classifies its batches, all get all)."""
         flags = torch.zeros(self.images.shape[0], dtype=torch.bool)
         batches = self._batches(torch.arange(self.images.shape[0]))
+        mine = distributed.shard_batches(len(batches), self.context)
+        correct = []
         with torch.inference_mode():
-            for index in tqdm(batches, desc="clean", disable=not self.progress):
-                logits = self.model(_to(self.images[index], self.device, self.channels_last))
-                flags[index] = (logits.argmax(dim=1) == self.labels[index].to(self.device)).cpu()
+            for b in tqdm(mine, desc="clean", disable=not self.progress):
+                logits = self.model(_to(self.images[batches[b]], self.device, self.channels_last))
+                hit = (logits.argmax(dim=1) == self.labels[batches[b]].to(self.device)).cpu()
+                correct.append(batches[b][hit])
+        for index in distributed.all_gather_object(correct):
+            for points in index:
+                flags[points] = True
         return flags
 
     def _attack_batch(self, attack: Attack, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,9 +13,10 @@ from cnn_aliasing.cli.options import (
     add_data_arguments,
     add_device_argument,
     add_model_arguments,
+    join_ranks,
+    load_images,
     load_model,
     prepare_output,
-    resolve_device,
     run_meta,
 )
 from cnn_aliasing.cli.registry import Subcommand, register_subcommand
@@ -36,7 +37,8 @@ class EvaluateCommand(Subcommand):
         "RobustBench reports (clean and AutoAttack, full test set) are shown beside them. Optionally writes "
         "a JSON file with the results, all arguments, versions and the checkpoint SHA-256.\n\n"
         "A robust evaluation with --state FILE saves its progress after every batch; run the same command "
-        "again after an interruption and it continues where it stopped."
+        "again after an interruption and it continues where it stopped. Under torchrun the attack batches "
+        "are shared among the processes, with the same result (docs/distributed.md)."
     )
     example = (
         "examples:\n"
@@ -83,24 +85,26 @@ class EvaluateCommand(Subcommand):
             attacks.resolve_attacks(args.attack)
             if args.state is not None:
                 prepare_output(args.state, "--state")
-        device = resolve_device(args.device)
+        context, device = join_ranks(args.device)
         model, model_meta = load_model(args)
-        images, labels = data.load_cifar10(
-            args.data_dir, args.split, n_images=args.n_images, download=args.download, progress=not args.quiet
-        )
+        images, labels = load_images(args, context)
         model.to(device).eval()  # attacks expect an eval-mode model (and warn otherwise)
+        bars = not args.quiet and context.is_main
         batches = data.iterate_batches(images, labels, args.batch_size, device=device)
         results: dict[str, AccuracyResult | attacks.RobustAccuracy] = {
-            "clean": clean_accuracy(model, batches, progress=not args.quiet, total_images=len(images))
+            "clean": clean_accuracy(model, batches, progress=bars, total_images=len(images))
         }
-        print(
-            f"clean accuracy of {args.model} on {len(images)} CIFAR-10 {args.split} images: "
-            f"{results['clean']} (device={device}, {time.perf_counter() - start:.1f} s)"
-        )
+        if context.is_main:
+            print(
+                f"clean accuracy of {args.model} on {len(images)} CIFAR-10 {args.split} images: "
+                f"{results['clean']} (device={device}, {time.perf_counter() - start:.1f} s)"
+            )
         if args.attack is not None:
-            results["robust"] = self._robust(args, model, images, labels, device, eps)
+            results["robust"] = self._robust(args, model, images, labels, device, eps, context.is_main)
         reported = model_meta["model"].get("zoo", {}).get("reported")
         seconds = time.perf_counter() - start
+        if not context.is_main:
+            return 0
         if reported is not None:
             print(
                 f"reported by RobustBench (full test set): clean {reported['clean_acc']:.2f}%, AutoAttack "
@@ -121,8 +125,10 @@ class EvaluateCommand(Subcommand):
         labels: torch.Tensor,
         device: torch.device,
         eps: float,
+        main: bool,
     ) -> attacks.RobustAccuracy:
-        """Robust accuracy under ``--attack`` at ``eps``, printed with the accuracy after each attack."""
+        """Robust accuracy under ``--attack`` at ``eps`` (shared among the ranks under torchrun), printed
+        with the accuracy after each attack on rank 0 (``main``)."""
         result = attacks.robust_accuracy(
             model,
             images,
@@ -135,7 +141,10 @@ class EvaluateCommand(Subcommand):
             device=device,
             state_path=args.state,
             progress=not args.quiet,
+            across_ranks=True,
         )
+        if not main:
+            return result
         print(
             f"robust accuracy under {result.attack} ({args.norm}, eps {args.eps}): "
             f"{100 * result.robust_accuracy:.2f}% (clean {100 * result.clean_accuracy:.2f}%)"

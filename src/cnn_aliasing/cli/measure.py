@@ -8,14 +8,15 @@ from pathlib import Path
 
 import torch
 
-from cnn_aliasing import data, spectral
+from cnn_aliasing import data, distributed, spectral
 from cnn_aliasing.cli.options import (
     add_data_arguments,
     add_device_argument,
     add_model_arguments,
+    join_ranks,
+    load_images,
     load_model,
     prepare_output,
-    resolve_device,
     run_meta,
 )
 from cnn_aliasing.cli.registry import Subcommand, register_subcommand
@@ -37,7 +38,10 @@ class MeasureCommand(Subcommand):
         "images. Prints one row per op in forward order and writes a JSON report (results, all arguments, "
         "versions, git commit, checkpoint SHA-256, timing), optionally a CSV table.\n\n"
         "Global pooling to one pixel is not measured. An architecture without --checkpoint keeps its random "
-        "initialisation (seeded with --seed); a zoo model reads its RobustBench checkpoint from --model-dir."
+        "initialisation (seeded with --seed); a zoo model reads its RobustBench checkpoint from "
+        "--model-dir.\n\n"
+        "Under torchrun (e.g. torchrun --standalone --nproc-per-node 4 -m cnn_aliasing measure ...) each "
+        "process measures its share of the images and rank 0 writes the one report (docs/distributed.md)."
     )
     example = (
         "examples:\n"
@@ -114,16 +118,16 @@ class MeasureCommand(Subcommand):
         prepare_output(args.out, "--out")
         if args.csv is not None:
             prepare_output(args.csv, "--csv")
-        device = resolve_device(args.device)
+        context, device = join_ranks(args.device)
         model, model_meta = load_model(args)
-        images, labels = data.load_cifar10(
-            args.data_dir, args.split, n_images=args.n_images, download=args.download, progress=not args.quiet
-        )
+        images, labels = load_images(args, context)
         _check_selection(model, images, args)
+        shard = distributed.shard_range(len(images), context)
+        mine = slice(shard.start, shard.stop)
         measure_start = time.perf_counter()
         report = measure(
             model,
-            data.iterate_batches(images, labels, args.batch_size, device=device),
+            data.iterate_batches(images[mine], labels[mine], args.batch_size, device=device),
             device=device,
             include=args.include,
             exclude=args.exclude,
@@ -131,9 +135,10 @@ class MeasureCommand(Subcommand):
             metrics=args.metrics or (),
             per_channel=args.per_channel,
             progress=not args.quiet,
-            total_images=len(images),
+            total_images=len(shard),
             sample_channels=args.sample_channels,
             seed=args.sample_seed,
+            across_ranks=True,
         )
         end = time.perf_counter()
         report.meta.update(
@@ -149,10 +154,11 @@ class MeasureCommand(Subcommand):
                 elapsed_s=end - start,
             )
         )
-        write_json_atomic(args.out, report.to_dict())
-        if args.csv is not None:
-            write_csv_atomic(args.csv, report.rows())
-        _print_report(report, args, device, end - start)
+        if context.is_main:
+            write_json_atomic(args.out, report.to_dict())
+            if args.csv is not None:
+                write_csv_atomic(args.csv, report.rows())
+            _print_report(report, args, device, end - start)
         return 0
 
 

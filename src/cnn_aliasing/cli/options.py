@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnn_aliasing import data, models, runtime, training, zoo
+from cnn_aliasing import data, distributed, models, runtime, training, zoo
 from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
 from cnn_aliasing.identity import data_sha256, model_identity
 from cnn_aliasing.model_source import ArchSource, LoadOptions, ModelSource, RunSource, ZooSource
@@ -106,6 +106,32 @@ def add_device_argument(
 def resolve_device(name: str | None) -> torch.device:
     """The device given by ``--device`` (None: cuda if available, else cpu), checked to be usable here."""
     return runtime.resolve_device(name, option="--device")
+
+
+def join_ranks(name: str | None) -> tuple[distributed.Context, torch.device]:
+    """This process's place under ``torchrun`` (the single-process context without it) and its device:
+    ``--device`` resolved, and a CUDA device narrowed to ``cuda:LOCAL_RANK`` under several processes."""
+    device = resolve_device(name)
+    context = distributed.init_from_env(device)
+    return context, context.device(device)
+
+
+def load_images(args: argparse.Namespace, context: distributed.Context) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CIFAR-10 images and labels ``--data-dir``, ``--split``, ``--n-images`` and ``--download`` name;
+    under several processes rank 0 reads (and downloads) first, with the only progress bar."""
+
+    def load() -> tuple[torch.Tensor, torch.Tensor]:
+        return data.load_cifar10(
+            args.data_dir,
+            args.split,
+            n_images=args.n_images,
+            download=args.download,
+            progress=not args.quiet and context.is_main,
+        )
+
+    first = load() if context.is_main else None
+    distributed.barrier()
+    return first if first is not None else load()
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -232,7 +258,7 @@ def run_meta(
 ) -> dict[str, Any]:
     """What a result file records about its run: command, all arguments, versions and git state, the
     model with its checkpoint hash and identity (weights hash), the data with its hash, the device, the
-    seed and the timings."""
+    number of processes and their backend (``world_size``, ``backend``), the seed and the timings."""
     return {
         "command": command,
         "config": _config(args),
@@ -246,6 +272,7 @@ def run_meta(
             "sha256": data_sha256(images, labels),
         },
         "device": str(device),
+        **distributed.current().meta(),
         "seed": args.seed,
         **timings,
     }
