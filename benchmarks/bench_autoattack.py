@@ -3,10 +3,14 @@ optionally the reference implementation (fra31/auto-attack) on the same model, i
 
     python benchmarks/bench_autoattack.py --data-dir data                    # 200 test images, Linf 8/255
     python benchmarks/bench_autoattack.py --data-dir data --reference /tmp/ref_autoattack --out runs/aa.json
+    python benchmarks/bench_autoattack.py --arch resnet20 --train standard --n-train 20000 --epochs 8 \
+        --n-images 64 --eps 1/255 --reference /tmp/ref_autoattack
 
-The model, a 4-conv CNN (16-32-64-64 channels, normalisation inside), is trained for ``--epochs`` epochs with
-FGSM-RS (``cnn_aliasing.attacks.fgsm``, eps 8/255, step 10/255, SGD one-cycle) on the training split and
-cached in ``--model-cache`` (under the git-ignored runs/), so later runs only evaluate.
+The model (``--arch``): a 4-conv CNN (16-32-64-64 channels) or the CIFAR ResNet-20 of He et al. (option-A
+shortcuts), normalisation inside, trained once by the script (``--train``: FGSM-RS at 8/255 with
+``cnn_aliasing.attacks.fgsm``, or standard training; SGD one-cycle, flips) and cached under the git-ignored
+runs/, so later runs only evaluate. ``--attack standard-reference`` runs ours in the reference's order of
+work (its adversarial examples are then comparable with the reference's bit for bit on the CPU).
 
 Comparison mode: ``--reference DIR`` names a folder holding the reference's ``autoattack/`` package (a git
 checkout kept outside this repository, never installed, never committed). It is imported by putting DIR
@@ -40,6 +44,55 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2471, 0.2435, 0.2616)
 
 
+class _ShortcutA(nn.Module):
+    """He et al.'s option-A shortcut: stride-2 subsampling and zero channels appended (no parameters)."""
+
+    def __init__(self, extra: int) -> None:
+        super().__init__()
+        self.extra = extra
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, ::2, ::2]
+        return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity() if stride == 1 and cin == cout else _ShortcutA(cout - cin)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    """The CIFAR ResNet-20 of He et al. (2016): 3 stages of 3 basic blocks (16, 32, 64 channels), option-A
+    shortcuts, about 0.27 M parameters and 41 MFLOPs per image; CIFAR-10 normalisation inside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(CIFAR_STD).view(1, 3, 1, 1))
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        blocks: list[nn.Module] = []
+        cin = 16
+        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+            for b in range(3):
+                blocks.append(_BasicBlock(cin, cout, stride if b == 0 else 1))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.classifier = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.blocks(self.stem((x - self.mean) / self.std))
+        return self.classifier(out.mean(dim=(2, 3)))
+
+
 class SmallCNN(nn.Module):
     """Four 3x3 convolutions (16, 32, 64, 64 channels; the last three strided), global average pooling
     and a linear classifier; CIFAR-10 normalisation inside."""
@@ -66,17 +119,23 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features((x - self.mean) / self.std))
 
 
-def train(model: nn.Module, data_dir: str, epochs: int, device: torch.device) -> None:
-    """FGSM-RS adversarial training (Wong et al. 2020) at Linf 8/255."""
-    images, labels = load_cifar10(data_dir, "train")
+ARCHS = {"small-cnn": SmallCNN, "resnet20": ResNet20}
+TRAINING = ("fgsm-rs", "standard")
+
+
+def train(model: nn.Module, args: argparse.Namespace, device: torch.device) -> None:
+    """Standard training, or FGSM-RS adversarial training (Wong et al. 2020) at Linf 8/255; SGD one-cycle,
+    random flips, on the first ``--n-train`` training images."""
+    images, labels = load_cifar10(args.data_dir, "train", n_images=args.n_train)
     threat = ThreatModel("Linf", 8 / 255)
     batch = 128
-    steps = epochs * ((len(labels) + batch - 1) // batch)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=steps)
+    steps = args.epochs * ((len(labels) + batch - 1) // batch)
+    lr = 0.05 if args.train == "fgsm-rs" else 0.1
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     gen = torch.Generator().manual_seed(0)
     model.train()
-    for epoch in range(epochs):
+    for epoch in range(args.epochs):
         order = torch.randperm(len(labels), generator=gen)
         began, correct = time.perf_counter(), 0
         for start in range(0, len(labels), batch):
@@ -85,8 +144,9 @@ def train(model: nn.Module, data_dir: str, epochs: int, device: torch.device) ->
             if torch.rand((), generator=gen) < 0.5:
                 x = x.flip(3)
             y = labels[idx].to(device)
-            adv = fgsm(model, x, y, threat, random_start=True, generator=gen)
-            logits = model(adv)
+            if args.train == "fgsm-rs":
+                x = fgsm(model, x, y, threat, random_start=True, generator=gen)
+            logits = model(x)
             loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -94,7 +154,7 @@ def train(model: nn.Module, data_dir: str, epochs: int, device: torch.device) ->
             sched.step()
             correct += (logits.argmax(1) == y).sum().item()
         print(
-            f"epoch {epoch + 1}/{epochs}: FGSM-RS train accuracy {correct / len(labels):.2%} "
+            f"epoch {epoch + 1}/{args.epochs}: {args.train} train accuracy {correct / len(labels):.2%} "
             f"({time.perf_counter() - began:.0f} s)",
             flush=True,
         )
@@ -102,14 +162,14 @@ def train(model: nn.Module, data_dir: str, epochs: int, device: torch.device) ->
 
 
 def load_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
-    model = SmallCNN().to(device)
-    cache = Path(args.model_cache)
+    """The benchmark's model, trained once and cached (the cache name says architecture and training)."""
+    cache = Path(args.model_cache or f"runs/bench_autoattack_{args.arch}_{args.train}.safetensors")
+    torch.manual_seed(0)
+    model = ARCHS[args.arch]().to(device)
     if cache.exists():
         model.load_state_dict(load_file(cache, device=str(device)))
     else:
-        torch.manual_seed(0)
-        model = SmallCNN().to(device)
-        train(model, args.data_dir, args.epochs, device)
+        train(model, args, device)
         cache.parent.mkdir(parents=True, exist_ok=True)
         save_file(model.state_dict(), cache)
     return model.eval()
@@ -125,7 +185,7 @@ def run_ours(
         y,
         args.eps,
         norm=args.norm,
-        attack="standard",
+        attack=args.attack,
         batch_size=args.batch_size,
         seed=0,
         return_adversarial=True,
@@ -216,15 +276,27 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--epochs", type=int, default=15, help="FGSM-RS epochs if the model is not cached")
-    parser.add_argument("--model-cache", default="runs/bench_autoattack_cnn.safetensors")
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="small-cnn", help="the model attacked")
+    parser.add_argument("--train", choices=TRAINING, default="fgsm-rs", help="how it is trained (once)")
+    parser.add_argument("--epochs", type=int, default=15, help="training epochs if the model is not cached")
+    parser.add_argument("--n-train", type=int, default=None, help="first N training images (default all)")
+    parser.add_argument("--model-cache", default=None, help="default runs/bench_autoattack_ARCH_TRAIN")
+    parser.add_argument(
+        "--attack",
+        choices=["standard", "standard-reference"],
+        default="standard",
+        help="ours: the default order of work, or the reference's (point-by-point comparable)",
+    )
     parser.add_argument("--reference", default=None, help="folder holding the reference's autoattack/")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--train-only", action="store_true", help="train and cache the model, then stop")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model = load_model(args, device)
+    if args.train_only:
+        return
     images, labels = load_cifar10(args.data_dir, "test", n_images=args.n_images)
     x = images.float() / 255
 

@@ -363,7 +363,9 @@ def test_square_window_sides_on_32x32_images_equal_the_reference(norm: str) -> N
         mock.patch.object(square_module, "_linf_update", recording_linf),
         mock.patch.object(square_module, "_l2_update", recording_l2),
     ):
-        attack = create_attack("square", n_queries=schedule["n_queries"], p_init=0.8)
+        # one iteration per forward pass, so each update made is one iteration (with a look-ahead, the
+        # updates of iterations after an improvement are made again; test_fab_square covers that)
+        attack = create_attack("square", n_queries=schedule["n_queries"], p_init=0.8, lookahead=1)
         adv = attack(model, x, y, ThreatModel(norm, schedule["eps"]), torch.Generator().manual_seed(0))
     assert not any(_success(model, adv, x, y))
     assert gm.run_length(sides) == schedule[norm]

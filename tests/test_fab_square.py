@@ -272,6 +272,14 @@ def test_square_lookahead_follows_the_sequential_search_exactly(lookahead, monke
     assert torch.equal(many, one)
 
 
+def test_square_lookahead_by_default_fills_a_small_batch_per_device():
+    """CPU: up to 4 iterations within 12 rows; elsewhere up to 8 within the batch given; a set value wins."""
+    square, cpu, cuda = Square(), torch.device("cpu"), torch.device("cuda")
+    assert [square._lookahead(cpu, n, 500) for n in (1, 3, 4, 6, 7, 12, 300)] == [4, 4, 3, 2, 1, 1, 1]
+    assert [square._lookahead(cuda, n, 500) for n in (1, 60, 62, 200, 420)] == [8, 8, 8, 2, 1]
+    assert Square(lookahead=5)._lookahead(cuda, 420, 500) == 5
+
+
 def test_fab_t_with_fewer_classes_than_targets_and_binary_models():
     model = _small_net(n_classes=3)
     x = _images(8)

@@ -27,7 +27,8 @@ from cnn_aliasing.validation import is_bool, is_int, is_number, optional
 
 _P_STEPS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # p halves after each of these iterations
 _COMPACT_EVERY = 10  # iterations between host-side updates of the set of points still being attacked
-_LOOKAHEAD = 8  # iterations evaluated per forward pass off the CPU (where small batches cost launches)
+_LOOKAHEAD = 8  # most iterations per forward pass off the CPU (where small batches cost launches)
+_LOOKAHEAD_CPU = (4, 12)  # most iterations per forward pass on the CPU, and the rows it may fill
 
 
 def p_schedule(iteration: int, n_queries: int, p_init: float, rescale: bool) -> float:
@@ -68,7 +69,8 @@ class Square:
     """Square Attack with the margin loss; ``rescale_schedule=False`` is AutoAttack's setting.
 
     ``lookahead``: iterations evaluated per forward pass (see :meth:`_run`); more makes fewer, larger
-    passes, which pays where a small batch costs more in kernel launches than in arithmetic (GPUs).
+    passes, which pays where a small batch costs more in fixed overhead (Python, kernel launches) than in
+    arithmetic; the default depends on the device and the number of points left (:meth:`_lookahead`).
     """
 
     n_queries: int = field(default=5000, metadata=option(is_int(1)))
@@ -76,7 +78,7 @@ class Square:
     n_restarts: int = field(default=1, metadata=option(is_int(1)))
     rescale_schedule: bool = field(default=False, metadata=option(is_bool))
     lookahead: int | None = field(
-        default=None, metadata=option(optional(is_int(1), f"1 on the CPU, {_LOOKAHEAD} on other devices"))
+        default=None, metadata=option(optional(is_int(1), "per device, up to 4 on the CPU and 8 elsewhere"))
     )
     name: str = field(init=False, default="square")
 
@@ -112,7 +114,7 @@ class Square:
                 if todo.numel() == 0:
                     break
                 x, y = images.index_select(0, todo), labels.index_select(0, todo)
-                found = self._run(model, x, y, threat, generator)
+                found = self._run(model, x, y, threat, generator, rows=images.shape[0])
                 fooled = model(found).argmax(dim=1) != y
                 adv.index_copy_(0, todo, torch.where(fooled.view(-1, 1, 1, 1), found, x))
                 robust.index_copy_(0, todo, ~fooled)
@@ -125,14 +127,16 @@ class Square:
         y: torch.Tensor,
         threat: ThreatModel,
         generator: torch.Generator,
+        rows: int | None = None,
     ) -> torch.Tensor:
         """One run of random search from a fresh start; returns the best point found for each image.
 
-        Each step evaluates the candidates of the next ``lookahead`` iterations for every point still
-        correct, all made from its current best point, in one forward pass; the iterations up to the first
-        candidate that improves some point count as done (that point takes it), the rest are discarded.
-        Every point so follows Square's sequence (each candidate made from its best point at that
-        iteration), with fewer, larger forward passes.
+        Each step evaluates the candidates of the next iterations (see :meth:`_lookahead`; ``rows`` is the
+        batch the attack was given) for every point still correct, all made from
+        its current best point, in one forward pass; the iterations up to the first candidate that improves
+        some point count as done (that point takes it), the rest are discarded. Every point so follows
+        Square's sequence (each candidate made from its best point at that iteration), with fewer, larger
+        forward passes once few points remain.
         """
         eps = threat.eps
         if threat.norm == "Linf":
@@ -142,7 +146,6 @@ class Square:
             delta = _l2_init(x, generator)
             x_best = (x + eps * delta / _l2(delta).clamp_min(1e-12)).clamp(0.0, 1.0)
         margin_best = _margin(model(x_best), y)
-        lookahead = self.lookahead or (1 if x.device.type == "cpu" else _LOOKAHEAD)
         patterns: dict[int, torch.Tensor] = {}
         iteration, compact_at = 0, 0
         while iteration < self.n_queries:
@@ -153,7 +156,7 @@ class Square:
                 x_curr, y_curr = x.index_select(0, active), y.index_select(0, active)
                 compact_at = iteration + _COMPACT_EVERY
             best_curr, margin_curr = x_best.index_select(0, active), margin_best.index_select(0, active)
-            k = min(lookahead, self.n_queries - iteration)
+            k = min(self._lookahead(x.device, active.numel(), rows or x.shape[0]), self.n_queries - iteration)
             candidates = [
                 self._candidate(x_curr, best_curr, iteration + j, threat, patterns, generator)
                 for j in range(k)
@@ -170,6 +173,15 @@ class Square:
             x_best.index_copy_(0, active, torch.where(accept.view(-1, 1, 1, 1), candidates[taken], best_curr))
             iteration += taken + 1
         return x_best
+
+    def _lookahead(self, device: torch.device, n_active: int, rows: int) -> int:
+        """Iterations per forward pass: ``lookahead`` if set; else as many as keep the pass within a
+        small batch on the CPU (up to 4 within 12 rows: larger CPU batches cost in proportion) and within
+        the batch given elsewhere (up to 8: small GPU batches cost launches more than arithmetic)."""
+        if self.lookahead is not None:
+            return self.lookahead
+        most, budget = _LOOKAHEAD_CPU if device.type == "cpu" else (_LOOKAHEAD, rows)
+        return max(min(most, budget // n_active), 1)
 
     def _candidate(
         self,
