@@ -480,3 +480,12 @@ def test_batched_targets_fill_the_batch_in_the_reference_target_order(attack_nam
         attack = create_attack(attack_name, n_iter=2)
         attack(model, x, y, ThreatModel("Linf", 0.0), torch.Generator().manual_seed(0))
     assert recorded == expected
+
+
+def test_rows_of_a_point_leave_together_once_one_succeeds() -> None:
+    from cnn_aliasing.attacks.base import rows_of_finished_points
+
+    owner = torch.tensor([5, 7, 5, 7, 2])  # rows left of points 2, 5, 7 (ids above the row count)
+    leave = rows_of_finished_points(owner, torch.tensor([False, True, False, False, False]), 8)
+    assert leave is not None and leave.tolist() == [False, True, False, True, False]
+    assert rows_of_finished_points(owner, torch.zeros(5, dtype=torch.bool), 8) is None

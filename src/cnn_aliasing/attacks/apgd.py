@@ -36,6 +36,7 @@ from cnn_aliasing.attacks.base import (
     option,
     random_tensor,
     register_attack,
+    rows_of_finished_points,
     targeted_dlr_loss,
 )
 from cnn_aliasing.attacks.base import dlr_loss as _dlr_loss
@@ -406,11 +407,9 @@ def _leave_when_fooled(rows: _Rows, fooled_out: torch.Tensor, found_out: torch.T
     """Record the rows of every point with a misclassified row in the outputs; return the others."""
     assert rows.owner is not None
     fooled = ~rows.acc
-    if not bool(fooled.any()):
+    leave = rows_of_finished_points(rows.owner, fooled, fooled_out.shape[0])
+    if leave is None:
         return rows
-    done = torch.zeros(int(rows.owner.max()) + 1, dtype=torch.bool, device=fooled.device)
-    done[rows.owner[fooled]] = True
-    leave = done[rows.owner]
     fooled_out[rows.index[leave]] = fooled[leave]
     found_out[rows.index[leave]] = rows.x_best_adv[leave]
     return rows.select(~leave)

@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from cnn_aliasing.attacks.base import Norm, ThreatModel, check_options, option, register_attack
+from cnn_aliasing.attacks.base import (
+    Norm,
+    ThreatModel,
+    check_options,
+    option,
+    register_attack,
+    rows_of_finished_points,
+)
 from cnn_aliasing.validation import is_bool, is_int, is_number
 
 _NOT_FOUND = 1e10  # distance recorded while no adversarial example has been found
@@ -182,11 +189,8 @@ class FAB:
         every = 1 if x0.device.type == "cpu" else _COMPACT_EVERY
         for i in range(self.n_iter):
             if owner is not None and i % every == 0 and i > 0:
-                found = best_dist <= threat.eps
-                if bool(found.any()):
-                    done = torch.zeros(int(owner.max()) + 1, dtype=torch.bool, device=x0.device)
-                    done[owner[found]] = True
-                    leave = done[owner]
+                leave = rows_of_finished_points(owner, best_dist <= threat.eps, n)
+                if leave is not None:
                     best_out = best_out.index_copy(0, index[leave], best[leave])
                     keep = ~leave
                     x0, y, x1, best, best_dist, index, owner = (
