@@ -7,6 +7,12 @@ LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and, for reference, in the tes
 rank 1 SIGKILL itself in its second attack batch of a resumable evaluation; ``die`` and ``stall`` have
 rank 1 SIGKILL itself, or sleep twice the collectives' timeout, where rank 0 waits for it in a collective,
 and rank 0 writes the error it got and how long it waited to ``OUT_DIR/error0.txt``.
+
+Training: ``steps`` runs one epoch of :func:`train_steps` per objective and saves each rank's per-step
+(summed loss, images) and final weights to ``OUT_DIR/steps{R}.pt``; ``train_stop`` trains the run of
+:func:`run_recipe` on ``OUT_DIR/data`` into ``OUT_DIR/run`` and stops (KeyboardInterrupt on every rank)
+in its second epoch, counting each rank's writes of the run folder in ``OUT_DIR/writes{R}.txt``;
+``train_die`` has rank 1 SIGKILL itself in its second step of that run, rank 0 recording its error.
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ import torch
 from torch import nn
 
 from attack_models import images, predicted, tiny_cnn
-from cnn_aliasing import distributed, measure
+from cnn_aliasing import distributed, measure, training
 from cnn_aliasing.attacks import robust_accuracy
 from cnn_aliasing.attacks.robust import _Cascade
 from cnn_aliasing.spectral import PER_MAP_METRICS
+from cnn_aliasing.training import loop as training_loop
 
 N_IMAGES, BATCH = 7, 2  # 4 batches: an uneven split over 2 ranks
 ATTACK = "apgd-ce+apgd-t"
@@ -144,7 +151,115 @@ def stall(out: Path) -> None:
     _waited_for_peer(out, lambda: time.sleep(2 * distributed.timeout_seconds()))
 
 
-JOBS = {"compare": compare, "kill": kill, "die": die, "stall": stall}
+# ------------------------------------------------------------------------------------------- training
+N_TRAIN, GLOBAL_BATCH = 17, 7  # batches of 7, 7, 3: uneven over 2 ranks (4 + 3, 4 + 3, 2 + 1)
+STEP_OBJECTIVES = ("standard", "fgsm")  # fgsm has no random start: the same attack in any rank count
+
+
+def step_recipe(objective: str) -> training.Recipe:
+    """A recipe for :func:`train_steps` (only its optimiser, schedule, augmentation and objective matter)."""
+    return training.get_recipe(
+        "small-standard",
+        objective=objective,
+        batch_size=GLOBAL_BATCH,
+        crop_padding=2,
+        lr=0.2,
+        epochs=1,
+        eps=8 / 255,
+    )
+
+
+def train_steps(objective: str) -> tuple[list[tuple[float, int]], dict[str, torch.Tensor]]:
+    """One epoch of :func:`tiny_cnn` (no BatchNorm) on 17 random uint8 images in global batches of 7, on
+    this rank's slices: each step's (summed loss, images) of this rank and the final weights."""
+    x = (images(N_TRAIN, seed=6) * 255).to(torch.uint8)
+    y = torch.arange(N_TRAIN) % 10
+    trainer = training.Trainer(
+        step_recipe(objective), tiny_cnn(seed=7), torch.device("cpu"), context=distributed.current()
+    )
+    steps: list[tuple[float, int]] = []
+    step = trainer.step
+
+    def recorded(*args: Any) -> Any:
+        loss, correct = step(*args)
+        steps.append((loss.item(), len(distributed.shard_range(args[1].shape[0], trainer.context))))
+        return loss, correct
+
+    trainer.step = recorded  # type: ignore[method-assign]
+    trainer.run_epoch(0, x, y, progress=False)
+    return steps, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def steps(out: Path) -> None:
+    rank = distributed.current().rank
+    torch.save({o: train_steps(o) for o in STEP_OBJECTIVES}, out / f"steps{rank}.pt")
+
+
+RUN_TRAIN, RUN_BATCH = 61, 14  # batches of 14 x 4 and 5: uneven over 2 ranks
+
+
+def run_recipe() -> training.Recipe:
+    """Two epochs of a width-4 PreAct ResNet-18 on 61 of the fake train images, tracked every epoch."""
+    return training.get_recipe(
+        "small-standard",
+        arch_args={"width": 4, "normalize": "cifar10"},
+        n_train=RUN_TRAIN,
+        batch_size=RUN_BATCH,
+        epochs=2,
+        eval_images=4,
+        eval_pgd_steps=1,
+    )
+
+
+def train_run(out: Path) -> Any:
+    return training.train(run_recipe(), out / "data", out / "run", device="cpu", progress=False)
+
+
+def train_stop(out: Path) -> None:
+    rank = distributed.current().rank
+    writes = out / f"writes{rank}.txt"
+    writes.write_text("0")
+    write_run = training_loop.write_run
+
+    def counted(*args: Any) -> None:
+        writes.write_text(str(int(writes.read_text()) + 1))
+        write_run(*args)
+
+    training_loop.write_run = counted  # type: ignore[assignment]
+    run_epoch = training.Trainer.run_epoch
+    calls = [0]
+
+    def stopping(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise KeyboardInterrupt  # every rank stops in the second epoch, after the first was saved
+        return run_epoch(self, *args, **kwargs)
+
+    training.Trainer.run_epoch = stopping  # type: ignore[method-assign]
+    train_run(out)
+
+
+def train_die(out: Path) -> None:
+    _die_in_call(training.Trainer, "step", 2, lambda: os.kill(os.getpid(), signal.SIGKILL))
+    began = time.monotonic()
+    try:
+        train_run(out)
+    except distributed.DistributedError as error:
+        (out / f"error{distributed.current().rank}.txt").write_text(
+            f"{time.monotonic() - began:.3f}\n{error}"
+        )
+        raise
+
+
+JOBS = {
+    "compare": compare,
+    "kill": kill,
+    "die": die,
+    "stall": stall,
+    "steps": steps,
+    "train_stop": train_stop,
+    "train_die": train_die,
+}
 
 if __name__ == "__main__":
     job, folder = sys.argv[1:]

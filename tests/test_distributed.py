@@ -20,9 +20,10 @@ import torch.distributed as dist
 
 import distributed_jobs as jobs
 from attack_models import single_thread
+from cifar_fixtures import make_layout
 from cnn_aliasing import distributed
 from cnn_aliasing.attacks.robust import _Cascade
-from cnn_aliasing.errors import DistributedError
+from cnn_aliasing.errors import CnnAliasingError, DistributedError
 from test_cli import PREACT, cifar_dir, run_cli  # noqa: F401 (cifar_dir is a fixture)
 
 JOBS_SCRIPT = Path(__file__).with_name("distributed_jobs.py")
@@ -290,3 +291,104 @@ def test_torchrun_evaluate_attack_equals_one_process(
         del result["robust"]["backend"]
     assert two["robust"] == one["robust"] and two["clean"] == one["clean"]
     assert one["robust"]["clean_accuracy"] > 0  # a point to attack
+
+
+# ------------------------------------------------------------------------------------------ training
+@pytest.fixture(scope="module")
+def two_rank_steps(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """Each rank's per-step losses and final weights of the ``steps`` job."""
+    out = tmp_path_factory.mktemp("steps")
+    results = launch("steps", out)
+    assert [code for code, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+    return [torch.load(out / f"steps{rank}.pt", weights_only=True) for rank in range(2)]
+
+
+@pytest.mark.parametrize("objective", jobs.STEP_OBJECTIVES)
+def test_two_rank_training_steps_equal_one_process_with_the_same_global_batch(
+    two_rank_steps: list[dict[str, Any]], objective: str
+) -> None:
+    """17 images in global batches of 7 (slices of 4 + 3, 4 + 3, 2 + 1): each step's loss over the global
+    batch and the weights after the epoch equal one process's to float tolerance. The model has no
+    BatchNorm: without SyncBatchNorm (CUDA only) each rank would normalise over its own slice."""
+    with single_thread():
+        one_steps, one_weights = jobs.train_steps(objective)
+    assert [n for _, n in one_steps] == [7, 7, 3]
+    (steps0, weights0), (steps1, weights1) = (rank[objective] for rank in two_rank_steps)
+    assert [n for _, n in steps0] == [4, 4, 2] and [n for _, n in steps1] == [3, 3, 1]
+    for (one_loss, n), (loss0, _), (loss1, _) in zip(one_steps, steps0, steps1, strict=True):
+        assert math.isclose((loss0 + loss1) / n, one_loss / n, rel_tol=1e-6), (loss0, loss1, one_loss)
+    for name, tensor in one_weights.items():
+        assert torch.equal(weights0[name], weights1[name]), name  # DDP keeps the ranks in step
+        torch.testing.assert_close(weights0[name], tensor, rtol=1e-5, atol=1e-6)
+    assert one_weights["3.weight"].ne(jobs.tiny_cnn(seed=7)[3].weight).any()  # it did train
+
+
+def test_a_step_that_leaves_a_rank_without_images_is_refused() -> None:
+    from cnn_aliasing.training.loop import check_batches_fill_ranks
+
+    check_batches_fill_ranks(17, 7, 2)
+    for n, batch in [(15, 7), (17, 1)]:  # a last batch of 1; batches of 1
+        with pytest.raises(CnnAliasingError, match="step of 1 image\\(s\\) cannot be shared by 2 ranks"):
+            check_batches_fill_ranks(n, batch, 2)
+
+
+def test_sync_batchnorm_off_cuda_is_refused_with_several_ranks() -> None:
+    from cnn_aliasing.training import Trainer
+
+    context = distributed.Context(0, 2, 0, "gloo")
+    with pytest.raises(CnnAliasingError, match=r"sync_batchnorm .* needs CUDA devices"):
+        Trainer(
+            jobs.step_recipe("standard"),
+            jobs.tiny_cnn(),
+            torch.device("cpu"),
+            context=context,
+            sync_batchnorm=True,
+        )
+
+
+@pytest.fixture
+def train_dir(tmp_path: Path) -> Path:
+    """``tmp_path/data``: 64 fake train images and 8 test images."""
+    make_layout(tmp_path / "data", train_sizes=(16, 16, 16, 8, 8), test_size=8)
+    return tmp_path
+
+
+def test_a_run_written_by_two_ranks_resumes_on_one(train_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    results = launch("train_stop", train_dir)
+    assert all(code != 0 and "KeyboardInterrupt" in err for code, err in results), results[0][1][-3000:]
+    assert [(train_dir / f"writes{r}.txt").read_text() for r in range(2)] == ["1", "0"]  # rank 0 alone
+    saved = json.loads((train_dir / "run" / "model.json").read_text())
+    assert (saved["epochs_done"], saved["world_size"], saved["backend"]) == (1, 2, "gloo")
+    assert saved["history"][0]["eval"] is not None  # tracked on rank 0
+    from cnn_aliasing.training import Trainer
+
+    epochs: list[int] = []
+    run_epoch = Trainer.run_epoch
+
+    def counted(self: Trainer, epoch: int, *args: Any, **kwargs: Any) -> Any:
+        epochs.append(epoch)
+        return run_epoch(self, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "run_epoch", counted)
+    with single_thread():
+        result = jobs.train_run(train_dir)
+    assert epochs == [1]  # only the second epoch was left
+    assert [(h["epoch"], h["world_size"]) for h in result.history] == [(1, 2), (2, 1)]
+    assert (result.sidecar["world_size"], result.sidecar["backend"], result.sidecar["complete"]) == (
+        1,
+        None,
+        True,
+    )
+    assert result.history[0] == saved["history"][0]
+
+
+def test_a_killed_rank_ends_training_with_an_error(train_dir: Path) -> None:
+    timeout_s = 20.0
+    results = launch("train_die", train_dir, timeout_s=timeout_s)
+    assert results[1][0] == -9  # killed itself in its second step
+    assert results[0][0] == 1, results[0][1][-3000:]
+    waited, message = (train_dir / "error0.txt").read_text().split("\n", 1)
+    assert float(waited) < timeout_s + 10
+    assert "rank 0 of 2 (gloo): training step" in message and "a peer rank probably died" in message
+    assert "DistributedError" in results[0][1]
+    assert not (train_dir / "run" / "model.json").exists()  # no epoch finished

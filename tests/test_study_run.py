@@ -413,3 +413,48 @@ def test_reported_source_is_checked_when_the_config_loads(
     raw["attack"].update(attack)
     with pytest.raises(CnnAliasingError, match=message):
         parse_config(raw, "tiny.toml", default_name="tiny")
+
+
+# --------------------------------------------------------------------------------------------- --shard
+def test_shard_jobs_into_one_folder_give_the_files_and_report_of_one_run(
+    study_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Models a, b, nan at positions 0, 1, 2: shard 0/2 runs a and nan, shard 1/2 runs b and, finding no
+    model left, builds the report; the files equal those of one unsharded run."""
+    config = _toml(_raw(study_dir, "shared", "a", "b", "nan"), study_dir / "tiny.toml")
+    assert main(["study", str(config), "--shard", "0/2", "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "shard 0/2 runs 2 of these:" in plan and "1. a:" in plan and "3. nan:" in plan
+    assert "2. b:" not in plan
+    assert main(["study", str(config), "--quiet", "--shard", "0/2"]) == 1  # nan fails
+    printed = capsys.readouterr().out
+    assert "study tiny: 1/2 models done" in printed and "1 model(s) of other shards not finished" in printed
+    shared = study_dir / "shared"
+    assert not (shared / "models" / "b.json").exists() and not (shared / "report.html").exists()
+    assert [m["status"] for m in _read(shared / "study.json")["models"]] == ["done", "pending", "failed"]
+    assert main(["study", str(config), "--quiet", "--shard", "1/2"]) == 0
+    assert "report: " in capsys.readouterr().out and (shared / "report.html").is_file()
+    assert [m["status"] for m in _read(shared / "study.json")["models"]] == ["done", "done", "failed"]
+    assert main(["study", str(config), "--quiet", "--out", str(study_dir / "one")]) == 1
+    one = study_dir / "one"
+    for name in ("a", "b"):
+        assert _measurements(_read(shared / "models" / f"{name}.json")) == _measurements(
+            _read(one / "models" / f"{name}.json")
+        )
+    assert _read(shared / "models" / "nan.json")["error"] == _read(one / "models" / "nan.json")["error"]
+    assert _read(shared / "study.json")["models"] == _read(one / "study.json")["models"]
+    assert _read(shared / "results.json") == _read(one / "results.json")
+    assert _read(shared / "study.json")["run"]["shard"] == "1/2"
+    assert _read(shared / "models" / "b.json")["run"]["world_size"] == 1
+
+
+@pytest.mark.parametrize("value", ["2/2", "-1/2", "0/0", "1", "a/b", "1/2/3"])
+def test_invalid_shards_are_refused_naming_the_valid_form(
+    study_dir: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    config = _toml(_raw(study_dir, "out", "a"), study_dir / "tiny.toml")
+    with pytest.raises(SystemExit) as exit_:
+        main(["study", str(config), f"--shard={value}"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--shard must be I/N with integers 0 <= I < N (0-based" in err and repr(value) in err

@@ -165,8 +165,8 @@ def test_training_applies_the_schedule_every_step(cifar_dir: Path, tmp_path: Pat
     seen: list[float] = []
     step = Trainer.step
 
-    def spy(self: Trainer, images: torch.Tensor, labels: torch.Tensor, lr: float, gen: Any) -> Any:
-        out = step(self, images, labels, lr, gen)
+    def spy(self: Trainer, images: torch.Tensor, labels: torch.Tensor, lr: float, *gens: Any) -> Any:
+        out = step(self, images, labels, lr, *gens)
         seen.append(self.optimizer.param_groups[0]["lr"])
         return out
 
@@ -432,6 +432,7 @@ def test_the_sidecar_records_what_was_run(cifar_dir: Path, tmp_path: Path) -> No
     assert sidecar["attack"] == {"norm": "Linf", "eps": EPS, "step": 1.25 * EPS, "steps": 10}
     assert sidecar["data"]["n_train"] == 64 and sidecar["data"]["split"] == "train"
     assert sidecar["device"] == "cpu" and sidecar["run"]["torch"] == torch.__version__
+    assert (sidecar["world_size"], sidecar["backend"], sidecar["sync_batchnorm"]) == (1, None, False)
     assert "git" in sidecar["run"] and sidecar["warnings"] == []
     first, second = sidecar["history"]
     assert [first["epoch"], second["epoch"]] == [1, 2] and first["eval"] is None
@@ -443,6 +444,7 @@ def test_the_sidecar_records_what_was_run(cifar_dir: Path, tmp_path: Path) -> No
         "images_per_second",
         "seconds",
         "eval",
+        "world_size",
     }
     assert set(second["eval"]) == {"clean_accuracy", "pgd_accuracy", "aliasing"}
     assert len(second["eval"]["aliasing"]) == 6 and 0 <= second["train_accuracy"] <= 1

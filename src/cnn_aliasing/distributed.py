@@ -16,9 +16,10 @@ k-th round of a loop whose rounds end in a collective.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -152,6 +153,14 @@ def _destroy() -> None:
         dist.destroy_process_group()
 
 
+def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` (already on ``device``) wrapped in ``DistributedDataParallel`` for the default group:
+    gradients averaged over the ranks in backward, rank 0's parameters and buffers broadcast at the start
+    and its buffers (BatchNorm statistics) before every forward."""
+    device_ids = [device] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
 def shard_range(n: int, ctx: Context | None = None) -> range:
     """This rank's contiguous share of ``n`` items: the shares cover 0..n-1 without overlap, in rank order,
     and their sizes differ by at most one (the first ``n % world_size`` ranks get one more; ranks beyond
@@ -176,17 +185,29 @@ def rounds(n_batches: int, ctx: Context | None = None) -> int:
     return -(-n_batches // ctx.world_size)
 
 
-def _collective(what: str, call: Callable[[], T]) -> T:
-    """Run one collective; a failure (a peer that died, a timeout) becomes a :class:`DistributedError`."""
+@contextlib.contextmanager
+def collectives(what: str) -> Iterator[None]:
+    """Run code whose collectives torch issues itself (DDP's forward and backward) so that a failure in it,
+    mostly a peer that died or timed out, becomes a :class:`DistributedError` naming this rank and
+    ``what`` was running; nothing is caught in a single process."""
+    ctx = current()
+    if ctx.world_size == 1:
+        yield
+        return
     try:
-        return call()
+        yield
     except (RuntimeError, ConnectionError) as error:
-        ctx = current()
         raise DistributedError(
             f"rank {ctx.rank} of {ctx.world_size} ({ctx.backend}): {what} failed, a peer rank probably died "
             f"or stopped responding (collectives time out after {timeout_seconds():g} s, set "
             f"{TIMEOUT_ENV} to change it): {first_line(error)}"
         ) from error
+
+
+def _collective(what: str, call: Callable[[], T]) -> T:
+    """Run one collective; a failure (a peer that died, a timeout) becomes a :class:`DistributedError`."""
+    with collectives(what):
+        return call()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -201,9 +222,10 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return staged.to(tensor.device)
 
 
-def all_gather_object(obj: T) -> list[T]:
-    """Every rank's ``obj`` (picklable; tensors on the CPU), in rank order; ``[obj]`` in a single process."""
-    ctx = current()
+def all_gather_object(obj: T, ctx: Context | None = None) -> list[T]:
+    """Every rank's ``obj`` (picklable; tensors on the CPU), in rank order; ``[obj]`` in a single process
+    (or with ``ctx`` a single-process context: code that stays single-process inside a process group)."""
+    ctx = ctx or current()
     if ctx.world_size == 1:
         return [obj]
     gathered: list[Any] = [None] * ctx.world_size
@@ -211,9 +233,10 @@ def all_gather_object(obj: T) -> list[T]:
     return gathered
 
 
-def broadcast_object(obj: T, src: int = 0) -> T:
-    """Rank ``src``'s ``obj`` on every rank (the others' argument is ignored); ``obj`` in a single process."""
-    if current().world_size == 1:
+def broadcast_object(obj: T, src: int = 0, ctx: Context | None = None) -> T:
+    """Rank ``src``'s ``obj`` on every rank (the others' argument is ignored); ``obj`` in a single process
+    (or with ``ctx`` a single-process context)."""
+    if (ctx or current()).world_size == 1:
         return obj
     box: list[Any] = [obj]
     _collective("broadcast_object_list", lambda: dist.broadcast_object_list(box, src=src))

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from cnn_aliasing import distributed
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.runtime import evaluation_mode, model_device, model_dtype, run_model
 
@@ -40,17 +41,27 @@ def clean_accuracy(
     *,
     progress: bool = True,
     total_images: int | None = None,
+    across_ranks: bool = False,
 ) -> AccuracyResult:
     """Top-1 accuracy of ``model`` on (images in [0, 1], labels) batches, on the model's device.
 
     Runs in eval mode under ``torch.inference_mode`` and gives every module its training flag back.
-    ``total_images`` sizes the progress bar when ``batches`` has no length.
+    ``total_images`` sizes the progress bar when ``batches`` has no length. ``across_ranks``: under
+    ``torchrun``, ``batches`` are this rank's share of the images (it may have none) and the counts are
+    summed over the ranks, so every rank returns the accuracy of all images; only rank 0 shows progress.
     """
+    context = distributed.current() if across_ranks else distributed.SINGLE
     device, dtype = model_device(model), model_dtype(model)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     total = 0
     with (
-        tqdm(total=total_images, disable=not progress, unit="img", desc="clean accuracy", leave=False) as bar,
+        tqdm(
+            total=total_images,
+            disable=not (progress and context.is_main),
+            unit="img",
+            desc="clean accuracy",
+            leave=False,
+        ) as bar,
         torch.inference_mode(),
         evaluation_mode(model),
     ):
@@ -59,6 +70,9 @@ def clean_accuracy(
             correct += (logits.argmax(dim=1) == labels.to(device)).sum()  # no host sync per batch
             total += len(labels)
             bar.update(len(labels))
+    if context.world_size > 1:
+        counts = distributed.all_reduce_sum(torch.stack([correct.cpu(), torch.tensor(total)]))
+        correct, total = counts[0], int(counts[1])
     if total == 0:
         raise CnnAliasingError("clean_accuracy() got no images: the batches iterable was empty")
     return AccuracyResult(int(correct), total)

@@ -318,7 +318,7 @@ def robust_accuracy(
     context = distributed.current() if across_ranks else distributed.SINGLE
     store = _Store(path if context.is_main else None, return_adversarial)
     opened = _open_state(store, config, flat) if context.is_main else None
-    state, adversarial = _raise_error(distributed.broadcast_object(opened))
+    state, adversarial = _raise_error(distributed.broadcast_object(opened, ctx=context))
 
     start = time.perf_counter()
     elapsed_before = state.elapsed
@@ -419,7 +419,10 @@ class _Cascade:
     def _rounds(self, batches: Sequence[int]) -> list[int | None]:
         """This rank's batch of each round over ``batches`` (None where it has none in that round)."""
         mine = distributed.shard_batches(len(batches), self.context)
-        return [batches[mine[k]] if k < len(mine) else None for k in range(distributed.rounds(len(batches)))]
+        return [
+            batches[mine[k]] if k < len(mine) else None
+            for k in range(distributed.rounds(len(batches), self.context))
+        ]
 
     def run(
         self, state: _State, store: _Store, adversarial: torch.Tensor | None, clock: Callable[[], float]
@@ -448,7 +451,9 @@ class _Cascade:
                 for mine in self._rounds(pending):
                     began = time.perf_counter()
                     outcome = None if mine is None else (mine, *self._attack_batch(attack, batches[mine]))
-                    finished = [o for o in distributed.all_gather_object(outcome) if o is not None]
+                    finished = [
+                        o for o in distributed.all_gather_object(outcome, self.context) if o is not None
+                    ]
                     for b, fooled_index, fooled_adv in finished:
                         state.robust[fooled_index] = False
                         if adversarial is not None:
@@ -479,7 +484,7 @@ class _Cascade:
                 logits = self.model(_to(self.images[batches[b]], self.device, self.channels_last))
                 hit = (logits.argmax(dim=1) == self.labels[batches[b]].to(self.device)).cpu()
                 correct.append(batches[b][hit])
-        for index in distributed.all_gather_object(correct):
+        for index in distributed.all_gather_object(correct, self.context):
             for points in index:
                 flags[points] = True
         return flags

@@ -7,10 +7,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-from cnn_aliasing.cli.options import add_device_argument, resolve_device
+from cnn_aliasing.cli.options import add_device_argument, join_ranks
 from cnn_aliasing.cli.registry import Subcommand, register_subcommand
+from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.study import StudyConfig, expand_models, load_config, run_study, shipped_configs
 from cnn_aliasing.study.config import DEFAULT_CONFIG, device_setting
+from cnn_aliasing.study.sharding import Shard
 
 EXIT_SOME_FAILED = 1
 
@@ -30,13 +32,19 @@ class StudyCommand(Subcommand):
         "Each model's results are written as soon as they exist; run the same command again after an "
         "interruption and it skips the models already done (an interrupted attack or training resumes). "
         "A model that fails (missing checkpoint, NaN) is recorded with its reason and the others go on; "
-        "the exit status is then 1. The config format: docs/study.md."
+        "the exit status is then 1. The config format: docs/study.md.\n\n"
+        "--shard I/N runs only the models whose 0-based position in the study is I modulo N, so N "
+        "independent jobs (e.g. a Slurm array) share one results folder; the report is built by the job "
+        "that finds no model left (else run `cnn-aliasing report DIR` once all have ended). Under torchrun "
+        "each model's measurements are shared among the ranks (docs/distributed.md)."
     )
     example = (
         "examples:\n"
         "  cnn-aliasing study                       # the quick study (configs/quick.toml)\n"
         "  cnn-aliasing study paper-wrn28 --device cuda\n"
         "  cnn-aliasing study my-study.toml --out runs/mine --dry-run\n"
+        "  cnn-aliasing study paper-wrn28 --shard 0/4   # the first of 4 independent jobs\n"
+        "  torchrun --standalone --nproc-per-node 4 -m cnn_aliasing study paper-wrn28\n"
         "  cnn-aliasing report runs/quick           # rebuild the report without rerunning"
     )
 
@@ -57,6 +65,12 @@ class StudyCommand(Subcommand):
             help="only the result files; build the report later with `cnn-aliasing report DIR`",
         )
         parser.add_argument(
+            "--shard",
+            type=_shard,
+            metavar="I/N",
+            help="run only the models at positions I, I+N, I+2N, ... (0-based, 0 <= I < N) of the study",
+        )
+        parser.add_argument(
             "--dry-run",
             action="store_true",
             help="print the resolved config and the models it expands to, then exit",
@@ -69,12 +83,19 @@ class StudyCommand(Subcommand):
         if args.device is not None:
             config = dataclasses.replace(config, device=device_setting(args.device, "--device"))
         if args.dry_run:
-            _print_plan(config)
+            _print_plan(config, args.shard)
             return 0
-        device = resolve_device(config.device)
+        context, device = join_ranks(config.device)
         summary = run_study(
-            config, force=args.force, progress=not args.quiet, device=device, report=not args.no_report
+            config,
+            force=args.force,
+            progress=not args.quiet,
+            device=device,
+            report=not args.no_report,
+            shard=args.shard,
         )
+        if not context.is_main:
+            return EXIT_SOME_FAILED if summary.failed else 0
         done = sum(m.status == "done" for m in summary.models)
         skipped = sum(m.skipped for m in summary.models)
         print(
@@ -85,15 +106,31 @@ class StudyCommand(Subcommand):
             print(f"  failed: {failed.name}: {failed.error}")
         if summary.report is not None:
             print(f"report: {summary.report}")
+        elif summary.left_to_other_shards and not args.no_report:
+            print(
+                f"shard {args.shard}: {summary.left_to_other_shards} model(s) of other shards not finished "
+                f"yet, so no report; run `cnn-aliasing report {summary.output}` once every shard has ended"
+            )
         return EXIT_SOME_FAILED if summary.failed else 0
 
 
-def _print_plan(config: StudyConfig) -> None:
-    """The resolved config as JSON, then one line per model the study would run."""
+def _shard(text: str) -> Shard:
+    """``--shard``'s value as a :class:`Shard` (an argparse type)."""
+    try:
+        return Shard.parse(text)
+    except CnnAliasingError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _print_plan(config: StudyConfig, shard: Shard | None) -> None:
+    """The resolved config as JSON, then one line per model the study (or the shard) would run."""
     print(json.dumps({"config_path": str(config.path), **config.to_dict()}, indent=2))
     models = expand_models(config.models, config.model_dir)
+    mine = [i for i in range(len(models)) if shard is None or shard.runs(i)]
+    if shard is not None:
+        print(f"shard {shard} runs {len(mine)} of these:")
     print(f"{len(models)} models -> {config.output}")
-    for i, model in enumerate(models, start=1):
+    for i, model in ((i + 1, models[i]) for i in mine):
         robust = {True: "robust", False: "standard", None: "robust?"}[model.robust]
         source = ", ".join(f"{k}={v}" for k, v in model.source.items() if k != "type")
         arch = model.arch or "(from the recipe)"

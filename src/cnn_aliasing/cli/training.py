@@ -12,9 +12,9 @@ import torch
 from cnn_aliasing.attacks import parse_eps
 from cnn_aliasing.cli.options import (
     add_device_argument,
+    join_ranks,
     parse_value,
     positive_int,
-    resolve_device,
     split_key_value,
 )
 from cnn_aliasing.cli.registry import Subcommand, register_subcommand
@@ -73,7 +73,8 @@ class TrainCommand(Subcommand):
         "accuracy and aliasing AM of every down-sampling op on a fixed held-out batch) and state.pt (for "
         "resuming). All three are rewritten after every epoch; running the same command again resumes "
         "after a kill with the same result. Any recipe field can be changed with --set. The run folder "
-        "works as --model of measure and evaluate.\n\n"
+        "works as --model of measure and evaluate. Under torchrun it trains with DistributedDataParallel "
+        "on the same global batches (docs/distributed.md); rank 0 alone prints and writes.\n\n"
         f"Recipes: {', '.join(list_recipes())}. The small-* ones take minutes on two CPU cores."
     )
     example = (
@@ -83,6 +84,8 @@ class TrainCommand(Subcommand):
         "  cnn-aliasing train --recipe paper-baseline --set arch=wrn_28_10 --data-dir ./data \\\n"
         "      --out runs/wrn-baseline --device cuda\n"
         "  cnn-aliasing train --recipe pgd-at --set eps=4/255 --dry-run\n"
+        "  torchrun --standalone --nproc-per-node 4 -m cnn_aliasing train --recipe pgd-at \\\n"
+        "      --data-dir ./data --out runs/pgd-at --sync-batchnorm\n"
         "  cnn-aliasing measure --model runs/small-standard --data-dir ./data --out small.json"
     )
 
@@ -106,6 +109,11 @@ class TrainCommand(Subcommand):
         parser.add_argument(
             "--restart", action="store_true", help="replace a run in --out instead of resuming"
         )
+        parser.add_argument(
+            "--sync-batchnorm",
+            action="store_true",
+            help="under torchrun on GPUs: BatchNorm statistics over the whole global batch (SyncBatchNorm)",
+        )
         parser.add_argument("--dry-run", action="store_true", help="print the resolved recipe and exit")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -120,13 +128,20 @@ class TrainCommand(Subcommand):
             raise CnnAliasingError(f"train needs {' and '.join(missing)} (only --dry-run runs without them)")
         if args.out.exists() and not args.out.is_dir():
             raise CnnAliasingError(f"--out {args.out} is a file; give a folder for the run")
-        device = resolve_device(args.device)
+        context, device = join_ranks(args.device)
         if args.threads is not None:
             torch.set_num_threads(args.threads)
         result = train(
-            recipe, args.data_dir, args.out, device=device, progress=not args.quiet, resume=not args.restart
+            recipe,
+            args.data_dir,
+            args.out,
+            device=device,
+            progress=not args.quiet,
+            resume=not args.restart,
+            sync_batchnorm=args.sync_batchnorm,
         )
-        _print_summary(result.sidecar, args.out)
+        if context.is_main:
+            _print_summary(result.sidecar, args.out)
         return 0
 
 

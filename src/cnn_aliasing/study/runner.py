@@ -9,6 +9,12 @@ fingerprint of the model and of the data, attack, aliasing and spectrum settings
 ``force``; a model that raises is recorded as failed with a one-line reason and the others go on.
 ``study.json`` is written at the start and after every model. At the end the report is built from the
 files. The file layout is ``docs/results-format.md``.
+
+``shard`` (``--shard I/N``) runs only the models of one independent job (:mod:`cnn_aliasing.study.sharding`);
+the study file then lists every model with the status its file has, and the report is built only once no
+model is left. Under ``torchrun`` every rank goes through the models together: each model's clean
+accuracy, attack and aliasing are shared among the ranks (``across_ranks``) and a recipe trains with DDP;
+rank 0 alone writes files, prints and shows progress (see docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -27,10 +33,10 @@ from typing import Any
 
 import torch
 
-from cnn_aliasing import data, zoo
+from cnn_aliasing import data, distributed, zoo
 from cnn_aliasing.attacks import robust_accuracy
 from cnn_aliasing.attacks.robust import StateMismatchError
-from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.errors import CnnAliasingError, DistributedError
 from cnn_aliasing.evaluation import clean_accuracy
 from cnn_aliasing.identity import data_sha256, model_identity
 from cnn_aliasing.measure import AliasingReport, measure
@@ -38,6 +44,7 @@ from cnn_aliasing.provenance import JsonFileError, read_json_object, run_metadat
 from cnn_aliasing.result_status import DONE, FAILED, PENDING
 from cnn_aliasing.runtime import evaluation_mode, resolve_device, run_model
 from cnn_aliasing.study.config import REPORTED, REPORTED_EPS, StudyConfig
+from cnn_aliasing.study.sharding import Shard
 from cnn_aliasing.study.specs import LoadContext, StudyModel, expand_models
 from cnn_aliasing.study.spectra import capture_spectrum
 
@@ -88,6 +95,7 @@ class StudySummary:
     models: list[ModelOutcome]
     report: Path | None
     wall_seconds: float
+    left_to_other_shards: int = 0  # models not finished when this shard ended (no report built then)
 
     @property
     def failed(self) -> list[ModelOutcome]:
@@ -120,9 +128,16 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _is_finished(path: Path, wanted: str) -> bool:
+def _status_on_disk(path: Path, wanted: str) -> str:
+    """The status a model's file records for fingerprint ``wanted`` (pending: no such file)."""
     record = _read_json(path)
-    return record is not None and record.get("status") == DONE and record.get("fingerprint") == wanted
+    if record is None or record.get("fingerprint") != wanted or record.get("status") not in (DONE, FAILED):
+        return PENDING
+    return str(record["status"])
+
+
+def _is_finished(path: Path, wanted: str) -> bool:
+    return _status_on_disk(path, wanted) == DONE
 
 
 def one_line_reason(error: BaseException) -> str:
@@ -161,10 +176,11 @@ class _ModelRun:
         labels: torch.Tensor,
         device: torch.device,
         progress: bool,
+        context: distributed.Context = distributed.SINGLE,
     ) -> None:
         self.config, self.paths, self.images, self.labels = config, paths, images, labels
         self.data_sha256 = data_sha256(images, labels)
-        self.device, self.progress = device, progress
+        self.device, self.progress, self.context = device, progress, context
         self.say: Callable[[str], None] = _printer(False)
 
     def run(self, model: StudyModel, fp: str, force: bool, say: Callable[[str], None]) -> dict[str, Any]:
@@ -188,11 +204,13 @@ class _ModelRun:
             "spectrum": None,
             "timings": {},
             "fingerprint": fp,
-            "run": run_metadata(),
+            "run": {**run_metadata(), **self.context.meta()},
         }
         try:
             self._measure(model, record, force)
             record["status"] = DONE
+        except DistributedError:  # a dead peer stops the study: the next model would meet it too
+            raise
         except Exception as error:  # one model failing must not stop the study; interrupts do
             record["error"] = one_line_reason(error)
             record.update(dict.fromkeys(MEASUREMENTS))  # a failed model has no (partial) measurements
@@ -227,6 +245,7 @@ class _ModelRun:
                 self._batches(),
                 progress=self.progress,
                 total_images=len(self.images),
+                across_ranks=True,
             )
         record["clean_accuracy"] = {"accuracy": result.accuracy, "n_images": result.total}
 
@@ -251,12 +270,13 @@ class _ModelRun:
                 per_channel=aliasing.per_channel,
                 progress=self.progress,
                 total_images=len(self.images),
+                across_ranks=True,
             )
         _check_finite_aliasing(report)
         record["aliasing"] = report.to_dict()
 
         spectrum = self.config.spectrum
-        if spectrum.enabled:
+        if spectrum.enabled and self.context.is_main:  # one image: rank 0 alone
             self.say("spectrum")
             with _timed(timings, "spectrum_s"):
                 spectra = capture_spectrum(
@@ -271,8 +291,12 @@ class _ModelRun:
             record["spectrum"] = path.relative_to(self.paths.root).as_posix()
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The study's images and labels in batches, on the study's device."""
-        return data.iterate_batches(self.images, self.labels, self.config.data.batch_size, device=self.device)
+        """This rank's share of the study's images and labels (all in one process) in batches, on the
+        study's device."""
+        mine = distributed.shard_range(len(self.images), self.context)
+        part = slice(mine.start, mine.stop)
+        batch = self.config.data.batch_size
+        return data.iterate_batches(self.images[part], self.labels[part], batch, device=self.device)
 
     def _check_logits(self, module: torch.nn.Module) -> None:
         batch = data.to_float(self.images[: self.config.data.batch_size]).to(self.device)
@@ -283,7 +307,7 @@ class _ModelRun:
 
     def _attack(self, module: torch.nn.Module, model: StudyModel, force: bool) -> dict[str, Any]:
         state = self.paths.state_file(model)
-        if force:
+        if force and self.context.is_main:
             state.unlink(missing_ok=True)
         attack, n = self.config.attack, self.config.attack_images
         run = functools.partial(
@@ -300,12 +324,14 @@ class _ModelRun:
             state_path=state,
             progress=self.progress,
             attack_options=attack.options,
+            across_ranks=True,
         )
         try:
             result = run()
         except StateMismatchError:  # written for other settings, another model or other images
             self.say("discarding an attack state of other settings")
-            state.unlink()
+            if self.context.is_main:
+                state.unlink()
             result = run()
         return result.to_dict()
 
@@ -344,6 +370,23 @@ def _printer(enabled: bool) -> Callable[[str], None]:
     return say
 
 
+def _load_images(config: StudyConfig, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The study's images; under several ranks rank 0 reads (and downloads) first."""
+
+    def load() -> tuple[torch.Tensor, torch.Tensor]:
+        return data.load_cifar10(
+            config.data.dir,
+            config.data.split,
+            n_images=config.data.n_images,
+            download=config.data.download,
+            progress=progress,
+        )
+
+    first = load() if distributed.is_main() else None
+    distributed.barrier()
+    return first if first is not None else load()
+
+
 def run_study(
     config: StudyConfig,
     *,
@@ -351,25 +394,27 @@ def run_study(
     progress: bool = True,
     device: str | torch.device | None = None,
     report: bool = True,
+    shard: Shard | None = None,
 ) -> StudySummary:
     """Run (or resume) a study: measure every model of ``config`` into ``config.output``, then the report.
 
     ``force`` recomputes models already done (training is still resumed from its folder); ``device``
-    overrides the config's. Returns what happened to each model; failures are in the result files too.
+    overrides the config's. ``shard`` runs only that shard's models (see
+    :mod:`cnn_aliasing.study.sharding`) and builds the report only if no model is left then. Returns what
+    happened to each model run here; failures are in the result files too. Under ``torchrun`` every rank
+    calls it alike (see the module docstring).
     """
     start = time.perf_counter()
-    say = _printer(progress)
     target = torch.device(device) if device is not None else resolve_device(config.device)
+    context = distributed.init_from_env(target)
+    target = context.device(target)
+    progress = progress and context.is_main
+    say = _printer(progress)
     models = expand_models(config.models, config.model_dir)
+    mine = [m for i, m in enumerate(models) if shard is None or shard.runs(i)]
     paths = StudyPaths(config.output)
-    images, labels = data.load_cifar10(
-        config.data.dir,
-        config.data.split,
-        n_images=config.data.n_images,
-        download=config.data.download,
-        progress=progress,
-    )
-    runner = _ModelRun(config, paths, images, labels, target, progress)
+    images, labels = _load_images(config, progress)
+    runner = _ModelRun(config, paths, images, labels, target, progress, context)
     settings = measurement_settings(config, runner.data_sha256)
     prints = {model.name: fingerprint(model, settings) for model in models}
     statuses = {
@@ -381,12 +426,17 @@ def run_study(
         "name": config.name,
         "config": config.to_dict(),
         "config_path": None if config.path is None else str(config.path),
-        "run": run_metadata(),
+        "run": {**run_metadata(), **context.meta(), "shard": None if shard is None else str(shard)},
         "models": [],
         "wall_seconds": None,
     }
 
     def save_study() -> None:
+        if not context.is_main:
+            return
+        for m in models:  # the models of other shards: as their files say now
+            if m not in mine:
+                statuses[m.name] = _status_on_disk(paths.model_file(m), prints[m.name])
         study["models"] = [
             {
                 "name": m.name,
@@ -400,15 +450,16 @@ def run_study(
 
     save_study()
     outcomes = []
-    for i, model in enumerate(models, start=1):
-        prefix = f"[{i}/{len(models)}] {model.name}"
+    for model in mine:
+        prefix = f"[{models.index(model) + 1}/{len(models)}] {model.name}"
         if statuses[model.name] == DONE:
             say(f"{prefix}: done in an earlier run, skipped (--force recomputes)")
             outcomes.append(ModelOutcome(model.name, DONE, None, skipped=True))
             continue
         record = runner.run(model, prints[model.name], force, functools.partial(_say_stage, say, prefix))
-        write_json_atomic(paths.model_file(model), record)
-        paths.state_file(model).unlink(missing_ok=True)  # after the commit: a kill before it keeps the state
+        if context.is_main:
+            write_json_atomic(paths.model_file(model), record)
+            paths.state_file(model).unlink(missing_ok=True)  # after the commit: a kill before it keeps it
         statuses[model.name] = record["status"]
         save_study()
         say(f"{prefix}: {record['status']}" + (f" ({record['error']})" if record["error"] else ""))
@@ -416,9 +467,11 @@ def run_study(
         if target.type == "cuda":
             torch.cuda.empty_cache()
     save_study()
+    left = sum(statuses[m.name] == PENDING for m in models)
     report_path = None
-    if report:
+    if report and context.is_main and left == 0:
         from cnn_aliasing.report import build_report  # here, not at import: matplotlib is slow to load
 
         report_path = build_report(paths.root, progress=progress)
-    return StudySummary(paths.root, outcomes, report_path, time.perf_counter() - start)
+    distributed.barrier()  # every rank returns once rank 0 has written
+    return StudySummary(paths.root, outcomes, report_path, time.perf_counter() - start, left)

@@ -27,16 +27,28 @@ def crop_flip(
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+def crop_flip_draws(
+    n: int, padding: int, flip: bool, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random (top, left, flip) of ``n`` images for :func:`crop_flip`, drawn from ``generator`` on its
+    device: each corner uniform in 0..2 * padding, each flip with probability 1/2 (never if not ``flip``).
+
+    The draws of image i depend only on the generator's state and i, so a slice of a batch's draws is what
+    that slice of images gets in the whole batch (how several ranks augment one global batch)."""
+    device = generator.device
+    top = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=device)
+    left = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=device)
+    flips = torch.rand(n, generator=generator, device=device) < 0.5
+    if not flip:
+        flips = torch.zeros_like(flips)
+    return top, left, flips
+
+
 def random_crop_flip(
     images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator
 ) -> torch.Tensor:
     """Random crop with ``padding``-pixel zero padding and (if ``flip``) a random horizontal flip with
     probability 1/2, independently per image, drawn from ``generator``."""
-    n = images.shape[0]
-    device = generator.device
-    top = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=device).to(images.device)
-    left = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=device).to(images.device)
-    flips = torch.rand(n, generator=generator, device=device).to(images.device) < 0.5
-    if not flip:
-        flips = torch.zeros_like(flips)
+    draws = crop_flip_draws(images.shape[0], padding, flip, generator)
+    top, left, flips = (d.to(images.device) for d in draws)
     return crop_flip(images, top, left, flips, padding)
