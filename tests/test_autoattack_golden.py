@@ -108,9 +108,9 @@ def _ours_apgd(case_id: str) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     run, oscillating, targeted = apgd_module._run, apgd_module._oscillating, apgd_module.targeted_dlr_loss
 
-    def recording_run(model: nn.Module, xr: torch.Tensor, *args: Any) -> Any:
+    def recording_run(model: nn.Module, xr: torch.Tensor, *args: Any, **kw: Any) -> Any:
         runs.append({"points": gm.point_indices(xr, x), "checkpoints": [], "losses": []})
-        return run(model, xr, *args)
+        return run(model, xr, *args, **kw)
 
     def recording_oscillating(losses: torch.Tensor, i: int, k: int, rho: float) -> torch.Tensor:
         runs[-1]["checkpoints"].append(i)
@@ -278,9 +278,9 @@ def test_targets_are_the_2nd_most_likely_class_first_then_down_the_logits(attack
         runs: list[int] = []
         run = apgd_module._run
 
-        def recording_run(*args: Any) -> Any:
+        def recording_run(*args: Any, **kw: Any) -> Any:
             runs.append(len(runs))
-            return run(*args)
+            return run(*args, **kw)
 
         def recording_loss(logits: torch.Tensor, labels: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             if len(targets) < len(runs):

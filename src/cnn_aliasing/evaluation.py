@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from cnn_aliasing import distributed
 from cnn_aliasing.errors import CnnAliasingError
@@ -55,13 +54,7 @@ def clean_accuracy(
     correct = torch.zeros((), dtype=torch.int64, device=device)
     total = 0
     with (
-        tqdm(
-            total=total_images,
-            disable=not (progress and context.is_main),
-            unit="img",
-            desc="clean accuracy",
-            leave=False,
-        ) as bar,
+        distributed.image_progress(total_images, "clean accuracy", progress, context) as bar,
         torch.inference_mode(),
         evaluation_mode(model),
     ):

@@ -102,8 +102,8 @@ class APGD:
             n_targets = min(self.n_target_classes, logits.shape[1] - 1)
             order = logits.argsort(dim=1)  # ascending, as the reference (ties keep its order)
             targets = torch.stack([order[:, -c] for c in range(2, n_targets + 2)])
-        attack = self._reference_order if self.reference else self._batched
-        zero_grads = attack(model, images, labels, targets, robust, adv, threat, generator)
+        call = _Call(model, images, labels, targets, threat, generator, robust, adv)
+        zero_grads = self._reference_order(call) if self.reference else self._batched(call)
         n_zero = int(zero_grads) if self.loss != "ce" else 0
         if n_zero:
             warnings.warn(
@@ -114,91 +114,83 @@ class APGD:
             )
         return adv
 
-    def _reference_order(
-        self,
-        model: nn.Module,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        targets: torch.Tensor | None,
-        robust: torch.Tensor,
-        adv: torch.Tensor,
-        threat: ThreatModel,
-        generator: torch.Generator,
-    ) -> torch.Tensor:
+    def _reference_order(self, call: _Call) -> torch.Tensor:
         """The reference's loops: each target in turn, each restart, on the points still robust."""
-        zero_grads = torch.zeros((), dtype=torch.long, device=images.device)
-        for target in [None] if targets is None else list(targets):
+        zero_grads = torch.zeros((), dtype=torch.long, device=call.images.device)
+        for target in [None] if call.targets is None else list(call.targets):
             for _ in range(self.n_restarts):
-                idx = robust.nonzero().squeeze(1)  # one synchronisation per run, never per iteration
+                idx = call.robust.nonzero().squeeze(1)  # one synchronisation per run, never per iteration
                 if idx.numel() == 0:
                     return zero_grads
-                x, y = images[idx], labels[idx]
-                noise = random_tensor(tuple(x.shape), generator, x.device, normal=threat.norm == "L2")
-                fooled, found, zeros = _run(
-                    model,
-                    x,
-                    y,
-                    _random_start(x, noise, threat),
-                    self.loss,
-                    None if target is None else target[idx],
-                    threat,
-                    self.n_iter,
-                    self.rho,
-                    self.eot_iter,
+                x = call.images[idx]
+                fooled, found, zeros = self._run_from_random_start(
+                    call, x, call.labels[idx], None if target is None else target[idx]
                 )
-                robust[idx] = ~fooled
-                adv[idx] = torch.where(_rows(fooled), found, x)
+                call.robust[idx] = ~fooled
+                call.adv[idx] = torch.where(_rows(fooled), found, x)
                 zero_grads += zeros
         return zero_grads
 
-    def _batched(
-        self,
-        model: nn.Module,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        targets: torch.Tensor | None,
-        robust: torch.Tensor,
-        adv: torch.Tensor,
-        threat: ThreatModel,
-        generator: torch.Generator,
-    ) -> torch.Tensor:
+    def _batched(self, call: _Call) -> torch.Tensor:
         """Each restart runs the targets in groups, a group's rows (point, target) in one batch of at most
         the size given; a point's rows stop when one of them succeeds. Where several targets succeed, the
         earliest target's image is kept."""
-        zero_grads = torch.zeros((), dtype=torch.long, device=images.device)
-        n_targets = 1 if targets is None else targets.shape[0]
+        zero_grads = torch.zeros((), dtype=torch.long, device=call.images.device)
+        n_targets = 1 if call.targets is None else call.targets.shape[0]
         for _ in range(self.n_restarts):
             first = 0
             while first < n_targets:
-                idx = robust.nonzero().squeeze(1)
+                idx = call.robust.nonzero().squeeze(1)
                 if idx.numel() == 0:
                     return zero_grads
-                k = min(max(images.shape[0] // idx.numel(), 1), n_targets - first)
-                x = images[idx].repeat(k, 1, 1, 1)  # rows: target-major
+                k = min(max(call.images.shape[0] // idx.numel(), 1), n_targets - first)
+                targets = call.targets
                 group = None if targets is None else targets[first : first + k][:, idx].reshape(-1)
                 first += k
-                noise = random_tensor(tuple(x.shape), generator, x.device, normal=threat.norm == "L2")
-                fooled, found, zeros = _run(
-                    model,
-                    x,
-                    labels[idx].repeat(k),
-                    _random_start(x, noise, threat),
-                    self.loss,
+                fooled, found, zeros = self._run_from_random_start(
+                    call,
+                    call.images[idx].repeat(k, 1, 1, 1),  # rows: target-major
+                    call.labels[idx].repeat(k),
                     group,
-                    threat,
-                    self.n_iter,
-                    self.rho,
-                    self.eot_iter,
-                    owner=torch.arange(idx.numel(), device=x.device).repeat(k),
+                    owner=torch.arange(idx.numel(), device=idx.device).repeat(k),
                 )
-                fooled, found = fooled.view(k, -1), found.view(k, idx.numel(), *images.shape[1:])
-                point_adv = images[idx]
+                fooled, found = fooled.view(k, -1), found.view(k, idx.numel(), *call.images.shape[1:])
+                point_adv = call.images[idx]
                 for j in reversed(range(k)):
                     point_adv = torch.where(_rows(fooled[j]), found[j], point_adv)
-                robust[idx] = ~fooled.any(dim=0)
-                adv[idx] = point_adv
+                call.robust[idx] = ~fooled.any(dim=0)
+                call.adv[idx] = point_adv
                 zero_grads += zeros
         return zero_grads
+
+    def _run_from_random_start(
+        self,
+        call: _Call,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        targets: torch.Tensor | None,
+        owner: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One :func:`_run` on rows ``x`` from a random start drawn for them (as the reference draws it)."""
+        noise = random_tensor(tuple(x.shape), call.generator, x.device, normal=call.threat.norm == "L2")
+        start = _random_start(x, noise, call.threat)
+        args = (self.loss, targets, call.threat, self.n_iter, self.rho, self.eot_iter)
+        return _run(call.model, x, y, start, *args, owner=owner)
+
+
+@dataclass
+class _Call:
+    """One call of an APGD attack: its inputs, the targets (targeted loss), and the robust flags and
+    adversarial images it updates in place."""
+
+    model: nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+    targets: torch.Tensor | None
+    threat: ThreatModel
+    generator: torch.Generator
+    robust: torch.Tensor
+    adv: torch.Tensor
 
 
 def _loss(loss: ApgdLoss, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:

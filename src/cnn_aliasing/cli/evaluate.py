@@ -13,11 +13,8 @@ from cnn_aliasing.cli.options import (
     add_data_arguments,
     add_device_argument,
     add_model_arguments,
-    join_ranks,
-    load_images,
-    load_model,
+    load_inputs,
     prepare_output,
-    run_meta,
 )
 from cnn_aliasing.cli.registry import Subcommand, register_subcommand
 from cnn_aliasing.evaluation import AccuracyResult, clean_accuracy
@@ -85,9 +82,14 @@ class EvaluateCommand(Subcommand):
             attacks.resolve_attacks(args.attack)
             if args.state is not None:
                 prepare_output(args.state, "--state")
-        context, device = join_ranks(args.device)
-        model, model_meta = load_model(args)
-        images, labels = load_images(args, context)
+        inputs = load_inputs(args)
+        context, device, model, images, labels = (
+            inputs.context,
+            inputs.device,
+            inputs.model,
+            inputs.images,
+            inputs.labels,
+        )
         model.to(device).eval()  # attacks expect an eval-mode model (and warn otherwise)
         bars = not args.quiet and context.is_main
         batches = data.iterate_batches(images, labels, args.batch_size, device=device)
@@ -101,7 +103,7 @@ class EvaluateCommand(Subcommand):
             )
         if args.attack is not None:
             results["robust"] = self._robust(args, model, images, labels, device, eps, context.is_main)
-        reported = model_meta["model"].get("zoo", {}).get("reported")
+        reported = inputs.model_meta["model"].get("zoo", {}).get("reported")
         seconds = time.perf_counter() - start
         if not context.is_main:
             return 0
@@ -111,7 +113,7 @@ class EvaluateCommand(Subcommand):
                 f"{reported['autoattack_acc']:.2f}% (Linf, eps {zoo.EPS})"
             )
         if args.out is not None:
-            meta = run_meta(args, self.name, model, model_meta, images, labels, device, elapsed_s=seconds)
+            meta = inputs.meta(args, self.name, elapsed_s=seconds)
             results_json = {name: result.to_dict() for name, result in results.items()}
             write_json_atomic(args.out, {**results_json, "reported": reported, "meta": meta})
             print(f"wrote {args.out}")

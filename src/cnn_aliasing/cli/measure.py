@@ -13,11 +13,8 @@ from cnn_aliasing.cli.options import (
     add_data_arguments,
     add_device_argument,
     add_model_arguments,
-    join_ranks,
-    load_images,
-    load_model,
+    load_inputs,
     prepare_output,
-    run_meta,
 )
 from cnn_aliasing.cli.registry import Subcommand, register_subcommand
 from cnn_aliasing.errors import CnnAliasingError
@@ -118,9 +115,14 @@ class MeasureCommand(Subcommand):
         prepare_output(args.out, "--out")
         if args.csv is not None:
             prepare_output(args.csv, "--csv")
-        context, device = join_ranks(args.device)
-        model, model_meta = load_model(args)
-        images, labels = load_images(args, context)
+        inputs = load_inputs(args)
+        context, device, model, images, labels = (
+            inputs.context,
+            inputs.device,
+            inputs.model,
+            inputs.images,
+            inputs.labels,
+        )
         _check_selection(model, images, args)
         shard = distributed.shard_range(len(images), context)
         mine = slice(shard.start, shard.stop)
@@ -141,19 +143,7 @@ class MeasureCommand(Subcommand):
             across_ranks=True,
         )
         end = time.perf_counter()
-        report.meta.update(
-            run_meta(
-                args,
-                self.name,
-                model,
-                model_meta,
-                images,
-                labels,
-                device,
-                measure_s=end - measure_start,
-                elapsed_s=end - start,
-            )
-        )
+        report.meta.update(inputs.meta(args, self.name, measure_s=end - measure_start, elapsed_s=end - start))
         if context.is_main:
             write_json_atomic(args.out, report.to_dict())
             if args.csv is not None:

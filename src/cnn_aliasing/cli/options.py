@@ -6,6 +6,7 @@ import argparse
 import ast
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -246,36 +247,48 @@ def prepare_output(path: Path, option: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def run_meta(
-    args: argparse.Namespace,
-    command: str,
-    model: nn.Module,
-    model_meta: dict[str, Any],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    device: torch.device,
-    **timings: float,
-) -> dict[str, Any]:
-    """What a result file records about its run: command, all arguments, versions and git state, the
-    model with its checkpoint hash and identity (weights hash), the data with its hash, the device, the
-    number of processes and their backend (``world_size``, ``backend``), the seed and the timings."""
-    return {
-        "command": command,
-        "config": _config(args),
-        "run": run_metadata(),
-        **model_meta,
-        "model_identity": model_identity(model),
-        "data": {
-            "dir": os.fspath(args.data_dir.expanduser().resolve()),
-            "split": args.split,
-            "n_images": len(images),
-            "sha256": data_sha256(images, labels),
-        },
-        "device": str(device),
-        **distributed.current().meta(),
-        "seed": args.seed,
-        **timings,
-    }
+@dataclass
+class RunInputs:
+    """What ``measure`` and ``evaluate`` start from (see :func:`load_inputs`)."""
+
+    context: distributed.Context
+    device: torch.device
+    model: nn.Module
+    model_meta: dict[str, Any]
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def meta(self, args: argparse.Namespace, command: str, **timings: float) -> dict[str, Any]:
+        """What a result file records about its run: command, all arguments, versions and git state, the
+        model with its checkpoint hash and identity (weights hash), the data with its hash, the device,
+        the number of processes and their backend (``world_size``, ``backend``), the seed and the
+        timings."""
+        return {
+            "command": command,
+            "config": _config(args),
+            "run": run_metadata(),
+            **self.model_meta,
+            "model_identity": model_identity(self.model),
+            "data": {
+                "dir": os.fspath(args.data_dir.expanduser().resolve()),
+                "split": args.split,
+                "n_images": len(self.images),
+                "sha256": data_sha256(self.images, self.labels),
+            },
+            "device": str(self.device),
+            **self.context.meta(),
+            "seed": args.seed,
+            **timings,
+        }
+
+
+def load_inputs(args: argparse.Namespace) -> RunInputs:
+    """This process's rank context and device (:func:`join_ranks`), the model ``--model`` names and the
+    images (:func:`load_images`)."""
+    context, device = join_ranks(args.device)
+    model, model_meta = load_model(args)
+    images, labels = load_images(args, context)
+    return RunInputs(context, device, model, model_meta, images, labels)
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
