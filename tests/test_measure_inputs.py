@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
 from torch import nn
 
 from cnn_aliasing import measure
-from cnn_aliasing.errors import CnnAliasingError
-from cnn_aliasing.measure import AliasingReport, MetricSummary, OpAliasing
+from cnn_aliasing.errors import CnnAliasingError, ReportFormatError
+from cnn_aliasing.measure import AliasingReport, ChannelSample, MetricSummary, OpAliasing
 from cnn_aliasing.provenance import write_json_atomic
 
 
@@ -122,3 +123,23 @@ def test_report_with_nan_round_trips_through_standard_json(tmp_path):
     again = AliasingReport.from_dict(data).ops[0].metrics["aliasing"]
     assert math.isnan(again.mean) and math.isnan(again.std) and math.isnan(again.sem)
     assert again.per_channel[0] == 0.5 and math.isnan(again.per_channel[1])
+
+
+@pytest.mark.parametrize(
+    ("remove", "key"),
+    [
+        (lambda d: d.pop("nyquist"), "nyquist"),
+        (lambda d: d["ops"][0].pop("full_size"), "ops[0].full_size"),
+        (lambda d: d["ops"][0]["metrics"].pop("aliasing"), "ops[0].metrics.aliasing"),
+        (lambda d: d["ops"][0]["metrics"]["aliasing"].pop("count"), "ops[0].metrics.aliasing.count"),
+        (lambda d: d["ops"][0]["sampled"].pop("indices"), "ops[0].sampled.indices"),
+    ],
+)
+def test_report_from_dict_names_a_missing_key(remove, key):
+    sample = ChannelSample(1, 2, 0, (1,))
+    op = OpAliasing("conv", "conv2d", (2, 2), (8, 8), 2, {"aliasing": MetricSummary(0.5, 0.1, 4)}, sample)
+    data = json.loads(json.dumps(AliasingReport([op], 4, "zero", ("aliasing",), sample_channels=1).to_dict()))
+    assert AliasingReport.from_dict(data) == AliasingReport([op], 4, "zero", ("aliasing",), sample_channels=1)
+    remove(data)
+    with pytest.raises(ReportFormatError, match=re.escape(f"missing key 'aliasing.{key}'")):
+        AliasingReport.from_dict(data, where="aliasing.")

@@ -9,8 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 from cnn_aliasing import cli
+from cnn_aliasing.measure import measure
+from cnn_aliasing.provenance import write_json_atomic
 from cnn_aliasing.report import ResultsError, build_report, load_results
 from cnn_aliasing.report.html import render_html
 from cnn_aliasing.report.results import table_rows
@@ -87,15 +91,38 @@ def test_missing_key_names_the_file_and_the_key(tmp_path: Path) -> None:
     root = make_results(tmp_path)
     path = root / "models" / "robust-b.json"
     raw = json.loads(path.read_text())
-    del raw["aliasing"]["ops"][1]["std"]
+    del raw["aliasing"]["ops"][1]["metrics"]["aliasing"]["std"]
     path.write_text(json.dumps(raw))
-    with pytest.raises(ResultsError, match=r"robust-b\.json: missing key 'aliasing\.ops\[1\]\.std'"):
+    with pytest.raises(
+        ResultsError, match=r"robust-b\.json: missing key 'aliasing\.ops\[1\]\.metrics\.aliasing\.std'"
+    ):
         load_results(root)
     study = json.loads((root / "study.json").read_text())
     del study["models"][0]["file"]
     (root / "study.json").write_text(json.dumps(study))
     with pytest.raises(ResultsError, match=r"study\.json: missing key 'models\[0\]\.file'"):
         load_results(root)
+
+
+def test_a_measured_report_round_trips_through_the_model_file(tmp_path: Path) -> None:
+    root = make_results(tmp_path)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2)
+    ).eval()
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    report = measure(net, [images], metrics=["relative_aliasing"], sample_channels=2, seed=1, progress=False)
+    path = root / "models" / "robust-b.json"
+    raw = json.loads(path.read_text())
+    raw["aliasing"] = report.to_dict()
+    write_json_atomic(path, raw)
+    model = next(m for m in load_results(root).models if m.name == "robust-b")
+    assert model.n_images == 3
+    assert [(o.name, o.kind, o.factor, o.aliasing, o.std, o.count) for o in model.ops] == [
+        (o.name, o.kind, o.factor, o.aliasing, o.std, o.count) for o in report.ops
+    ]
+    assert [o.variants for o in model.ops] == [
+        {"relative_aliasing": o.metrics["relative_aliasing"].mean} for o in report.ops
+    ]
 
 
 def test_a_failed_model_needs_only_its_name_and_status(tmp_path: Path) -> None:

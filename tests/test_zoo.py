@@ -69,7 +69,7 @@ def test_entries_hold_consistent_facts() -> None:
     assert len({e.gdrive_id for e in entries}) == len(entries)
     for e in entries:
         assert 0 <= e.autoattack_acc < e.clean_acc <= 100
-        assert e.training in (zoo.ROBUST, zoo.STANDARD) and e.paper.url.startswith("https://")
+        assert e.training in zoo.TRAININGS and e.paper.url.startswith("https://")
         assert str(e.relative_path) == f"cifar10/Linf/{e.name}.pt"
         assert e.download_url == f"https://drive.google.com/uc?id={e.gdrive_id}"
         json.dumps(e.to_dict())

@@ -44,3 +44,8 @@ class ModelArgumentError(CnnAliasingError, ValueError):
 class DistributedError(CnnAliasingError):
     """A process group cannot start from its environment, or a collective failed or timed out (a peer
     rank probably died or stopped); the message names this rank and the world size."""
+
+
+class ReportFormatError(CnnAliasingError):
+    """An aliasing report read back from JSON lacks a key it needs; the message names the key's path
+    (``missing key 'ops[1].metrics.aliasing.std'``)."""

@@ -25,11 +25,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from cnn_aliasing import distributed, spectral
 from cnn_aliasing.downsamplers import StridedCall
-from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.errors import CnnAliasingError, ReportFormatError
 from cnn_aliasing.probe import OpCall, OpSelector, probing
 from cnn_aliasing.runtime import (
     check_finite_weights,
@@ -165,25 +164,32 @@ class AliasingReport:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AliasingReport:
-        """Rebuild a report from :meth:`to_dict` output (as read back from JSON)."""
-        ops = [
-            OpAliasing(
-                name=o["name"],
-                kind=o["kind"],
-                factor=tuple(o["factor"]),
-                full_size=tuple(o["full_size"]),
-                channels=o["channels"],
-                metrics={k: _summary_from_json(v) for k, v in o["metrics"].items()},
-                sampled=_sample_from_json(o.get("sampled")),
+    def from_dict(cls, data: dict[str, Any], where: str = "") -> AliasingReport:
+        """Rebuild a report from :meth:`to_dict` output (as read back from JSON). ``meta``,
+        ``sample_channels``, ``sample_seed`` and each op's ``sampled`` may be absent; the other keys are
+        needed, else a :class:`ReportFormatError` names the missing key's path, prefixed by ``where`` (the
+        path of ``data`` in a larger file, e.g. ``"aliasing."``)."""
+        ops = []
+        for i, o in enumerate(_key(data, "ops", where)):
+            at = f"{where}ops[{i}]."
+            metrics = _key(o, "metrics", at)
+            _key(metrics, AM, f"{at}metrics.")  # an op's AM, std and count are its "aliasing" metric's
+            ops.append(
+                OpAliasing(
+                    name=str(_key(o, "name", at)),
+                    kind=str(_key(o, "kind", at)),
+                    factor=_pair(_key(o, "factor", at)),
+                    full_size=_pair(_key(o, "full_size", at)),
+                    channels=int(_key(o, "channels", at)),
+                    metrics={k: _summary_from_json(metrics, k, f"{at}metrics.") for k in metrics},
+                    sampled=_sample_from_json(o.get("sampled"), f"{at}sampled."),
+                )
             )
-            for o in data["ops"]
-        ]
         return cls(
             ops,
-            data["n_images"],
-            data["nyquist"],
-            tuple(data["metrics"]),
+            int(_key(data, "n_images", where)),
+            str(_key(data, "nyquist", where)),
+            tuple(_key(data, "metrics", where)),
             data.get("meta", {}),
             data.get("sample_channels"),
             data.get("sample_seed"),
@@ -237,28 +243,45 @@ class AliasingReport:
         )
 
 
-def _summary_from_json(data: dict[str, Any]) -> MetricSummary:
-    """A MetricSummary as written to JSON, where NaN is stored as null."""
+def _key(obj: Any, key: str, where: str) -> Any:
+    """``obj[key]`` of a report read back from JSON; a missing key names its path (``where`` is the
+    parent's path, ending in a dot)."""
+    if not isinstance(obj, dict) or key not in obj:
+        raise ReportFormatError(f"missing key {where + key!r}")
+    return obj[key]
+
+
+def _pair(value: Sequence[int]) -> tuple[int, int]:
+    return int(value[0]), int(value[1])
+
+
+def _summary_from_json(metrics: dict[str, Any], name: str, where: str) -> MetricSummary:
+    """The MetricSummary ``metrics[name]`` as written to JSON, where NaN is stored as null."""
 
     def number(value: float | None) -> float:
         return float("nan") if value is None else value
 
+    data = _key(metrics, name, where)
+    at = f"{where}{name}."
+    mean, std, count = (_key(data, k, at) for k in ("mean", "std", "count"))
     per_channel = data.get("per_channel")
     sem, ci95 = data.get("sampling_sem"), data.get("ci95")
     return MetricSummary(
-        number(data["mean"]),
-        number(data["std"]),
-        data["count"],
+        number(mean),
+        number(std),
+        int(count),
         None if per_channel is None else [number(v) for v in per_channel],
         None if sem is None and ci95 is None else number(sem),
         None if ci95 is None else (number(ci95[0]), number(ci95[1])),
     )
 
 
-def _sample_from_json(data: dict[str, Any] | None) -> ChannelSample | None:
+def _sample_from_json(data: dict[str, Any] | None, where: str) -> ChannelSample | None:
+    """The ChannelSample as written to JSON (None: every channel was measured)."""
     if data is None:
         return None
-    return ChannelSample(data["channels"], data["of"], data["seed"], tuple(data["indices"]))
+    channels, of, seed, indices = (_key(data, k, where) for k in ("channels", "of", "seed", "indices"))
+    return ChannelSample(int(channels), int(of), int(seed), tuple(indices))
 
 
 def _format_cell(value: Any) -> str:
@@ -728,13 +751,7 @@ def measure(
     n_images = 0
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(
-            tqdm(
-                total=total_images,
-                disable=not (progress and context.is_main),
-                unit="img",
-                desc="measuring aliasing",
-                leave=False,
-            )
+            distributed.image_progress(total_images, "measuring aliasing", progress, context)
         )
         stack.enter_context(torch.no_grad())
         stack.enter_context(on_device(model, target))

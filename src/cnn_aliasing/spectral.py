@@ -16,6 +16,7 @@ import enum
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -337,7 +338,8 @@ def per_map_metrics(
     return {name: torch.cat(parts).reshape(lead) for name, parts in results.items()}
 
 
-POINTWISE_METRICS = ("aliasing", "relative_aliasing")
+PointwiseMetric = Literal["aliasing", "relative_aliasing"]
+POINTWISE_METRICS: tuple[PointwiseMetric, ...] = get_args(PointwiseMetric)
 """The metrics :func:`pointwise_per_map_metrics` gives (the energy of X needs the maps themselves)."""
 
 

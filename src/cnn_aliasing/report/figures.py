@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import matplotlib
 
@@ -29,7 +30,8 @@ from cnn_aliasing.report.results import ModelResult, SpectrumResult, StudyResult
 ROBUST_COLOUR = "#1f77b4"
 STANDARD_COLOUR = "#d62728"
 MARKERS = "osD^vP*Xh<>"
-FORMATS = ("png", "svg")
+FigureFormat = Literal["png", "svg"]
+FORMATS: tuple[FigureFormat, ...] = get_args(FigureFormat)
 DPI = 110
 #: log10 magnitudes below the largest minus this many decades are drawn as the floor colour.
 SPECTRUM_DECADES = 6.0

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from cnn_aliasing.errors import CnnAliasingError
-from cnn_aliasing.measure import AM
+from cnn_aliasing.errors import CnnAliasingError, ReportFormatError
+from cnn_aliasing.measure import AM, AliasingReport, OpAliasing
 from cnn_aliasing.provenance import JsonFileError, read_json_object, write_csv_atomic, write_json_atomic
 from cnn_aliasing.result_status import DONE
 
@@ -173,19 +173,24 @@ def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _parse_op(raw: dict[str, Any], path: Path, where: str) -> OpResult:
-    metrics = raw.get("metrics") or {}
-    factor = _get(raw, "factor", path, where)
+def _parse_aliasing(raw: Any, path: Path) -> AliasingReport:
+    """A model file's ``aliasing`` entry, read by :meth:`AliasingReport.from_dict`."""
+    try:
+        return AliasingReport.from_dict(raw, where="aliasing.")
+    except ReportFormatError as error:
+        raise ResultsError(f"{path}: {error}") from None
+
+
+def _op_result(op: OpAliasing) -> OpResult:
+    """The report's view of one measured op: AM with its std and count, and the variants' means."""
     return OpResult(
-        name=str(_get(raw, "name", path, where)),
-        kind=str(_get(raw, "kind", path, where)),
-        factor=(int(factor[0]), int(factor[1])),
-        aliasing=float(_get(raw, "aliasing", path, where)),
-        std=float(_get(raw, "std", path, where)),
-        count=int(_get(raw, "count", path, where)),
-        variants={
-            k: float(_get(v, "mean", path, f"{where}metrics.{k}.")) for k, v in metrics.items() if k != AM
-        },
+        name=op.name,
+        kind=op.kind,
+        factor=op.factor,
+        aliasing=op.aliasing,
+        std=op.std,
+        count=op.count,
+        variants={k: v.mean for k, v in op.metrics.items() if k != AM},
     )
 
 
@@ -230,7 +235,7 @@ def load_model_result(path: Path, file: str) -> ModelResult:
         return model
     attack = raw.get("robust_accuracy")
     clean = raw.get("clean_accuracy")
-    aliasing = _get(raw, "aliasing", path)
+    aliasing = _parse_aliasing(_get(raw, "aliasing", path), path)
     model.clean_accuracy = (
         float(_get(clean, "accuracy", path, "clean_accuracy."))
         if clean is not None
@@ -240,11 +245,8 @@ def load_model_result(path: Path, file: str) -> ModelResult:
         model.robust_accuracy = float(_get(attack, "robust_accuracy", path, "robust_accuracy."))
         model.attack = {k: attack.get(k) for k in ("attack", "eps", "norm", "n_images", "seed")}
         model.attack["source"] = attack.get("source", "measured")
-    model.ops = [
-        _parse_op(op, path, f"aliasing.ops[{i}].")
-        for i, op in enumerate(_get(aliasing, "ops", path, "aliasing."))
-    ]
-    model.n_images = aliasing.get("n_images")
+    model.ops = [_op_result(op) for op in aliasing.ops]
+    model.n_images = aliasing.n_images
     model.training = _parse_training(raw.get("training"), path)
     model.spectrum = raw.get("spectrum")
     return model

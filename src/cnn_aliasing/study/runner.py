@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -41,7 +41,7 @@ from cnn_aliasing.evaluation import clean_accuracy
 from cnn_aliasing.identity import data_sha256, model_identity
 from cnn_aliasing.measure import AliasingReport, measure
 from cnn_aliasing.provenance import JsonFileError, read_json_object, run_metadata, write_json_atomic
-from cnn_aliasing.result_status import DONE, FAILED, PENDING
+from cnn_aliasing.result_status import DONE, FAILED, PENDING, ResultStatus
 from cnn_aliasing.runtime import evaluation_mode, resolve_device, run_model
 from cnn_aliasing.study.config import REPORTED, REPORTED_EPS, StudyConfig
 from cnn_aliasing.study.sharding import Shard
@@ -50,7 +50,9 @@ from cnn_aliasing.study.spectra import capture_spectrum
 
 SCHEMA = 1
 REPORTED_IMAGES = 10_000  # RobustBench's reported figures are on the whole CIFAR-10 test set
-MEASUREMENTS = ("clean_accuracy", "robust_accuracy", "aliasing", "spectrum")
+Measurement = Literal["clean_accuracy", "robust_accuracy", "aliasing", "spectrum"]
+"""The measurement fields of a model's file (null in a failed model's)."""
+MEASUREMENTS: tuple[Measurement, ...] = get_args(Measurement)
 
 
 class StudyModelError(CnnAliasingError):
@@ -82,7 +84,7 @@ class ModelOutcome:
     """How one model ended in this run: done or failed, and whether an earlier run had finished it."""
 
     name: str
-    status: str
+    status: ResultStatus
     error: str | None
     skipped: bool
 
@@ -128,12 +130,11 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _status_on_disk(path: Path, wanted: str) -> str:
+def _status_on_disk(path: Path, wanted: str) -> ResultStatus:
     """The status a model's file records for fingerprint ``wanted`` (pending: no such file)."""
     record = _read_json(path)
-    if record is None or record.get("fingerprint") != wanted or record.get("status") not in (DONE, FAILED):
-        return PENDING
-    return str(record["status"])
+    status = None if record is None or record.get("fingerprint") != wanted else record.get("status")
+    return status if status in (DONE, FAILED) else PENDING
 
 
 def _is_finished(path: Path, wanted: str) -> bool:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.provenance import StrPath, read_toml
@@ -32,7 +32,8 @@ from cnn_aliasing.validation import (
     optional,
 )
 
-AUTOCAST_CHOICES = ("auto", "bf16", "off")
+Autocast = Literal["auto", "bf16", "off"]
+AUTOCAST_CHOICES: tuple[Autocast, ...] = get_args(Autocast)
 EPS_8 = 8 / 255
 
 
@@ -142,7 +143,7 @@ class Recipe:
         default=None, metadata=checked(optional(_is_sample_channels, "measure every channel"))
     )
     overfit_drop: float = field(default=0.2, metadata=checked(is_number(0, 1)))
-    autocast: str = field(default="auto", metadata=checked(is_choice(*AUTOCAST_CHOICES)))
+    autocast: Autocast = field(default="auto", metadata=checked(is_choice(*AUTOCAST_CHOICES)))
     channels_last: bool | None = field(
         default=None, metadata=checked(optional(is_bool, "channels_last on CUDA only"))
     )

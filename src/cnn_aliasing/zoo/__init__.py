@@ -5,7 +5,7 @@
 ['Standard']
 """
 
-from cnn_aliasing.zoo.entry import EPS, ROBUST, STANDARD, Paper, ZooEntry
+from cnn_aliasing.zoo.entry import EPS, ROBUST, STANDARD, TRAININGS, Paper, Training, ZooEntry
 from cnn_aliasing.zoo.loader import (
     DEFAULT_MODEL_DIR,
     Downloader,
@@ -22,9 +22,11 @@ __all__ = [
     "EPS",
     "ROBUST",
     "STANDARD",
+    "TRAININGS",
     "ZOO",
     "Downloader",
     "Paper",
+    "Training",
     "ZooEntry",
     "checkpoint_path",
     "download_checkpoint",

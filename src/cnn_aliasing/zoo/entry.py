@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal, get_args
 
 from torch import nn
 
@@ -15,7 +15,11 @@ from cnn_aliasing.models import create_model
 DATASET = "cifar10"
 THREAT_MODEL = "Linf"
 EPS = "8/255"
-ROBUST, STANDARD = "robust", "standard"
+Training = Literal["robust", "standard"]
+"""How a zoo model was trained: adversarially (``robust``) or not (``standard``)."""
+TRAININGS: tuple[Training, ...] = get_args(Training)
+ROBUST: Training = "robust"
+STANDARD: Training = "standard"
 WRN_28_10, PREACT_RESNET_18, RESNET_18 = "wrn-28-10", "preact-resnet-18", "resnet-18"
 
 
@@ -41,7 +45,7 @@ class ZooEntry:
     arch: str
     arch_args: Mapping[str, Any]
     family: str
-    training: str
+    training: Training
     clean_acc: float
     autoattack_acc: float
     extra_data: bool
