@@ -10,9 +10,7 @@ import torch
 
 from cnn_aliasing import attacks, data, zoo
 from cnn_aliasing.cli.options import (
-    add_data_arguments,
-    add_device_argument,
-    add_model_arguments,
+    add_input_arguments,
     load_inputs,
     prepare_output,
 )
@@ -48,10 +46,7 @@ class EvaluateCommand(Subcommand):
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_model_arguments(parser)
-        add_data_arguments(parser)
-        run = parser.add_argument_group("evaluation")
-        add_device_argument(run)
+        add_input_arguments(parser, "evaluation")
         attack = parser.add_argument_group("robust accuracy")
         attack.add_argument(
             "--attack",
@@ -83,13 +78,8 @@ class EvaluateCommand(Subcommand):
             if args.state is not None:
                 prepare_output(args.state, "--state")
         inputs = load_inputs(args)
-        context, device, model, images, labels = (
-            inputs.context,
-            inputs.device,
-            inputs.model,
-            inputs.images,
-            inputs.labels,
-        )
+        context, device = inputs.context, inputs.device
+        model, images, labels = inputs.model, inputs.images, inputs.labels
         model.to(device).eval()  # attacks expect an eval-mode model (and warn otherwise)
         bars = not args.quiet and context.is_main
         batches = data.iterate_batches(images, labels, args.batch_size, device=device)

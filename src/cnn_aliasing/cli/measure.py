@@ -10,9 +10,7 @@ import torch
 
 from cnn_aliasing import data, distributed, spectral
 from cnn_aliasing.cli.options import (
-    add_data_arguments,
-    add_device_argument,
-    add_model_arguments,
+    add_input_arguments,
     load_inputs,
     prepare_output,
 )
@@ -52,10 +50,7 @@ class MeasureCommand(Subcommand):
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_model_arguments(parser)
-        add_data_arguments(parser)
-        run = parser.add_argument_group("measurement")
-        add_device_argument(run)
+        run = add_input_arguments(parser, "measurement")
         run.add_argument(
             "--include",
             action="extend",
@@ -116,13 +111,8 @@ class MeasureCommand(Subcommand):
         if args.csv is not None:
             prepare_output(args.csv, "--csv")
         inputs = load_inputs(args)
-        context, device, model, images, labels = (
-            inputs.context,
-            inputs.device,
-            inputs.model,
-            inputs.images,
-            inputs.labels,
-        )
+        context, device = inputs.context, inputs.device
+        model, images, labels = inputs.model, inputs.images, inputs.labels
         _check_selection(model, images, args)
         shard = distributed.shard_range(len(images), context)
         mine = slice(shard.start, shard.stop)

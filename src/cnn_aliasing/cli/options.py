@@ -282,6 +282,16 @@ class RunInputs:
         }
 
 
+def add_input_arguments(parser: argparse.ArgumentParser, run_title: str) -> argparse._ArgumentGroup:
+    """The arguments :func:`load_inputs` reads: the model and data groups, and a group titled
+    ``run_title`` holding ``--device``, returned for the command's own run options."""
+    add_model_arguments(parser)
+    add_data_arguments(parser)
+    run = parser.add_argument_group(run_title)
+    add_device_argument(run)
+    return run
+
+
 def load_inputs(args: argparse.Namespace) -> RunInputs:
     """This process's rank context and device (:func:`join_ranks`), the model ``--model`` names and the
     images (:func:`load_images`)."""
