@@ -5,7 +5,9 @@ adversarial images of the same shape, inside the eps-ball of the given norm arou
 [0, 1]. Attacks never change the model (it is in eval mode, parameters untouched) and draw all their
 randomness from the ``torch.Generator`` they are given, so a fixed seed repeats a run exactly on a given
 device. The generator lives on the images' device (``torch.Generator(device=images.device)``): torch
-refuses a CPU generator for CUDA tensors.
+refuses a CPU generator for CUDA tensors. An attack whose ``reference`` attribute is true (APGD and FAB
+in the reference's order of work) gets a CPU generator from the cascade instead and moves its draws to
+the device, as fra31/auto-attack does, so that a GPU run draws the reference's random numbers.
 
 A registered attack is a dataclass whose user-settable options are the fields declared with
 :func:`option` (each with its check); :func:`create_attack` refuses any other name and the dataclass's
