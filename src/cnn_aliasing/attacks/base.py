@@ -179,14 +179,19 @@ def check_adversarial(
 
 
 def random_tensor(
-    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device, *, normal: bool = False
+    shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    device: torch.device,
+    *,
+    normal: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Uniform [0, 1) (or standard normal) float32 noise drawn from ``generator`` on its own device, then
-    moved to ``device``; ``generator=None`` draws from torch's global generator on ``device``."""
+    """Uniform [0, 1) (or standard normal) noise of ``dtype`` drawn from ``generator`` on its own device,
+    then moved to ``device``; ``generator=None`` draws from torch's global generator on ``device``."""
     draw = torch.randn if normal else torch.rand
     if generator is None:
-        return draw(shape, device=device)
-    return draw(shape, generator=generator, device=generator.device).to(device)
+        return draw(shape, device=device, dtype=dtype)
+    return draw(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
 def rows_of_finished_points(owner: torch.Tensor, success: torch.Tensor, n_points: int) -> torch.Tensor | None:

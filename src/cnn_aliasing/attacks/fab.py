@@ -24,6 +24,7 @@ from cnn_aliasing.attacks.base import (
     ThreatModel,
     check_options,
     option,
+    random_tensor,
     register_attack,
     rows_of_finished_points,
 )
@@ -262,8 +263,7 @@ class FAB:
 def _random_start(x0: torch.Tensor, threat: ThreatModel, generator: torch.Generator) -> torch.Tensor:
     """A random point at distance ``eps / 2`` from ``x0`` in ``threat.norm``, clamped to [0, 1] (drawn on
     the generator's device)."""
-    draw = torch.rand if threat.norm == "Linf" else torch.randn
-    t = draw(x0.shape, generator=generator, device=generator.device, dtype=x0.dtype).to(x0.device)
+    t = random_tensor(tuple(x0.shape), generator, x0.device, normal=threat.norm == "L2", dtype=x0.dtype)
     if threat.norm == "Linf":
         t = 2 * t - 1
     t = t / _norm(t, threat.norm).clamp_min(1e-12).view(-1, *[1] * (x0.dim() - 1))
