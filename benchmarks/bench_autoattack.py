@@ -16,7 +16,8 @@ Comparison mode: ``--reference DIR`` names a folder holding the reference's ``au
 checkout kept outside this repository, never installed, never committed). It is imported by putting DIR
 on ``sys.path`` in this mode only; without the option, or if DIR has no ``autoattack/``, it is skipped.
 Its per-attack robust accuracies and times are read from its log lines; the two sets of adversarial
-examples are compared image by image. Both run on the same device and threads, ours first.
+examples are compared image by image. Both run on the same device and threads, ours first, on the model
+behind a counter (``RowCounter``) of the images each sends through it, with and without an input gradient.
 """
 
 from __future__ import annotations
@@ -120,6 +121,29 @@ class SmallCNN(nn.Module):
 
 
 ARCHS = {"small-cnn": SmallCNN, "resnet20": ResNet20}
+
+
+class RowCounter(nn.Module):
+    """The attacked model behind a count of its forward passes and of the images (rows) they take, split
+    into passes that record a graph for an input gradient and passes that do not: the model work an
+    attack does, which bounds its time from below whatever its bookkeeping costs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.counts: dict[str, int] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        self.counts = {"passes_with_gradient": 0, "rows_with_gradient": 0, "passes": 0, "rows": 0}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kind = "_with_gradient" if torch.is_grad_enabled() and x.requires_grad else ""
+        self.counts[f"passes{kind}"] += 1
+        self.counts[f"rows{kind}"] += x.shape[0]
+        return self.model(x)
+
+
 TRAINING = ("fgsm-rs", "standard")
 
 
@@ -176,8 +200,9 @@ def load_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
 
 
 def run_ours(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace
+    model: RowCounter, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace
 ) -> tuple[dict[str, Any], torch.Tensor]:
+    model.reset()
     began = time.perf_counter()
     result = robust_accuracy(
         model,
@@ -192,14 +217,14 @@ def run_ours(
     )
     wall = time.perf_counter() - began
     assert result.adversarial is not None
-    return {**result.to_dict(), "wall_seconds": wall}, result.adversarial
+    return {**result.to_dict(), "wall_seconds": wall, "model_work": dict(model.counts)}, result.adversarial
 
 
 _LOG_LINE = re.compile(r"robust accuracy after ([A-Z0-9-]+): ([0-9.]+)% \(total time ([0-9.]+) s\)")
 
 
 def run_reference(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace, device: torch.device
+    model: RowCounter, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace, device: torch.device
 ) -> tuple[dict[str, Any], torch.Tensor] | None:
     folder = Path(args.reference)
     if not (folder / "autoattack" / "__init__.py").is_file():
@@ -210,10 +235,12 @@ def run_reference(
 
     adversary = AutoAttack(model, norm=args.norm, eps=args.eps, version="standard", seed=0, device=device)
     log = io.StringIO()
+    model.reset()
     began = time.perf_counter()
     with contextlib.redirect_stdout(log):
         x_adv = adversary.run_standard_evaluation(x.to(device), y.to(device), bs=args.batch_size).cpu()
     wall = time.perf_counter() - began
+    work = dict(model.counts)
     print(log.getvalue(), end="")
     with torch.no_grad():
         robust = (model(x_adv.to(device)).argmax(1).cpu() == y).float().mean().item()
@@ -226,6 +253,7 @@ def run_reference(
             {"attack": n, "seconds": cumulative[i + 1] - cumulative[i]} for i, (n, _, _) in enumerate(stages)
         ],
         "wall_seconds": wall,
+        "model_work": work,
     }
     return record, x_adv
 
@@ -265,6 +293,19 @@ def table(ours: dict[str, Any], reference: dict[str, Any] | None) -> str:
     return "\n".join(rows)
 
 
+def model_work(ours: dict[str, Any], reference: dict[str, Any] | None) -> str:
+    """One line per implementation: the images it sent through the model, with and without gradient."""
+    lines = []
+    for who, record in (("ours", ours), ("reference", reference)):
+        if record:
+            work = record["model_work"]
+            n_grad, passes_grad = work["rows_with_gradient"], work["passes_with_gradient"]
+            with_gradient = f"{n_grad:,} images in {passes_grad:,} passes"
+            without = f"{work['rows']:,} images in {work['passes']:,} passes"
+            lines.append(f"model work, {who}: {with_gradient} with an input gradient, {without} without")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -300,10 +341,12 @@ def main() -> None:
     images, labels = load_cifar10(args.data_dir, "test", n_images=args.n_images)
     x = images.float() / 255
 
-    ours, ours_adv = run_ours(model, x, labels, args)
-    compared = run_reference(model, x, labels, args, device) if args.reference else None
+    counter = RowCounter(model)
+    ours, ours_adv = run_ours(counter, x, labels, args)
+    compared = run_reference(counter, x, labels, args, device) if args.reference else None
     reference = compared[0] if compared else None
     print(table(ours, reference))
+    print(model_work(ours, reference))
     agree = agreement(model.cpu(), x, labels, ours_adv, compared[1]) if compared else None
     if agree:
         print(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in agree.items()))

@@ -417,9 +417,12 @@ class _RowCounter(nn.Module):
         super().__init__()
         self.model = model
         self.batches: list[int] = []
+        self.gradient_batches: list[int] = []  # the passes that record a graph (the attacks' steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.batches.append(x.shape[0])
+        if torch.is_grad_enabled():
+            self.gradient_batches.append(x.shape[0])
         return self.model(x)
 
 
@@ -444,10 +447,12 @@ def test_batched_order_breaks_the_points_the_reference_breaks_with_less_work(cas
     assert rows[False] < rows[True]
 
 
+@pytest.mark.parametrize("given", ["all 16 images", "the 2 robust ones, batch_size 16"])
 @pytest.mark.parametrize("attack_name", ["apgd-t", "fab-t"])
-def test_batched_targets_fill_the_batch_in_the_reference_target_order(attack_name: str) -> None:
+def test_batched_targets_fill_the_batch_in_the_reference_target_order(attack_name: str, given: str) -> None:
     """2 of 16 points robust (the others mislabelled), eps 0: the first run takes 8 targets of both
-    points (16 rows of (point, target), target-major), the second the 9th target."""
+    points (16 rows of (point, target), target-major), the second the 9th target. The same when the attack
+    is given only the 2 robust images and told (``batch_size``) that a pass may take 16 rows."""
     model, x, _ = _inputs("cnn")
     y = gm.labels_for(model, x, n_wrong=14)
     order = _target_order(model, x)
@@ -476,10 +481,45 @@ def test_batched_targets_fill_the_batch_in_the_reference_target_order(attack_nam
             return run_fab(self, model, x0, yr, t, *a, **kw)
 
         patch = mock.patch.object(fab_module.FAB, "_run", recording_fab)
+    options: dict[str, Any] = {"n_iter": 2}
+    images, labels = x, y
+    if given != "all 16 images":
+        images, labels, options["batch_size"] = x[robust], y[robust], 16
     with patch:
-        attack = create_attack(attack_name, n_iter=2)
-        attack(model, x, y, ThreatModel("Linf", 0.0), torch.Generator().manual_seed(0))
+        attack = create_attack(attack_name, **options)
+        attack(model, images, labels, ThreatModel("Linf", 0.0), torch.Generator().manual_seed(0))
     assert recorded == expected
+
+
+@pytest.mark.parametrize("attack_name", ["apgd-t", "fab-t"])
+def test_the_cascade_lets_the_points_left_fill_its_batch_size(attack_name: str) -> None:
+    """robust_accuracy calls an attack on the 2 points still robust, and tells it its batch size (12):
+    the targets of both points then share passes of 12 rows (6 targets), then of 6 (the other 3 targets),
+    not passes of 2. (APGD makes one pass more per run than FAB: the gradient at its start.)"""
+    model, x, _ = _inputs("cnn")
+    y = gm.labels_for(model, x, n_wrong=14)
+    counter = _RowCounter(model)
+    robust_accuracy(
+        counter,
+        x,
+        y,
+        1e-6,
+        attack=attack_name,
+        batch_size=12,
+        progress=False,
+        attack_options={attack_name: {"n_iter": 2}},
+    )
+    passes = 3 if attack_name == "apgd-t" else 2
+    assert counter.gradient_batches[-2 * passes :] == [12] * passes + [6] * passes
+
+
+def test_with_batch_size_fills_only_an_unset_option() -> None:
+    from cnn_aliasing.attacks.base import with_batch_size
+
+    assert with_batch_size(create_attack("apgd-t"), 64).batch_size == 64  # type: ignore[attr-defined]
+    assert with_batch_size(create_attack("square", batch_size=8), 64).batch_size == 8  # type: ignore[attr-defined]
+    pgd = create_attack("pgd")
+    assert with_batch_size(pgd, 64) is pgd  # no such option: unchanged
 
 
 def test_rows_of_a_point_leave_together_once_one_succeeds() -> None:

@@ -306,7 +306,14 @@ def test_registered_names_and_options():
         1,
         False,
     )
-    assert attack_options("square") == ["n_queries", "p_init", "n_restarts", "rescale_schedule", "lookahead"]
+    assert attack_options("square") == [
+        "n_queries",
+        "p_init",
+        "n_restarts",
+        "rescale_schedule",
+        "lookahead",
+        "batch_size",
+    ]
     assert attack_options("fab") == [
         "n_target_classes",
         "n_iter",
@@ -315,6 +322,7 @@ def test_registered_names_and_options():
         "eta",
         "beta",
         "reference",
+        "batch_size",
     ]
 
 

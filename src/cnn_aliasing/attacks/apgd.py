@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnn_aliasing.attacks.base import (
+    BATCH_SIZE_OPTION,
     ThreatModel,
     check_options,
     option,
@@ -63,12 +64,14 @@ class APGD:
     ``n_target_classes`` is used by the targeted loss only (capped at the number of classes - 1).
 
     By default a run stops working on a point once it is misclassified, and the targeted loss attacks
-    several targets of the remaining points in one batch (as many as fit in the batch given), all of a
-    point's targets stopping when one succeeds. Per point this is the same computation as the reference's
-    (same schedule, same steps), so whether a point falls does not change; its random starts do, and the
-    adversarial image returned is an earlier misclassified iterate. ``reference=True`` keeps the reference
-    implementation's order of work instead (targets one after another, every point for every iteration,
-    random starts drawn on the CPU): with the same seed it reproduces fra31/auto-attack point for point.
+    several targets of the remaining points in one batch (as many as fit in ``batch_size`` rows; by
+    default the number of images given, and :func:`~cnn_aliasing.attacks.robust_accuracy` sets its batch
+    size), all of a point's targets stopping when one succeeds. Per point this is the same computation as
+    the reference's (same schedule, same steps), so whether a point falls does not change; its random
+    starts do, and the adversarial image returned is an earlier misclassified iterate. ``reference=True``
+    keeps the reference implementation's order of work instead (targets one after another, every point for
+    every iteration, random starts drawn on the CPU): with the same seed it reproduces fra31/auto-attack
+    point for point.
     """
 
     loss: ApgdLoss = "ce"
@@ -78,6 +81,7 @@ class APGD:
     eot_iter: int = field(default=1, metadata=option(is_int(1)))
     rho: float = field(default=0.75, metadata=option(is_number(0.0, 1.0, open_low=True)))
     reference: bool = field(default=False, metadata=option(is_bool))
+    batch_size: int | None = field(default=None, metadata=BATCH_SIZE_OPTION)
     name: str = "apgd-ce"
 
     def __post_init__(self) -> None:
@@ -133,17 +137,18 @@ class APGD:
 
     def _batched(self, call: _Call) -> torch.Tensor:
         """Each restart runs the targets in groups, a group's rows (point, target) in one batch of at most
-        the size given; a point's rows stop when one of them succeeds. Where several targets succeed, the
+        ``batch_size`` rows; a point's rows stop when one of them succeeds. Where several targets succeed, the
         earliest target's image is kept."""
         zero_grads = torch.zeros((), dtype=torch.long, device=call.images.device)
         n_targets = 1 if call.targets is None else call.targets.shape[0]
+        budget = self.batch_size or call.images.shape[0]
         for _ in range(self.n_restarts):
             first = 0
             while first < n_targets:
                 idx = call.robust.nonzero().squeeze(1)
                 if idx.numel() == 0:
                     return zero_grads
-                k = min(max(call.images.shape[0] // idx.numel(), 1), n_targets - first)
+                k = min(max(budget // idx.numel(), 1), n_targets - first)
                 targets = call.targets
                 group = None if targets is None else targets[first : first + k][:, idx].reshape(-1)
                 first += k

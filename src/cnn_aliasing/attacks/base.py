@@ -27,7 +27,7 @@ from torch import nn
 
 from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
 from cnn_aliasing.registry import Registry, docstring_line
-from cnn_aliasing.validation import Check, is_choice, is_number
+from cnn_aliasing.validation import Check, is_choice, is_int, is_number, optional
 
 Norm = Literal["Linf", "L2"]
 NORMS: tuple[Norm, ...] = ("Linf", "L2")
@@ -122,6 +122,22 @@ def _registered(name: str) -> _Registered:
 def list_attacks() -> list[str]:
     """Names of the registered attacks, sorted."""
     return ATTACKS.names()
+
+
+BATCH_SIZE_OPTION = option(optional(is_int(1), "the number of images the attack is given"))
+"""The ``batch_size`` option of attacks that may fill a forward pass with more rows than images (a point's
+targets, or the next iterations' candidates): the most rows a pass takes."""
+
+
+def with_batch_size(attack: Attack, batch_size: int) -> Attack:
+    """``attack`` with its ``batch_size`` option set to ``batch_size`` where it has the option unset.
+
+    A cascade calls each attack on the points still robust, often fewer than its batch size; this tells the
+    attack how many rows its passes may take all the same.
+    """
+    if dataclasses.is_dataclass(attack) and getattr(attack, "batch_size", 0) is None:
+        return dataclasses.replace(attack, batch_size=batch_size)
+    return attack
 
 
 def per_example_norm(delta: torch.Tensor, norm: Norm) -> torch.Tensor:

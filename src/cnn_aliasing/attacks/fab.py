@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from cnn_aliasing.attacks.base import (
+    BATCH_SIZE_OPTION,
     Norm,
     ThreatModel,
     check_options,
@@ -92,8 +93,9 @@ class FAB:
     """FAB attack in the Linf or L2 norm; ``targeted`` gives AutoAttack's FAB-T.
 
     By default a run stops working on a point once it has an adversarial example within eps, and FAB-T
-    runs several targets of the remaining points in one batch (as many as fit in the batch given), all of
-    a point's targets stopping when one succeeds: the same verdict per point as in the reference's order,
+    runs several targets of the remaining points in one batch (as many as fit in ``batch_size`` rows; by
+    default the number of images given, and ``robust_accuracy`` sets its batch size), all of a point's
+    targets stopping when one succeeds: the same verdict per point as in the reference's order,
     with a less minimal (but valid) adversarial image. ``reference=True`` keeps the reference's order
     (each target in turn, each point for every iteration).
     """
@@ -106,6 +108,7 @@ class FAB:
     eta: float = field(default=1.05, metadata=option(is_number(0.0, open_low=True)))
     beta: float = field(default=0.9, metadata=option(is_number(0.0, 1.0)))
     reference: bool = field(default=False, metadata=option(is_bool))
+    batch_size: int | None = field(default=None, metadata=BATCH_SIZE_OPTION)
     name: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -144,7 +147,7 @@ class FAB:
                 break
             k = 1
             if not self.reference:
-                k = min(max(images.shape[0] // todo.numel(), 1), n_targets - first)
+                k = min(max((self.batch_size or images.shape[0]) // todo.numel(), 1), n_targets - first)
             for j in range(i, i + k):
                 done[j] = True
             rows = todo.repeat(k)  # target-major

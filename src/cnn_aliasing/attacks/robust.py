@@ -38,7 +38,14 @@ from tqdm.auto import tqdm
 
 from cnn_aliasing import distributed
 from cnn_aliasing.attacks.autoattack import AttackPlan, check_model, check_square, resolve_attacks
-from cnn_aliasing.attacks.base import NORMS, Attack, AttackInvariantError, ThreatModel, check_adversarial
+from cnn_aliasing.attacks.base import (
+    NORMS,
+    Attack,
+    AttackInvariantError,
+    ThreatModel,
+    check_adversarial,
+    with_batch_size,
+)
 from cnn_aliasing.data import to_float
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.identity import data_sha256, model_identity
@@ -433,9 +440,10 @@ class _Cascade:
             state.elapsed = clock()
             store.save(state)
         assert state.robust is not None
-        for stage, attack in enumerate(self.plan.attacks):
+        for stage, planned in enumerate(self.plan.attacks):
             if stage < len(state.per_attack):
                 continue
+            attack = with_batch_size(planned, self.batch_size)
             if state.stage_points is None:
                 state.stage_points = state.robust.nonzero().squeeze(1)
                 state.batches_done, state.stage_seconds = set(), 0.0

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from cnn_aliasing.attacks.base import ThreatModel, check_options, option, register_attack
+from cnn_aliasing.attacks.base import BATCH_SIZE_OPTION, ThreatModel, check_options, option, register_attack
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.validation import is_bool, is_int, is_number, optional
 
@@ -71,6 +71,8 @@ class Square:
     ``lookahead``: iterations evaluated per forward pass (see :meth:`_run`); more makes fewer, larger
     passes, which pays where a small batch costs more in fixed overhead (Python, kernel launches) than in
     arithmetic; the default depends on the device and the number of points left (:meth:`_lookahead`).
+    ``batch_size``: the most rows a pass may take (default: the number of images given;
+    ``robust_accuracy`` sets its batch size).
     """
 
     n_queries: int = field(default=5000, metadata=option(is_int(1)))
@@ -80,6 +82,7 @@ class Square:
     lookahead: int | None = field(
         default=None, metadata=option(optional(is_int(1), "per device, up to 4 on the CPU and 8 elsewhere"))
     )
+    batch_size: int | None = field(default=None, metadata=BATCH_SIZE_OPTION)
     name: str = field(init=False, default="square")
 
     def __post_init__(self) -> None:
@@ -114,7 +117,7 @@ class Square:
                 if todo.numel() == 0:
                     break
                 x, y = images.index_select(0, todo), labels.index_select(0, todo)
-                found = self._run(model, x, y, threat, generator, rows=images.shape[0])
+                found = self._run(model, x, y, threat, generator, rows=self.batch_size or images.shape[0])
                 fooled = model(found).argmax(dim=1) != y
                 adv.index_copy_(0, todo, torch.where(fooled.view(-1, 1, 1, 1), found, x))
                 robust.index_copy_(0, todo, ~fooled)
@@ -132,7 +135,7 @@ class Square:
         """One run of random search from a fresh start; returns the best point found for each image.
 
         Each step evaluates the candidates of the next iterations (see :meth:`_lookahead`; ``rows`` is the
-        batch the attack was given) for every point still correct, all made from
+        most rows a pass may take) for every point still correct, all made from
         its current best point, in one forward pass; the iterations up to the first candidate that improves
         some point count as done (that point takes it), the rest are discarded. Every point so follows
         Square's sequence (each candidate made from its best point at that iteration), with fewer, larger
