@@ -29,6 +29,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -306,6 +307,49 @@ def model_work(ours: dict[str, Any], reference: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
+def pass_costs(model: nn.Module, device: torch.device, sizes: list[int]) -> list[dict[str, float]]:
+    """Milliseconds per image of a forward pass (inference mode) and of a forward and input-gradient pass
+    of ``model`` at each batch size: the median over repeats, on random images."""
+
+    def median_seconds(run: Callable[[], object], repeats: int) -> float:
+        run()  # warm-up
+        times = []
+        for _ in range(repeats):
+            began = time.perf_counter()
+            run()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - began)
+        return sorted(times)[len(times) // 2]
+
+    rows = []
+    for n in sizes:
+        x = torch.rand(n, 3, 32, 32, device=device)
+
+        def forward(x: torch.Tensor = x) -> object:
+            with torch.inference_mode():
+                return model(x)
+
+        def with_gradient(x: torch.Tensor = x) -> object:
+            xg = x.clone().requires_grad_(True)
+            return torch.autograd.grad(model(xg).sum(), xg)
+
+        repeats = max(5, min(40, 600 // n))
+        rows.append(
+            {
+                "images": n,
+                "forward_ms_per_image": 1e3 * median_seconds(forward, repeats) / n,
+                "gradient_ms_per_image": 1e3 * median_seconds(with_gradient, repeats) / n,
+            }
+        )
+        print(
+            f"{n:4d} images a pass: forward {rows[-1]['forward_ms_per_image']:.3f} ms per image, "
+            f"forward and input gradient {rows[-1]['gradient_ms_per_image']:.3f}",
+            flush=True,
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -331,12 +375,26 @@ def main() -> None:
     parser.add_argument("--reference", default=None, help="folder holding the reference's autoattack/")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--train-only", action="store_true", help="train and cache the model, then stop")
+    parser.add_argument(
+        "--pass-cost",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="N",
+        help="instead of attacking, time the model's passes per image at these batch sizes "
+        "(default 1 3 9 27 81 243)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model = load_model(args, device)
     if args.train_only:
+        return
+    if args.pass_cost is not None:
+        costs = pass_costs(model, device, args.pass_cost or [1, 3, 9, 27, 81, 243])
+        if args.out:
+            write_json_atomic(args.out, {"config": vars(args), "pass_costs": costs, "meta": run_metadata()})
         return
     images, labels = load_cifar10(args.data_dir, "test", n_images=args.n_images)
     x = images.float() / 255

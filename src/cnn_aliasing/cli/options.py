@@ -194,7 +194,15 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--n-images", type=positive_int, default=1000, metavar="N", help="first N images of the split"
     )
-    source.add_argument("--batch-size", type=positive_int, default=250, metavar="B", help="batch size")
+    source.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=250,
+        metavar="B",
+        help="images per batch; with evaluate --attack also the most rows an attack's forward pass may "
+        "take, which the points left after APGD-CE fill with several targets at once (APGD-T, FAB-T): a "
+        "larger B makes fewer, fuller passes on a GPU (default 250)",
+    )
     source.add_argument(
         "--download",
         action="store_true",
