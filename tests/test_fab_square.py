@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -390,3 +391,50 @@ def test_l2_window_pattern(size):
     bottom = pattern[top:].abs()
     peak = divmod(int(bottom.argmax()), size)
     assert peak == ((size - top) // 2, size // 2)  # the pyramid peaks at its centre
+
+
+# --- FAB's random starts (from the second restart on) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_fab_random_start_is_the_reference_draw_at_half_eps(norm: str) -> None:
+    """Linf: 2u - 1 (u uniform), scaled to Linf norm 1; L2: a normal draw scaled to L2 norm 1; either at
+    eps / 2 from the image, clamped to [0, 1]. Reference in float64 from the same generator stream."""
+    from cnn_aliasing.attacks.fab import _random_start
+
+    x0 = torch.rand(5, 3, 6, 6, generator=torch.Generator().manual_seed(3))
+    x0[0] = 0.5  # an image the clamp cannot touch
+    eps = 0.3 if norm == "Linf" else 1.5
+    start = _random_start(x0, ThreatModel(norm, eps), torch.Generator().manual_seed(7))
+
+    g = torch.Generator().manual_seed(7)
+    if norm == "Linf":
+        t = 2 * torch.rand(x0.shape, generator=g).double() - 1
+    else:
+        t = torch.randn(x0.shape, generator=g).double()
+    expected = x0.double()
+    for i in range(x0.shape[0]):
+        values = [float(v) for v in t[i].flatten()]
+        size = max(abs(v) for v in values) if norm == "Linf" else math.sqrt(sum(v * v for v in values))
+        expected[i] = (x0[i].double() + 0.5 * eps * t[i] / size).clamp(0.0, 1.0)
+    torch.testing.assert_close(start.double(), expected, rtol=0, atol=1e-6)
+    assert float(_norm(start[0:1] - x0[0:1], norm)[0]) == pytest.approx(eps / 2, rel=1e-5)
+
+
+def test_fab_draws_a_random_start_from_the_second_restart_on() -> None:
+    from cnn_aliasing.attacks import fab as fab_module
+
+    model = _linear()
+    x = _images(4)
+    y = _predicted(model, x)
+    calls: list[tuple[int, ...]] = []
+    real = fab_module._random_start
+
+    def counting(x0: torch.Tensor, threat: ThreatModel, generator: torch.Generator) -> torch.Tensor:
+        calls.append(tuple(x0.shape))
+        return real(x0, threat, generator)
+
+    attack = create_attack("fab", n_iter=2, n_restarts=3)
+    with mock.patch.object(fab_module, "_random_start", counting):
+        attack(model, x, y, ThreatModel("Linf", 0.0), torch.Generator().manual_seed(0))
+    assert calls == [tuple(x.shape), tuple(x.shape)]  # restarts 2 and 3, every point still robust
