@@ -498,7 +498,7 @@ def test_the_cascade_lets_the_points_left_fill_its_batch_size(attack_name: str) 
     not passes of 2. (APGD makes one pass more per run than FAB: the gradient at its start.)"""
     model, x, _ = _inputs("cnn")
     y = gm.labels_for(model, x, n_wrong=14)
-    counter = _RowCounter(model)
+    counter = _RowCounter(model).eval()
     robust_accuracy(
         counter,
         x,
@@ -529,3 +529,16 @@ def test_rows_of_a_point_leave_together_once_one_succeeds() -> None:
     leave = rows_of_finished_points(owner, torch.tensor([False, True, False, False, False]), 8)
     assert leave is not None and leave.tolist() == [False, True, False, True, False]
     assert rows_of_finished_points(owner, torch.zeros(5, dtype=torch.bool), 8) is None
+
+
+def test_target_groups_in_the_reference_order_and_batched() -> None:
+    from cnn_aliasing.attacks.base import target_groups
+
+    def groups(reference: bool, left: list[int]) -> list[tuple[int, int, int]]:
+        points = iter(left)  # the points still robust as each group starts
+        return list(target_groups(5, 2, reference=reference, batch_rows=12, points_left=lambda: next(points)))
+
+    assert groups(True, []) == [(t, 1, r) for t in range(5) for r in range(2)]
+    # 6 points left: 2 targets a run; then 3 left: 4 targets (cut to the 3 remaining); then 12: 1 target
+    expected = [(0, 2, 0), (2, 3, 0), (0, 1, 1), (1, 1, 1), (2, 1, 1), (3, 2, 1)]
+    assert groups(False, [6, 3, 12, 12, 12, 0]) == expected

@@ -38,6 +38,7 @@ from cnn_aliasing.attacks.base import (
     random_tensor,
     register_attack,
     rows_of_finished_points,
+    target_groups,
     targeted_dlr_loss,
 )
 from cnn_aliasing.attacks.base import dlr_loss as _dlr_loss
@@ -107,7 +108,7 @@ class APGD:
             order = logits.argsort(dim=1)  # ascending, as the reference (ties keep its order)
             targets = torch.stack([order[:, -c] for c in range(2, n_targets + 2)])
         call = _Call(model, images, labels, targets, threat, generator, robust, adv)
-        zero_grads = self._reference_order(call) if self.reference else self._batched(call)
+        zero_grads = self._runs(call)
         n_zero = int(zero_grads) if self.loss != "ce" else 0
         if n_zero:
             warnings.warn(
@@ -118,54 +119,35 @@ class APGD:
             )
         return adv
 
-    def _reference_order(self, call: _Call) -> torch.Tensor:
-        """The reference's loops: each target in turn, each restart, on the points still robust."""
+    def _runs(self, call: _Call) -> torch.Tensor:
+        """Every run on the points still robust, in :func:`target_groups` order: a run takes a group of
+        targets, its rows (point, target) target-major in one batch, and (unless ``reference``) a point's
+        rows stop when one of them succeeds. Where several targets succeed, the earliest target's image is
+        kept. Returns the number of zero gradients at the runs' starts."""
         zero_grads = torch.zeros((), dtype=torch.long, device=call.images.device)
-        for target in [None] if call.targets is None else list(call.targets):
-            for _ in range(self.n_restarts):
-                idx = call.robust.nonzero().squeeze(1)  # one synchronisation per run, never per iteration
-                if idx.numel() == 0:
-                    return zero_grads
-                x = call.images[idx]
-                fooled, found, zeros = self._run_from_random_start(
-                    call, x, call.labels[idx], None if target is None else target[idx]
-                )
-                call.robust[idx] = ~fooled
-                call.adv[idx] = torch.where(_rows(fooled), found, x)
-                zero_grads += zeros
-        return zero_grads
-
-    def _batched(self, call: _Call) -> torch.Tensor:
-        """Each restart runs the targets in groups, a group's rows (point, target) in one batch of at most
-        ``batch_size`` rows; a point's rows stop when one of them succeeds. Where several targets succeed, the
-        earliest target's image is kept."""
-        zero_grads = torch.zeros((), dtype=torch.long, device=call.images.device)
-        n_targets = 1 if call.targets is None else call.targets.shape[0]
-        budget = self.batch_size or call.images.shape[0]
-        for _ in range(self.n_restarts):
-            first = 0
-            while first < n_targets:
-                idx = call.robust.nonzero().squeeze(1)
-                if idx.numel() == 0:
-                    return zero_grads
-                k = min(max(budget // idx.numel(), 1), n_targets - first)
-                targets = call.targets
-                group = None if targets is None else targets[first : first + k][:, idx].reshape(-1)
-                first += k
-                fooled, found, zeros = self._run_from_random_start(
-                    call,
-                    call.images[idx].repeat(k, 1, 1, 1),  # rows: target-major
-                    call.labels[idx].repeat(k),
-                    group,
-                    owner=torch.arange(idx.numel(), device=idx.device).repeat(k),
-                )
-                fooled, found = fooled.view(k, -1), found.view(k, idx.numel(), *call.images.shape[1:])
-                point_adv = call.images[idx]
-                for j in reversed(range(k)):
-                    point_adv = torch.where(_rows(fooled[j]), found[j], point_adv)
-                call.robust[idx] = ~fooled.any(dim=0)
-                call.adv[idx] = point_adv
-                zero_grads += zeros
+        groups = target_groups(
+            1 if call.targets is None else call.targets.shape[0],
+            self.n_restarts,
+            reference=self.reference,
+            batch_rows=self.batch_size or call.images.shape[0],
+            points_left=lambda: int(call.robust.sum()),
+        )
+        for first, k, _ in groups:
+            idx = call.robust.nonzero().squeeze(1)  # one synchronisation per run, never per iteration
+            if idx.numel() == 0:
+                break
+            group = None if call.targets is None else call.targets[first : first + k][:, idx].reshape(-1)
+            owner = None if self.reference else torch.arange(idx.numel(), device=idx.device).repeat(k)
+            fooled, found, zeros = self._run_from_random_start(
+                call, call.images[idx].repeat(k, 1, 1, 1), call.labels[idx].repeat(k), group, owner=owner
+            )
+            fooled, found = fooled.view(k, -1), found.view(k, idx.numel(), *call.images.shape[1:])
+            point_adv = call.images[idx]
+            for j in reversed(range(k)):
+                point_adv = torch.where(_rows(fooled[j]), found[j], point_adv)
+            call.robust[idx] = ~fooled.any(dim=0)
+            call.adv[idx] = point_adv
+            zero_grads += zeros
         return zero_grads
 
     def _run_from_random_start(

@@ -18,7 +18,7 @@ attack, the option, what is valid and the value given, however the attack is bui
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -138,6 +138,29 @@ def with_batch_size(attack: Attack, batch_size: int) -> Attack:
     if dataclasses.is_dataclass(attack) and getattr(attack, "batch_size", 0) is None:
         return dataclasses.replace(attack, batch_size=batch_size)
     return attack
+
+
+def target_groups(
+    n_targets: int, n_restarts: int, *, reference: bool, batch_rows: int, points_left: Callable[[], int]
+) -> Iterator[tuple[int, int, int]]:
+    """(first target, number of targets, restart) of each run of an attack with ``n_targets`` targets
+    (1 for an untargeted loss), in order.
+
+    ``reference``: each target in turn and each restart of it, one target per run, as fra31/auto-attack
+    runs them. Otherwise each restart runs the targets in groups, each as many as fit in ``batch_rows``
+    rows (a row is a point and a target) for the ``points_left()`` points still robust as it starts.
+    """
+    if reference:
+        for target in range(n_targets):
+            for restart in range(n_restarts):
+                yield target, 1, restart
+        return
+    for restart in range(n_restarts):
+        first = 0
+        while first < n_targets:
+            k = min(max(batch_rows // max(points_left(), 1), 1), n_targets - first)
+            yield first, k, restart
+            first += k
 
 
 def per_example_norm(delta: torch.Tensor, norm: Norm) -> torch.Tensor:

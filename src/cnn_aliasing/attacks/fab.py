@@ -28,6 +28,7 @@ from cnn_aliasing.attacks.base import (
     random_tensor,
     register_attack,
     rows_of_finished_points,
+    target_groups,
 )
 from cnn_aliasing.validation import is_bool, is_int, is_number
 
@@ -134,22 +135,17 @@ class FAB:
         adv = images.clone()
         n_targets = min(self.n_target_classes, logits.shape[1] - 1) if self.targeted else 1
         targets = _target_classes(logits, n_targets) if self.targeted else None
-        # (first target, restart) of each run, in order; a run takes 1 target or, batched, as many as fit
-        runs = [(t, r) for t in range(n_targets) for r in range(self.n_restarts)]
-        if not self.reference:
-            runs = sorted(runs, key=lambda run: (run[1], run[0]))
-        done = [False] * len(runs)
-        for i, (first, restart) in enumerate(runs):
-            if done[i]:
-                continue
+        groups = target_groups(
+            n_targets,
+            self.n_restarts,
+            reference=self.reference,
+            batch_rows=self.batch_size or images.shape[0],
+            points_left=lambda: int(robust.sum()),
+        )
+        for first, k, restart in groups:
             todo = robust.nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
-            k = 1
-            if not self.reference:
-                k = min(max((self.batch_size or images.shape[0]) // todo.numel(), 1), n_targets - first)
-            for j in range(i, i + k):
-                done[j] = True
             rows = todo.repeat(k)  # target-major
             x, y = images.index_select(0, rows), labels.index_select(0, rows)
             row_targets = None if targets is None else targets[first : first + k][:, todo].reshape(-1)
