@@ -350,6 +350,28 @@ def pass_costs(model: nn.Module, device: torch.device, sizes: list[int]) -> list
     return rows
 
 
+def compiled_pass_costs(model: nn.Module, device: torch.device, sizes: list[int]) -> dict[str, Any]:
+    """The seconds torch.compile takes for the forward and for the input-gradient graphs of ``model``
+    (first calls, 27 images), then :func:`pass_costs` of the compiled model. Its parameters are frozen
+    first: an attack needs no gradient for them, and a compiled backward would compute them all the same."""
+    model.requires_grad_(False)
+    compiled = torch.compile(model, dynamic=True)
+    x = torch.rand(27, 3, 32, 32, device=device)
+    began = time.perf_counter()
+    with torch.inference_mode():
+        compiled(x)
+    forward_seconds = time.perf_counter() - began
+    began = time.perf_counter()
+    xg = x.clone().requires_grad_(True)
+    torch.autograd.grad(compiled(xg).sum(), xg)
+    gradient_seconds = time.perf_counter() - began
+    print(f"torch.compile: {forward_seconds:.1f} s (forward), {gradient_seconds:.1f} s (input gradient)")
+    return {
+        "compile_seconds": {"forward": forward_seconds, "gradient": gradient_seconds},
+        "compiled_pass_costs": pass_costs(compiled, device, sizes),  # type: ignore[arg-type]
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -376,6 +398,12 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--train-only", action="store_true", help="train and cache the model, then stop")
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="with --pass-cost: time the model under torch.compile (dynamic shapes) beside it, after "
+        "timing its compilation (forward, then forward and input gradient)",
+    )
+    parser.add_argument(
         "--pass-cost",
         type=int,
         nargs="*",
@@ -392,9 +420,13 @@ def main() -> None:
     if args.train_only:
         return
     if args.pass_cost is not None:
-        costs = pass_costs(model, device, args.pass_cost or [1, 3, 9, 27, 81, 243])
+        sizes = args.pass_cost or [1, 3, 9, 27, 81, 243]
+        record: dict[str, Any] = {"config": vars(args), "pass_costs": pass_costs(model, device, sizes)}
+        if args.compile:
+            record.update(compiled_pass_costs(model, device, sizes))
         if args.out:
-            write_json_atomic(args.out, {"config": vars(args), "pass_costs": costs, "meta": run_metadata()})
+            record["meta"] = run_metadata()
+            write_json_atomic(args.out, json.loads(json.dumps(record, default=str)))
         return
     images, labels = load_cifar10(args.data_dir, "test", n_images=args.n_images)
     x = images.float() / 255
