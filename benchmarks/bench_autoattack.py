@@ -76,6 +76,9 @@ class ResNet20(nn.Module):
     """The CIFAR ResNet-20 of He et al. (2016): 3 stages of 3 basic blocks (16, 32, 64 channels), option-A
     shortcuts, about 0.27 M parameters and 41 MFLOPs per image; CIFAR-10 normalisation inside."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1))
@@ -98,6 +101,9 @@ class ResNet20(nn.Module):
 class SmallCNN(nn.Module):
     """Four 3x3 convolutions (16, 32, 64, 64 channels; the last three strided), global average pooling
     and a linear classifier; CIFAR-10 normalisation inside."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -441,9 +447,9 @@ def main() -> None:
     if agree:
         print(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in agree.items()))
     if args.out:
-        record = {"config": vars(args), "ours": ours, "reference": reference, "agreement": agree}
-        record.update(meta=run_metadata(), torch_threads=torch.get_num_threads())
-        write_json_atomic(args.out, json.loads(json.dumps(record, default=str)))
+        result: dict[str, Any] = {"config": vars(args), "ours": ours, "reference": reference}
+        result.update(agreement=agree, meta=run_metadata(), torch_threads=torch.get_num_threads())
+        write_json_atomic(args.out, json.loads(json.dumps(result, default=str)))
 
 
 if __name__ == "__main__":

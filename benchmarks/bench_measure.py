@@ -52,7 +52,7 @@ def time_model(name: str, args: argparse.Namespace) -> dict[str, float | str | i
     torch.manual_seed(0)
     model = create_model(name).to(device).eval()
     if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack it
     batches = [b.to(device) for b in random_batches(args.batches, args.batch_size)]
     if args.channels_last:
         batches = [b.contiguous(memory_format=torch.channels_last) for b in batches]
