@@ -40,10 +40,8 @@ from torch import nn
 
 from cnn_aliasing.attacks import ThreatModel, fgsm, parse_eps, robust_accuracy
 from cnn_aliasing.data import load_cifar10
+from cnn_aliasing.models.normalization import make_normalizer
 from cnn_aliasing.provenance import run_metadata, write_json_atomic
-
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2471, 0.2435, 0.2616)
 
 
 class _ShortcutA(nn.Module):
@@ -76,13 +74,9 @@ class ResNet20(nn.Module):
     """The CIFAR ResNet-20 of He et al. (2016): 3 stages of 3 basic blocks (16, 32, 64 channels), option-A
     shortcuts, about 0.27 M parameters and 41 MFLOPs per image; CIFAR-10 normalisation inside."""
 
-    mean: torch.Tensor
-    std: torch.Tensor
-
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(CIFAR_STD).view(1, 3, 1, 1))
+        self.normalize = make_normalizer("cifar10")
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
         blocks: list[nn.Module] = []
         cin = 16
@@ -94,7 +88,7 @@ class ResNet20(nn.Module):
         self.classifier = nn.Linear(64, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.blocks(self.stem((x - self.mean) / self.std))
+        out = self.blocks(self.stem(self.normalize(x)))
         return self.classifier(out.mean(dim=(2, 3)))
 
 
@@ -102,13 +96,9 @@ class SmallCNN(nn.Module):
     """Four 3x3 convolutions (16, 32, 64, 64 channels; the last three strided), global average pooling
     and a linear classifier; CIFAR-10 normalisation inside."""
 
-    mean: torch.Tensor
-    std: torch.Tensor
-
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(CIFAR_STD).view(1, 3, 1, 1))
+        self.normalize = make_normalizer("cifar10")
         self.features = nn.Sequential(
             nn.Conv2d(3, 16, 3, padding=1),
             nn.ReLU(),
@@ -124,7 +114,7 @@ class SmallCNN(nn.Module):
         self.classifier = nn.Linear(64, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features((x - self.mean) / self.std))
+        return self.classifier(self.features(self.normalize(x)))
 
 
 ARCHS = {"small-cnn": SmallCNN, "resnet20": ResNet20}
