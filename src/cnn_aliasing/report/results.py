@@ -69,6 +69,28 @@ class EpochRecord:
     aliasing: dict[str, float]
 
 
+@dataclass(frozen=True)
+class PerImageResult:
+    """One model's per-image results. The attacked images are the first ``len(margin)`` of the measured
+    images (the study attacks a prefix of the images it measures).
+
+    ``aliasing`` maps each op to its per-image AM, shape (n_measured,): the mean over the image's maps (its
+    channels) of sum |Y - Z|. ``clean`` and ``robust`` flag each attacked image classified correctly before
+    and after the attack, ``margin`` is each attacked image's logit margin ``z_y - max_{k != y} z_k`` at the
+    strongest image the attack found (the clean image's when it is misclassified; negative when broken).
+    """
+
+    aliasing: dict[str, np.ndarray]
+    clean: np.ndarray
+    robust: np.ndarray
+    margin: np.ndarray
+
+    @property
+    def n_attacked(self) -> int:
+        """How many images were attacked (a prefix of the measured ones)."""
+        return int(self.margin.shape[0])
+
+
 @dataclass
 class ModelResult:
     """One model of the study, finished or failed, as read from ``models/<slug>.json``."""
@@ -89,6 +111,8 @@ class ModelResult:
     spectrum: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     n_images: int | None = None
+    dose: float | None = None  # the training eps of a study-trained model (0.0: standard); None: unknown
+    per_image: PerImageResult | None = None  # None: a file written without per-image results
 
     @property
     def done(self) -> bool:
