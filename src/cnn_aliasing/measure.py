@@ -10,6 +10,9 @@ With ``sample_channels``, each op forms its full-resolution output for a random 
 channels only (drawn once per call from ``seed`` and the op's name, the same on every image), and AM is
 estimated by the mean over the sampled maps, with a standard error over the channel draw and a 95% interval
 (see :func:`measure` and docs/metric.md).
+
+With ``per_image``, each op also keeps every image's AM (the mean over that image's maps): one float64 value
+per image, summed on the device during each batch and kept in the order the images came.
 """
 
 from __future__ import annotations
@@ -124,6 +127,7 @@ class AliasingReport:
     meta: dict[str, Any] = field(default_factory=dict)
     sample_channels: int | float | None = None  # measure()'s argument; None: exact
     sample_seed: int | None = None
+    per_image: dict[str, list[float]] | None = None  # per op, each image's AM in image order; None: not kept
 
     @property
     def sampled(self) -> bool:
@@ -138,8 +142,8 @@ class AliasingReport:
         raise KeyError(f"no op named {name!r}; measured: {', '.join(o.name for o in self.ops)}")
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (the ops keep forward order)."""
-        return {
+        """A JSON-ready dict (the ops keep forward order); ``per_image`` only when it was kept."""
+        data: dict[str, Any] = {
             "n_images": self.n_images,
             "nyquist": self.nyquist,
             "metrics": list(self.metrics),
@@ -162,13 +166,17 @@ class AliasingReport:
                 for op in self.ops
             ],
         }
+        if self.per_image is not None:
+            data["per_image"] = {name: list(values) for name, values in self.per_image.items()}
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "") -> AliasingReport:
         """Rebuild a report from :meth:`to_dict` output (as read back from JSON). ``meta``,
-        ``sample_channels``, ``sample_seed`` and each op's ``sampled`` may be absent; the other keys are
-        needed, else a :class:`ReportFormatError` names the missing key's path, prefixed by ``where`` (the
-        path of ``data`` in a larger file, e.g. ``"aliasing."``)."""
+        ``sample_channels``, ``sample_seed``, ``per_image`` and each op's ``sampled`` may be absent; the
+        other keys are needed, else a :class:`ReportFormatError` names the missing key's path, prefixed by
+        ``where`` (the path of ``data`` in a larger file, e.g. ``"aliasing."``). A ``per_image`` present
+        must map every op, and no other name, to a list of ``n_images`` numbers (null for NaN)."""
         ops = []
         for i, o in enumerate(_key(data, "ops", where)):
             at = f"{where}ops[{i}]."
@@ -185,14 +193,16 @@ class AliasingReport:
                     sampled=_sample_from_json(o.get("sampled"), f"{at}sampled."),
                 )
             )
+        n_images = int(_key(data, "n_images", where))
         return cls(
             ops,
-            int(_key(data, "n_images", where)),
+            n_images,
             str(_key(data, "nyquist", where)),
             tuple(_key(data, "metrics", where)),
             data.get("meta", {}),
             data.get("sample_channels"),
             data.get("sample_seed"),
+            _per_image_from_json(data.get("per_image"), [op.name for op in ops], n_images, where),
         )
 
     def rows(self) -> list[dict[str, Any]]:
@@ -274,6 +284,28 @@ def _summary_from_json(metrics: dict[str, Any], name: str, where: str) -> Metric
         None if sem is None and ci95 is None else number(sem),
         None if ci95 is None else (number(ci95[0]), number(ci95[1])),
     )
+
+
+def _per_image_from_json(
+    data: Any, ops: Sequence[str], n_images: int, where: str
+) -> dict[str, list[float]] | None:
+    """The per-image AM as written to JSON (NaN as null): one list of ``n_images`` numbers per op."""
+    if data is None:
+        return None
+    at = f"{where}per_image"
+    if not isinstance(data, dict) or set(data) != set(ops):
+        found = ", ".join(sorted(data)) if isinstance(data, dict) else type(data).__name__
+        raise ReportFormatError(f"{at!r} must map every op ({', '.join(ops)}) to a list; got {found}")
+    per_image = {}
+    for name in ops:
+        values = data[name]
+        if not isinstance(values, list) or len(values) != n_images:
+            size = f"{len(values)} values" if isinstance(values, list) else type(values).__name__
+            raise ReportFormatError(f"'{at}.{name}' must list {n_images} values (n_images); got {size}")
+        if not all(v is None or (isinstance(v, numbers.Real) and not isinstance(v, bool)) for v in values):
+            raise ReportFormatError(f"'{at}.{name}' must hold numbers (null for NaN)")
+        per_image[name] = [float("nan") if v is None else float(v) for v in values]
+    return per_image
 
 
 def _sample_from_json(data: dict[str, Any] | None, where: str) -> ChannelSample | None:
@@ -537,6 +569,60 @@ whatever the sample) when it samples at least 1/POINTWISE_MIX_RATIO of its input
 stride-1 output of the sampled channels alone (cheaper for small samples)."""
 
 
+class _PerImage:
+    """Each op's AM per image, on the device: during a batch, per image the sum of the AM of every map it
+    gave the op (over all of the op's calls) and the number of those maps; at the batch's end, their ratio.
+    An op not called on a batch gets NaN for its images (so every op lists every image, in order)."""
+
+    def __init__(self, device: torch.device | None) -> None:
+        self.device = device
+        self.images = 0  # images of the finished batches
+        self.batch = 0  # images of the batch in flight
+        self.sums: dict[str, torch.Tensor] = {}  # this batch: per image, the sum of its maps' AM
+        self.maps: dict[str, int] = {}  # this batch: maps per image
+        self.values: dict[str, list[torch.Tensor]] = {}  # per op, the finished batches' per-image AM
+
+    def begin(self, n_images: int) -> None:
+        """A batch of ``n_images`` images starts."""
+        self.batch, self.sums, self.maps = n_images, {}, {}
+
+    def add(self, name: str, am: torch.Tensor) -> None:
+        """Add one call's per-map AM (N, ..., channels) of the op ``name``."""
+        if self.batch == 0:
+            return
+        if am.dim() == 0 or am.shape[0] != self.batch:
+            seen = am.shape[0] if am.dim() else 0
+            raise CnnAliasingError(
+                f"op {name!r} saw {seen} images (its output's first dimension) in a batch of {self.batch}: "
+                "per-image aliasing needs ops whose output keeps the batch as its first "
+                "dimension (measure without per_image)"
+            )
+        maps = am.reshape(self.batch, -1)
+        if maps.shape[1] == 0:
+            return
+        total = maps.sum(dim=1, dtype=torch.float64)
+        self.sums[name] = self.sums[name] + total if name in self.sums else total
+        self.maps[name] = self.maps.get(name, 0) + maps.shape[1]
+
+    def end(self) -> None:
+        """The batch in flight is done: keep each op's mean per image."""
+        for name in [*self.values, *(n for n in self.sums if n not in self.values)]:
+            if name not in self.values:  # first called now: NaN for the images before
+                self.values[name] = [self._nan(self.images)]
+            self.values[name].append(
+                self.sums[name] / self.maps[name] if name in self.sums else self._nan(self.batch)
+            )
+        self.images += self.batch
+        self.batch, self.sums, self.maps = 0, {}, {}
+
+    def lists(self, ops: Iterable[str]) -> dict[str, list[float]]:
+        """Each of ``ops`` with its per-image AM over the finished batches (NaN where it was not called)."""
+        return {name: torch.cat(self.values.get(name) or [self._nan(self.images)]).tolist() for name in ops}
+
+    def _nan(self, n: int) -> torch.Tensor:
+        return torch.full((n,), float("nan"), dtype=torch.float64, device=self.device)
+
+
 class _Accumulator:
     """The probe's observer: reduces each full-resolution output to per-map metrics and accumulates."""
 
@@ -546,12 +632,25 @@ class _Accumulator:
         nyquist: spectral.Nyquist,
         sampling: _Sampling | None = None,
         device: torch.device | None = None,
+        per_image: bool = False,
     ):
         self.metrics = tuple(metrics)
         self.nyquist = nyquist
         self.sampling = sampling
         self.device = device
         self.ops: dict[str, _OpState] = {}
+        self.per_image = _PerImage(device) if per_image else None
+        self.gathered: dict[str, list[float]] | None = None  # all ranks' per-image AM (combine_ranks)
+
+    def begin_batch(self, n_images: int) -> None:
+        """A batch of ``n_images`` images is about to run."""
+        if self.per_image is not None:
+            self.per_image.begin(n_images)
+
+    def end_batch(self) -> None:
+        """The batch has run."""
+        if self.per_image is not None:
+            self.per_image.end()
 
     def __call__(self, op: OpCall, call: StridedCall) -> None:
         channels = call.channel_count()
@@ -567,6 +666,8 @@ class _Accumulator:
             )
         values = self._per_map(op, call, state.index)
         state.nonfinite += values[AM].isfinite().logical_not().sum()
+        if self.per_image is not None:
+            self.per_image.add(op.name, values[AM])
         for name, v in values.items():
             state.moments[name].add(v.reshape(-1, state.layout.measured))
 
@@ -577,8 +678,12 @@ class _Accumulator:
         The ranks first agree on the ops (in the order of the lowest rank that saw each; a rank that saw
         no images, or not every op, gets empty statistics for the rest), then sum in float64: per channel
         the counts and sums of values (with the non-finite counts and the images), then the squared
-        deviations about the common means (Chan et al.'s merge: equal to one process up to rounding)."""
+        deviations about the common means (Chan et al.'s merge: equal to one process up to rounding). The
+        per-image AM, if kept, is gathered in rank order (each rank holds a contiguous shard of images)."""
         self._adopt_ops(distributed.all_gather_object({n: s.layout for n, s in self.ops.items()}))
+        if self.per_image is not None:
+            shards = distributed.all_gather_object(self.per_image.lists(self.ops))
+            self.gathered = {name: [v for shard in shards for v in shard[name]] for name in self.ops}
         moments = [m for s in self.ops.values() for m in s.moments.values()]
         counts = [s.nonfinite.to(self.device, torch.float64).reshape(1) for s in self.ops.values()]
         images = torch.tensor([float(n_images)], dtype=torch.float64, device=self.device)
@@ -659,6 +764,9 @@ class _Accumulator:
             for name, s in self.ops.items()
         ]
         sampling = self.sampling
+        per_image = self.gathered
+        if per_image is None and self.per_image is not None:
+            per_image = self.per_image.lists(self.ops)
         return AliasingReport(
             ops,
             n_images,
@@ -666,6 +774,7 @@ class _Accumulator:
             self.metrics,
             sample_channels=None if sampling is None else sampling.value,
             sample_seed=None if sampling is None else sampling.seed,
+            per_image=per_image,
         )
 
 
@@ -713,6 +822,7 @@ def measure(
     sample_channels: int | float | None = None,
     seed: int = 0,
     across_ranks: bool = False,
+    per_image: bool = False,
 ) -> AliasingReport:
     """Aliasing (AM, std, count and optional scale-free variants) of every down-sampling op of ``model``.
 
@@ -739,6 +849,13 @@ def measure(
     process up to rounding); ``meta`` records ``world_size`` and ``backend``. Nothing changes in a single
     process. A rank may have no images.
 
+    ``per_image`` keeps, for each op, every image's AM: the mean of sum |Y - Z| over that image's maps (its
+    channels, or its sampled channels; over all of them when the op runs several times in one forward),
+    in ``report.per_image[op]``, one value per image in the order the images came (under ``across_ranks``
+    in rank order, the ranks' shards being contiguous). Its mean over the images is the op's AM. An op not
+    called on some batch has NaN for those images. It needs ops whose output has the batch as first
+    dimension.
+
     Every batch is checked to lie in [0, 1]; images, weights or activations holding NaN or Inf raise a
     :class:`CnnAliasingError` naming the batch, parameter or op. Ops the engine cannot measure run
     unchanged with an :class:`~cnn_aliasing.probe.UnmeasurableOpWarning` each.
@@ -746,7 +863,7 @@ def measure(
     names = spectral.check_metric_names([AM, *(m for m in metrics if m != AM)])
     sampling = _check_sampling(sample_channels, seed)
     target = torch.device(device) if device is not None else model_device(model)
-    accumulator = _Accumulator(names, spectral.as_nyquist(nyquist), sampling, target)
+    accumulator = _Accumulator(names, spectral.as_nyquist(nyquist), sampling, target, per_image)
     context = distributed.current() if across_ranks else distributed.SINGLE
     n_images = 0
     with contextlib.ExitStack() as stack:
@@ -762,7 +879,9 @@ def measure(
         for index, batch in enumerate(batches):
             images = _images_of(batch).to(target, dtype=dtype, non_blocking=True)
             check_unit_range(images, batch=index)
+            accumulator.begin_batch(images.shape[0])
             run_model(model, images)
+            accumulator.end_batch()
             n_images += images.shape[0]
             bar.update(images.shape[0])
     if context.world_size > 1:
