@@ -259,22 +259,28 @@ class CheckpointSpec(ModelSpec):
 
 
 def _train_recipe(model: StudyModel, context: LoadContext) -> LoadedModel:
+    """Train (or resume) the model's run, then load its last weights or the snapshot it stands for."""
     overrides = {"seed": context.seed, **model.source["overrides"]}  # the study's seed unless overridden
     recipe = training.get_recipe(model.source["recipe"], **overrides)
-    out_dir = context.output / "training" / model.slug
+    out_dir = context.output / "training" / slugify(model.source.get("run", model.name))
     start = time.perf_counter()
     result = training.train(
         recipe, context.data_dir, out_dir, device=context.device, progress=context.progress, resume=True
     )
     train_s = time.perf_counter() - start
     module, meta = RunSource(Path(result.checkpoint)).load(context.load_options)
+    weights = Path(result.checkpoint)
+    epoch = model.source.get("epoch")
+    if epoch is not None:
+        module, weights = training.load_snapshot(out_dir, epoch), training.snapshot_file(out_dir, epoch)
     sidecar = result.sidecar
     arch, arch_args, robust = (
         meta["model"]["name"],
         meta["model"]["args"],
         bool(meta["model"]["trained"]["robust"]),
     )
-    checkpoint = os.path.relpath(Path(result.checkpoint).resolve(), context.output.resolve())
+    checkpoint = os.path.relpath(weights.resolve(), context.output.resolve())
+    history = sidecar["history"] if epoch is None else [r for r in sidecar["history"] if r["epoch"] <= epoch]
     record = {
         **model.describe(),
         "source": {**model.source, "checkpoint": Path(checkpoint).as_posix()},
@@ -282,7 +288,7 @@ def _train_recipe(model: StudyModel, context: LoadContext) -> LoadedModel:
         "arch_args": arch_args,
         "robust": robust,
         "tags": list(_training_tags(robust, arch)),
-        "training": {"history": sidecar["history"], "recipe": sidecar["recipe"]},
+        "training": {"history": history, "recipe": sidecar["recipe"]},
     }
     return LoadedModel(module, record, train_s)
 
@@ -290,7 +296,9 @@ def _train_recipe(model: StudyModel, context: LoadContext) -> LoadedModel:
 @register_spec
 @dataclass(frozen=True)
 class RecipeSpec(ModelSpec):
-    """``recipe = "small-standard"`` (``overrides``, ``name``): a model the study trains itself."""
+    """``recipe = "small-standard"`` (``overrides``, ``name``): a model the study trains itself. With
+    ``snapshots`` among the overrides (e.g. ``[1, 2, 4]``) the entry stands for one model per snapshot,
+    ``NAME-eK``: the one run's weights after epoch K."""
 
     key: ClassVar[str] = "recipe"
     recipe: str = field(metadata=reads(is_str))
@@ -300,16 +308,22 @@ class RecipeSpec(ModelSpec):
     def expand(self, model_dir: Path) -> list[StudyModel]:
         recipe = training.get_recipe(self.recipe, **self.overrides)  # a bad name or override fails now
         robust = bool(training.get_objective(recipe.objective).robust)
+        name = self.name or self.recipe
+        source = {"type": "recipe", "recipe": self.recipe, "overrides": dict(self.overrides)}
+        sources = [source]
+        if recipe.snapshots:
+            sources = [{**source, "run": name, "epoch": epoch} for epoch in recipe.snapshots]
         return [
             StudyModel(
-                name=self.name or self.recipe,
-                source={"type": "recipe", "recipe": self.recipe, "overrides": dict(self.overrides)},
+                name=name if "epoch" not in s else f"{name}-e{s['epoch']}",
+                source=s,
                 arch=recipe.arch,
                 arch_args=dict(recipe.arch_args),
                 robust=robust,
                 tags=_training_tags(robust, recipe.arch),
                 loader=_train_recipe,
             )
+            for s in sources
         ]
 
 

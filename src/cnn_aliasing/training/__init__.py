@@ -19,7 +19,14 @@ from cnn_aliasing.training.objectives import (
     register_objective,
 )
 from cnn_aliasing.training.recipes import FIELDS, Recipe, get_recipe, list_recipes, register_recipe
-from cnn_aliasing.training.run_folder import has_sidecar, load_trained_model, read_sidecar, weights_file
+from cnn_aliasing.training.run_folder import (
+    has_sidecar,
+    load_snapshot,
+    load_trained_model,
+    read_sidecar,
+    snapshot_file,
+    weights_file,
+)
 from cnn_aliasing.training.schedules import learning_rate, list_schedules, register_schedule
 from cnn_aliasing.training.tracking import CatastrophicOverfittingWarning, track
 
@@ -38,11 +45,13 @@ __all__ = [
     "list_objectives",
     "list_recipes",
     "list_schedules",
+    "load_snapshot",
     "load_trained_model",
     "read_sidecar",
     "register_objective",
     "register_recipe",
     "register_schedule",
+    "snapshot_file",
     "track",
     "train",
     "weights_file",

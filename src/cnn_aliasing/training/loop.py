@@ -52,6 +52,7 @@ from cnn_aliasing.training.run_folder import (
     read_state,
     weights_commit,
     write_run,
+    write_snapshot,
 )
 from cnn_aliasing.training.schedules import learning_rate
 from cnn_aliasing.training.tracking import overfitting_warning, track
@@ -452,6 +453,8 @@ def train(
     for epoch in epochs:
         row = trainer.run_epoch(epoch, images, labels, progress=progress)
         row["world_size"] = context.world_size
+        if epoch + 1 in recipe.snapshots and context.is_main:
+            row["snapshot"] = write_snapshot(out_dir, epoch + 1, trainer.model)
         if _tracked(recipe, epoch + 1):
             tracked = track(trainer.model, *eval_batch, recipe) if eval_batch is not None else None
             row["eval"] = distributed.broadcast_object(tracked)

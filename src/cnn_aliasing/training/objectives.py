@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnn_aliasing.attacks import ThreatModel, pgd_perturb
+from cnn_aliasing.attacks.base import random_tensor
 from cnn_aliasing.attacks.pgd import FGSM_RS_STEP
 from cnn_aliasing.registry import Registry, docstring_line
 from cnn_aliasing.runtime import evaluation_mode
@@ -78,6 +79,18 @@ def standard(
 ) -> LossAndLogits:
     """Cross-entropy on the clean images."""
     logits = model(images)
+    return F.cross_entropy(logits, labels), logits
+
+
+@register_objective("gaussian-noise", robust=False)
+def gaussian_noise(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, recipe: Recipe
+) -> LossAndLogits:
+    """Cross-entropy on images with Gaussian noise of std noise_std added (clamped to [0, 1]): a negative
+    control that shifts the frequencies a model relies on without adversarial training."""
+    noise = random_tensor(tuple(images.shape), generator, images.device, normal=True, dtype=images.dtype)
+    noisy = (images + recipe.noise_std * noise).clamp(0.0, 1.0)
+    logits = model(noisy)
     return F.cross_entropy(logits, labels), logits
 
 

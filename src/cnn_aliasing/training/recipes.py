@@ -79,6 +79,11 @@ def _is_milestones(value: Any, where: str) -> tuple[int, ...]:
     return epochs
 
 
+def _is_epochs(value: Any, where: str) -> tuple[int, ...]:
+    """Increasing epochs >= 1, possibly none."""
+    return _is_milestones(value, where) if value else ()
+
+
 def _is_arguments(value: Any, where: str) -> Mapping[str, Any]:
     """A mapping of argument names to values."""
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
@@ -149,12 +154,16 @@ class Recipe:
     )
     compile: bool = field(default=False, metadata=checked(is_bool))
     downsample: str = field(default="strided", metadata=checked(_registered("downsample")))
+    # epochs after which the run also keeps its weights (epoch-NNN.safetensors), e.g. for a study's models
+    snapshots: tuple[int, ...] = field(default=(), metadata=checked(_is_epochs))
+    noise_std: float = field(default=0.1, metadata=checked(is_number(0)))  # the gaussian-noise objective
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "arch_args", dict(self.arch_args))
         if self.downsample != "strided" and "downsample" not in self.arch_args:
             self.arch_args["downsample"] = self.downsample  # type: ignore[index]  # a dict, made just above
         object.__setattr__(self, "milestones", tuple(self.milestones))
+        object.__setattr__(self, "snapshots", tuple(self.snapshots))
         _validate(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,6 +206,12 @@ def _validate(recipe: Recipe) -> None:
     for f in dataclasses.fields(recipe):
         if "check" in f.metadata:
             f.metadata["check"](getattr(recipe, f.name), f"recipe {recipe.name!r} field {f.name}")
+    if recipe.snapshots and recipe.snapshots[-1] > recipe.epochs:
+        raise invalid(
+            f"recipe {recipe.name!r} field snapshots",
+            f"epochs from 1 to epochs={recipe.epochs}",
+            recipe.snapshots,
+        )
     if recipe.arch_args.get("downsample", recipe.downsample) != recipe.downsample:
         raise CnnAliasingError(
             f"recipe {recipe.name!r}: arch_args sets downsample={recipe.arch_args['downsample']!r} and the "

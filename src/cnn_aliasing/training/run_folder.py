@@ -12,6 +12,11 @@ and the weights' hash):
 - the sidecar is the commit point for readers of the weights: :func:`load_trained_model` refuses weights
   whose token differs from the sidecar's, and a run counts as finished only when its sidecar says so and
   the weights carry the sidecar's token (:func:`is_finished`).
+
+A recipe with ``snapshots`` also keeps the weights after each of those epochs in
+``OUT/epoch-NNN.safetensors``, written before the epoch's state (so a kill in between repeats the epoch and
+rewrites the same file); the epoch's history row records the snapshot's commit token, which
+:func:`load_snapshot` checks.
 """
 
 from __future__ import annotations
@@ -98,6 +103,42 @@ def load_trained_model(path: StrPath) -> nn.Module:
         )
     model = create_model(sidecar["model"]["name"], **sidecar["model"]["args"])
     return load_checkpoint(model, weights_file(path)).eval()
+
+
+def snapshot_file(path: StrPath, epoch: int) -> Path:
+    """Where a run keeps its weights after ``epoch`` (1-based) when its recipe asks for that snapshot."""
+    return run_folder(path) / f"epoch-{epoch:03d}.safetensors"
+
+
+def write_snapshot(out_dir: Path, epoch: int, model: nn.Module) -> str:
+    """Write the weights after ``epoch`` to :func:`snapshot_file`; return their commit token."""
+    weights = cpu_state_dict(model)
+    token = commit_token(epoch, weights)
+    save_state_dict(weights, snapshot_file(out_dir, epoch), metadata={COMMIT: token})
+    return token
+
+
+def load_snapshot(path: StrPath, epoch: int) -> nn.Module:
+    """The model of a training run after ``epoch`` (a snapshot its recipe asked for), in eval mode.
+
+    The run must have finished that epoch, and the snapshot must carry the token its history records.
+    """
+    sidecar = read_sidecar(path)
+    row = next((r for r in sidecar.get("history", []) if r.get("epoch") == epoch), None)
+    file = snapshot_file(path, epoch)
+    if row is None or "snapshot" not in row:
+        kept = [r["epoch"] for r in sidecar.get("history", []) if "snapshot" in r]
+        raise CheckpointError(
+            f"the run in {run_folder(path)} has no snapshot of epoch {epoch} (snapshots kept: "
+            f"{', '.join(map(str, kept)) or 'none'}; the recipe's snapshots field chooses them)"
+        )
+    if weights_commit(file) != row["snapshot"]:
+        raise CheckpointError(
+            f"{file} is not the snapshot of epoch {epoch} that {run_folder(path) / SIDECAR} records; run the "
+            "training again to repair it"
+        )
+    model = create_model(sidecar["model"]["name"], **sidecar["model"]["args"])
+    return load_checkpoint(model, file).eval()
 
 
 def commit_token(epochs_done: int, weights: dict[str, torch.Tensor]) -> str:
