@@ -142,7 +142,8 @@ def test_a_study_measures_each_snapshot_of_one_run_as_a_model(
 
 def test_gaussian_noise_objective_against_a_float64_reference() -> None:
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    linear = torch.nn.Linear(3 * 8 * 8, 10)
+    net = torch.nn.Sequential(torch.nn.Flatten(), linear)
     x = torch.rand(5, 3, 8, 8)
     y = torch.tensor([0, 3, 9, 2, 2])
     recipe = get_recipe("small-noise", noise_std=0.25)
@@ -151,6 +152,6 @@ def test_gaussian_noise_objective_against_a_float64_reference() -> None:
     loss, logits = objective.loss(net, x, y, torch.Generator().manual_seed(7), recipe)
     noise = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(7)).double()
     noisy = (x.double() + 0.25 * noise).clamp(0.0, 1.0)
-    ref = F.linear(noisy.flatten(1), net[1].weight.double(), net[1].bias.double())
+    ref = F.linear(noisy.flatten(1), linear.weight.double(), linear.bias.double())
     assert torch.allclose(logits.double(), ref, atol=1e-5)
     assert loss.item() == pytest.approx(F.cross_entropy(ref, y).item(), rel=1e-6)

@@ -309,7 +309,7 @@ class RecipeSpec(ModelSpec):
         recipe = training.get_recipe(self.recipe, **self.overrides)  # a bad name or override fails now
         robust = bool(training.get_objective(recipe.objective).robust)
         name = self.name or self.recipe
-        source = {"type": "recipe", "recipe": self.recipe, "overrides": dict(self.overrides)}
+        source: dict[str, Any] = {"type": "recipe", "recipe": self.recipe, "overrides": dict(self.overrides)}
         sources = [source]
         if recipe.snapshots:
             sources = [{**source, "run": name, "epoch": epoch} for epoch in recipe.snapshots]
