@@ -87,6 +87,23 @@ def test_results_csv_and_json_hold_the_rows(built: Path) -> None:
     assert json.loads((built / "results.json").read_text()) == rows
 
 
+def test_statistics_json_holds_every_statistic(built: Path) -> None:
+    data = json.loads((built / "statistics.json").read_text())
+    expected = compute_statistics(load_results(built), n_resamples=500).to_dict()
+    assert data == json.loads(json.dumps(expected))
+    first = data["ops"][0]
+    assert first["op"] == OPS[0] and first["metrics"][0]["metric"] == "aliasing"
+    robust = first["metrics"][0]["robust"]
+    assert {"rho", "p", "p_holm", "exact", "n_orderings", "mc_se", "interval"} <= set(robust)
+    assert set(robust["interval"]) == {"low", "high", "level", "defined", "undefined", "n_resamples"}
+    assert first["image_bootstrap"]["n_measured"] == 10 and len(first["per_image"]) == 6
+    assert data["ops"][3]["metrics"][0]["partial"] == {
+        "rho": None,
+        "interval": None,
+        "reason": "only 0 models, a partial correlation needs 4",
+    }
+
+
 def test_missing_key_names_the_file_and_the_key(tmp_path: Path) -> None:
     root = make_results(tmp_path)
     path = root / "models" / "robust-b.json"
@@ -114,6 +131,7 @@ def test_a_measured_report_round_trips_through_the_model_file(tmp_path: Path) ->
     path = root / "models" / "robust-b.json"
     raw = json.loads(path.read_text())
     raw["aliasing"] = report.to_dict()
+    del raw["per_image"]  # the attack's per-image results belong to the measurement replaced here
     write_json_atomic(path, raw)
     model = next(m for m in load_results(root).models if m.name == "robust-b")
     assert model.n_images == 3
@@ -174,17 +192,22 @@ def test_report_html_has_every_section_and_model(built: Path) -> None:
     assert "checkpoint not found: /nowhere/w.pt" in page
     assert "cnn-aliasing study /abs/configs/synthetic.toml" in page
     assert f"cnn-aliasing report {built}" in page
-    assert "weak evidence" not in page.split('id="figures"')[0].split(OPS[2])[1].split("</tr>")[0]
-    assert "not enough models" in page and "abc123" in page
+    assert "abc123" in page
     body = page.split("<body>")[1]
     assert body.index('<h2 id="answer">') < body.index('<h2 id="question">')  # the answer comes first
-    answer = body.split('<h2 id="answer">')[1].split("</ul>")[0]
+    answer = body.split('<h2 id="answer">The answer</h2>')[1].split("</ul>")[0]
+    assert answer.startswith('<ul class="verdict"><li>AM is clearly rank-correlated with robust accuracy')
     assert (
-        answer.count("<li>In ") == len({op.split(".")[0] for op in load_results(built).op_names})
-        and "controlling for clean" in answer
+        f"<li>{OPS[0]}: AM falls as robust accuracy rises (rho = -0.94, exact p = 0.017, Holm p = 0.05"
+        in answer
     )
-    assert '<h3 id="confounds">' in page
-    assert "could be explained by" in page or "not only activation scale" in page
+    assert "not clear after correcting for 3 ops" in answer and "clear (" not in answer
+    for section in ("confounds", "per-image"):
+        assert f'<h3 id="{section}">' in page
+    assert "Across the 6 models with both accuracies, clean and robust accuracy have Spearman rho = -0.88" in page
+    statistics = body.split('<h2 id="statistics">')[1].split("</table>")[0]
+    assert statistics.count("<tr>") == 1 + len(load_results(built).op_names)  # heading and one row per op
+    assert "\u2014 (only 0 models, a partial correlation needs 4)" in statistics
 
 
 def test_report_html_is_self_contained(built: Path) -> None:
@@ -192,7 +215,7 @@ def test_report_html_is_self_contained(built: Path) -> None:
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "<script" not in page and "<link" not in page and "@import" not in page
     sources = re.findall(r'<img src="([^"]*)"', page)
-    assert len(sources) == 4  # robust vs AM, AM per op, one spectrum, training
+    assert len(sources) == 6  # robust vs AM, AM per op, one spectrum, collinearity, per image, training
     assert all(s.startswith("data:image/png;base64,") for s in sources)
     svg_links = re.findall(r'<a href="([^"#]*)"', page)
     assert svg_links and all((built / link).is_file() for link in svg_links)
@@ -205,7 +228,7 @@ def test_report_html_escapes_names(tmp_path: Path) -> None:
     )
     assert EVIL not in page and "<script" not in page
     escaped = "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;&amp;co"
-    assert page.count(escaped) == 5  # the models, 3 rows of the per-op table, the timings
+    assert page.count(escaped) == 6  # the models, 3 rows of the per-op table, per image, the timings
 
 
 # -------------------------------------------------------------------------------------------- cli
@@ -213,24 +236,29 @@ def test_cli_report_rebuilds_and_prints_a_summary(
     built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     copy = shutil.copytree(built, tmp_path / "copy")
-    for made in ("report.html", "results.csv", "results.json"):
+    for made in ("report.html", "results.csv", "results.json", "statistics.json"):
         (copy / made).unlink()
     shutil.rmtree(copy / "figures")
     page = tmp_path / "elsewhere" / "page.html"
     assert cli.main(["report", str(copy), "--out", str(page), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert f"wrote {page}" in out and "8 models, 7 finished" in out
-    line = next(x for x in out.splitlines() if x.startswith(OPS[0]))
-    partial = r"[+-]\d\.\d\d\s+\[[+-]\d\.\d\d, [+-]\d\.\d\d\]"
-    assert re.search(
-        rf"\s6\s+-0\.94\s+\[-1\.00, -0\.\d\d\]\s+{partial}\s+0\.40\s+\[0\.\d\d, 0\.\d\d\]$", line
+    lines = out.splitlines()
+    assert lines[2].startswith("AM is clearly rank-correlated with robust accuracy")
+    assert lines[3].startswith(f"{OPS[0]}: AM falls as robust accuracy rises (rho = -0.94, exact p = 0.017")
+    assert "clean vs robust accuracy across 6 models: rho = -0.88, exact p = 0.1" in lines
+    line = next(x for x in lines if x.startswith(f"{OPS[0]}: n = "))
+    assert re.fullmatch(
+        rf"{re.escape(OPS[0])}: n = 6, rho = -0\.94, exact p = 0\.017, Holm p = 0\.05; rho with clean "
+        r"accuracy = \+0\.88 \(exact p = 0\.1\); partial: -0\.75 \[-1\.00, \+1\.00\]",
+        line,
     )
-    assert out.splitlines()[2].startswith(f"In {OPS[0].split('.')[0]}, AM falls as robust accuracy rises")
-    assert "agrees with the hypothesis" in out
+    assert any(x.startswith(f"per image, {OPS[0]}: rho(AM, margin)") for x in lines)
     assert not (copy / "report.html").exists() and (copy / "results.csv").is_file()
-    assert len(list((copy / "figures").glob("*.svg"))) == 4
+    assert (copy / "statistics.json").is_file()
+    assert len(list((copy / "figures").glob("*.svg"))) == 6
     links = re.findall(r'<a href="([^"#]*)"', page.read_text())  # the SVGs, relative to the page
-    assert len(links) == 4 and all((page.parent / link).resolve().is_file() for link in links)
+    assert len(links) == 6 and all((page.parent / link).resolve().is_file() for link in links)
 
 
 def test_cli_report_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -27,6 +27,9 @@ MODELS: dict[str, tuple[bool, float, float]] = {
     "standard-b": (False, 0.00, 1.20),
     "standard-c": (False, 0.01, 0.90),
 }
+#: the training eps of each model (a dose design: 0, 2/255, 4/255, 8/255)
+DOSES = {"robust-a": 8 / 255, "robust-b": 4 / 255, "robust-c": 2 / 255}
+N_MEASURED, N_ATTACKED = 10, 8
 TRAINED = "robust-a"
 SPECTRUM_MODEL = "standard-a"
 FAILED = "broken"
@@ -80,7 +83,7 @@ def model_file(name: str, robust: bool, robust_acc: float | None, ams: dict[str,
         "clean_accuracy": {"accuracy": 0.75 if robust else 0.9, "n_images": 100},
         "robust_accuracy": attack,
         "aliasing": {
-            "n_images": 10,
+            "n_images": N_MEASURED,
             "nyquist": "zero",
             "metrics": ["aliasing", "relative_aliasing"],
             "ops": [op_entry(op, am) for op, am in ams.items()],
@@ -89,6 +92,24 @@ def model_file(name: str, robust: bool, robust_acc: float | None, ams: dict[str,
         "spectrum": None,
         "timings": {"load_s": 0.1, "clean_s": 1.0, "attack_s": 4.0, "aliasing_s": 0.5},
         "run": {"version": "0.1.0"},
+    }
+
+
+def per_image(content: dict[str, Any], robust_acc: float, seed: int) -> None:
+    """Add per-image results to a model file: each op's AM per measured image (mean: the op's AM), and the
+    attacked images' verdicts and margins (margins fall as the image's AM in the first op rises)."""
+    rng = np.random.default_rng(seed)
+    spread = rng.normal(size=N_MEASURED)
+    spread -= spread.mean()
+    ops = content["aliasing"]["ops"]
+    content["aliasing"]["per_image"] = {op["name"]: list(op["aliasing"] * (1 + 0.3 * spread)) for op in ops}
+    n_robust = round(robust_acc * N_ATTACKED)
+    content["per_image"] = {
+        "n_measured": N_MEASURED,
+        "n_attacked": N_ATTACKED,
+        "clean": "11111101",
+        "robust": "1" * n_robust + "0" * (N_ATTACKED - n_robust),
+        "margin": list(-spread[:N_ATTACKED] + 0.3 * rng.normal(size=N_ATTACKED)),
     }
 
 
@@ -161,6 +182,8 @@ def make_results(root: Path, *, rename: dict[str, str] | None = None, config: di
     for i, (name, (robust, acc, scale)) in enumerate(MODELS.items()):
         ams = {op: scale * (1.0 + 0.5 * j) for j, op in enumerate(OPS)}
         content = model_file(name, robust, acc, ams, "preact_resnet18")
+        content["dose"] = DOSES.get(name, 0.0)
+        per_image(content, acc, seed=i)
         if name == TRAINED:
             content["training"] = training_history()
         if name == SPECTRUM_MODEL:

@@ -2,34 +2,33 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cnn_aliasing.report import load_results
+from cnn_aliasing.report import statistics as st
+from cnn_aliasing.report.results import ModelResult, OpResult, PerImageResult, StudyResults
 from cnn_aliasing.report.statistics import (
-    Correlation,
-    Interval,
-    MetricEffect,
-    Ratio,
     average_ranks,
-    bootstrap_ratio,
-    bootstrap_spearman,
     compute_statistics,
-    confound_verdict,
-    correlation_verdict,
-    mean_ratio,
-    overall_verdict,
+    dose_slope,
+    holm,
+    image_bootstrap_spearman,
     partial_spearman,
     percentile_interval,
-    ratio_verdict,
+    permutation_test,
     resample_indices,
     spearman,
+    spearman_permutation_test,
+    t_quantile,
+    within_model_spearman,
 )
-from test_report_fixtures import MODELS, OPS, make_results, model_file, write
+from test_report_fixtures import MODELS, OPS, make_results
 
 
 # ---------------------------------------------------------------------------------- slow references
@@ -110,153 +109,219 @@ def test_spearman_is_nan_when_undefined() -> None:
     assert math.isnan(spearman(np.array([1.0, 2.0, 3.0]), np.array([4.0, 4.0, 4.0])))  # constant y
 
 
-def test_mean_ratio_and_its_undefined_cases() -> None:
-    assert mean_ratio(np.array([1.0, 3.0]), np.array([2.0, 6.0])) == pytest.approx(0.5)
-    assert math.isnan(mean_ratio(np.array([1.0]), np.array([0.0, 0.0])))
-    assert math.isnan(mean_ratio(np.array([]), np.array([1.0])))
-    assert math.isnan(mean_ratio(np.array([1.0]), np.array([])))
+# ----------------------------------------------------------------------------------- permutation test
+def permutation_p_reference(x: list[float], y: list[float]) -> float:
+    """Every ordering of y's values (itertools.permutations, ties kept as they are), each ordering's rho by
+    the loop reference, and the share whose |rho| is at least the observed one (float tolerance)."""
+    observed = abs(spearman_reference(x, y))
+    orderings = list(itertools.permutations(y))
+    hits = sum(1 for o in orderings if abs(spearman_reference(x, list(o))) >= observed - 1e-12)
+    return hits / len(orderings)
 
 
-# ---------------------------------------------------------------------------------------- bootstrap
+def test_permutation_p_matches_the_loop_reference_with_ties() -> None:
+    rng = np.random.default_rng(7)
+    for n in (3, 4, 5, 6, 7):
+        for _ in range(3):
+            x = rng.integers(0, 3, size=n).astype(float)  # ties on both sides
+            y = rng.integers(0, 4, size=n).astype(float)
+            expected = spearman_reference(list(x), list(y))
+            rho, p = spearman_permutation_test(x, y)
+            if math.isnan(expected):
+                assert math.isnan(rho) and math.isnan(p)
+                continue
+            assert rho == pytest.approx(expected, abs=1e-12)
+            assert p == pytest.approx(permutation_p_reference(list(x), list(y)), abs=1e-12)
+
+
+def test_permutation_p_known_answers() -> None:
+    x = np.arange(6.0)
+    rho, p = spearman_permutation_test(x, -(x**2))
+    assert rho == pytest.approx(-1.0) and p == pytest.approx(2 / 720)  # the ordering and its reverse
+    # ties: x = (1, 2, 2, 3), y = (1, 2, 3, 4); rho = 4.5 / sqrt(4.5 * 5) = 0.9487; of the 24 orderings of
+    # y the 4 that keep the ends in place or swap both (y_1 < all, y_4 > all, or reversed) reach it
+    rho, p = spearman_permutation_test(np.array([1.0, 2, 2, 3]), np.array([1.0, 2, 3, 4]))
+    assert rho == pytest.approx(4.5 / math.sqrt(22.5)) and p == pytest.approx(4 / 24)
+    test = permutation_test(x, -x)
+    assert test.exact and test.n_orderings == 720 and test.mc_se == 0.0
+
+
+def test_permutation_test_is_nan_when_rho_is_undefined() -> None:
+    for x, y in (([1.0, 2.0], [2.0, 1.0]), ([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0])):
+        rho, p = spearman_permutation_test(np.array(x), np.array(y))
+        assert math.isnan(rho) and math.isnan(p)
+
+
+def test_monte_carlo_counts_the_observed_ordering_and_reports_its_error() -> None:
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=8)
+    y = -x + rng.normal(size=8)
+    exact = permutation_test(x, y)
+    mc = permutation_test(x, y, n_resamples=20_000, seed=3)
+    assert exact.exact and not mc.exact and mc.n_orderings == 20_000
+    assert mc.rho == exact.rho and abs(mc.p - exact.p) < 4 * mc.mc_se + 1e-4
+    assert mc.mc_se == pytest.approx(math.sqrt(mc.p * (1 - mc.p) / 20_000))
+    assert permutation_test(x, y, n_resamples=20_000, seed=3) == mc  # seeded
+    hits = round(mc.p * 20_001) - 1  # p = (1 + hits) / (1 + B)
+    assert mc.p == pytest.approx((1 + hits) / 20_001, abs=1e-15)
+    n9 = permutation_test(np.arange(9.0), -np.arange(9.0))  # above 8 models: Monte Carlo by default
+    assert not n9.exact and n9.n_orderings == st.MC_ORDERINGS and 1 / 20_001 <= n9.p < 1e-3
+    with pytest.raises(ValueError, match="n_resamples"):
+        permutation_test(x, y, n_resamples=0)
+
+
+# ---------------------------------------------------------------------------------------------- holm
+def holm_reference(pvalues: list[float]) -> list[float]:
+    """Holm by a plain loop over the finite p-values sorted ascending: (m - i) p, running maximum, cap 1."""
+    finite = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    m = len(finite)
+    out = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, (m - rank) * p)
+        out[i] = min(running, 1.0)
+    return out
+
+
+def test_holm_matches_the_loop_reference() -> None:
+    rng = np.random.default_rng(9)
+    for m in (1, 2, 5, 12):
+        p = rng.uniform(0, 0.3, size=m)
+        p[rng.integers(0, m)] = p[0]  # a tie
+        np.testing.assert_allclose(holm(p), holm_reference(list(p)), atol=1e-15)
+    with_nan = [0.01, math.nan, 0.04, 0.03]
+    np.testing.assert_allclose(holm(with_nan), holm_reference(with_nan), atol=1e-15)
+    assert holm(with_nan)[0] == pytest.approx(0.03)  # m = 3: the NaN is not counted
+
+
+def test_holm_known_answer_of_the_issue() -> None:
+    p = [0.003, 0.033, 0.017, 0.017, 0.42, 0.10]
+    adjusted = holm(p)
+    np.testing.assert_allclose(adjusted, [0.018, 0.099, 0.085, 0.085, 0.42, 0.2], atol=1e-12)
+    assert int(np.sum(adjusted < 0.05)) == 1
+    assert holm([0.5, 0.9])[0] == pytest.approx(1.0) and holm([])[:].size == 0  # capped at 1
+
+
+# ------------------------------------------------------------------------------------ intervals
+def test_an_interval_needs_its_statistic_in_95_percent_of_the_resamples() -> None:
+    rng = np.random.default_rng(10)
+    values = rng.normal(size=1000)
+    mostly_undefined = values.copy()
+    mostly_undefined[:900] = np.nan
+    ci = percentile_interval(mostly_undefined, 0.95)
+    assert not ci.defined and (ci.degenerate, ci.n_resamples) == (900, 1000)
+    assert ci.text() == "undefined in 900 of 1000 resamples"
+    assert ci.to_dict() == {
+        "low": None,
+        "high": None,
+        "level": 0.95,
+        "defined": False,
+        "undefined": 900,
+        "n_resamples": 1000,
+    }
+    six = values.copy()
+    six[:60] = np.nan
+    assert not percentile_interval(six, 0.95).defined  # 94 % defined
+    five = values.copy()
+    five[:50] = np.nan
+    ci = percentile_interval(five, 0.95)  # exactly 95 % defined
+    assert ci.defined and ci.degenerate == 50
+    assert (ci.low, ci.high) == pytest.approx(tuple(np.quantile(values[50:], [0.025, 0.975])), abs=1e-14)
+
+
 def test_bootstrap_by_hand_with_a_fixed_index_matrix() -> None:
     x = np.array([1.0, 2.0, 3.0, 4.0])
     y = np.array([2.0, 1.0, 4.0, 3.0])
     indices = np.array([[0, 1, 2, 3], [0, 0, 2, 3]])
     # resample 1: ranks (1,2,3,4) and (2,1,4,3): 3 / sqrt(5 * 5) = 0.6
     # resample 2: x (1,1,3,4) -> (1.5,1.5,3,4), y (2,2,4,3) -> (1.5,1.5,4,3): 3.5 / sqrt(4.5 * 4.5)
-    stats = bootstrap_spearman(x, y, indices)
+    stats = spearman(x[indices], y[indices])
     np.testing.assert_allclose(stats, [0.6, 3.5 / 4.5], atol=1e-15)
     ci = percentile_interval(stats, 0.5)  # quantiles 0.25 and 0.75, interpolated linearly
     assert ci.low == pytest.approx(0.6 + 0.25 * (3.5 / 4.5 - 0.6))
     assert ci.high == pytest.approx(0.6 + 0.75 * (3.5 / 4.5 - 0.6))
-    assert (ci.n_resamples, ci.degenerate) == (2, 0)
-
-    ratios = bootstrap_ratio(
-        np.array([1.0, 3.0]), np.array([2.0, 6.0]), np.array([[0, 1], [1, 1]]), np.array([[0, 0], [0, 1]])
-    )
-    np.testing.assert_allclose(ratios, [2.0 / 2.0, 3.0 / 4.0])
-
-
-def test_degenerate_resamples_are_counted_and_left_out() -> None:
-    x = np.array([1.0, 2.0, 3.0])
-    indices = np.array([[0, 0, 0], [0, 1, 2], [2, 2, 2]])  # two constant resamples
-    stats = bootstrap_spearman(x, -x, indices)
-    assert np.isnan(stats[[0, 2]]).all() and stats[1] == pytest.approx(-1.0)
-    ci = percentile_interval(stats, 0.95)
-    assert (ci.low, ci.high, ci.degenerate) == (pytest.approx(-1.0), pytest.approx(-1.0), 2)
-    empty = percentile_interval(np.array([np.nan, np.nan]), 0.95)
-    assert not empty.defined and empty.degenerate == 2 and not empty.contains(0.0)
 
 
 def test_resample_indices_are_seeded_and_in_range() -> None:
     a = resample_indices(np.random.default_rng(5), 7, 100)
-    b = resample_indices(np.random.default_rng(5), 7, 100)
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, resample_indices(np.random.default_rng(5), 7, 100))
     assert a.shape == (100, 7) and a.min() >= 0 and a.max() <= 6 and len(np.unique(a)) == 7
     assert resample_indices(np.random.default_rng(5), 0, 3).shape == (3, 0)
 
 
-def test_interval_contains_the_estimate_for_typical_data() -> None:
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=25)
-    y = -x + 0.7 * rng.normal(size=25)
-    rho = float(spearman(x, y))
-    ci = percentile_interval(bootstrap_spearman(x, y, resample_indices(rng, 25, 2000)), 0.95)
-    assert ci.low < rho < ci.high < 0
-    assert ci.high - ci.low < 0.6
+# ---------------------------------------------------------------------------- paired image bootstrap
+def image_bootstrap_reference(aliasing: np.ndarray, robust: np.ndarray, indices: np.ndarray) -> list[float]:
+    """Per resample, per model by plain loops over the drawn images (the same for every model): AM the
+    mean of per-image AM, robust accuracy the mean of the flags of drawn images below n_attacked."""
+    n_models, n_attacked = robust.shape
+    out = []
+    for row in indices:
+        ams, accs = [], []
+        for m in range(n_models):
+            ams.append(sum(float(aliasing[m, j]) for j in row) / len(row))
+            attacked = [float(robust[m, j]) for j in row if j < n_attacked]
+            accs.append(sum(attacked) / len(attacked) if attacked else math.nan)
+        out.append(spearman_reference(ams, accs) if not any(map(math.isnan, accs)) else math.nan)
+    return out
 
 
-# ---------------------------------------------------------------------------------------- verdicts
-def _interval(low: float, high: float) -> Interval:
-    return Interval(low, high, 0.95, 1000, 0)
+def test_image_bootstrap_matches_the_loop_reference() -> None:
+    rng = np.random.default_rng(11)
+    n_models, n_measured, n_attacked = 5, 12, 7
+    aliasing = rng.gamma(2.0, size=(n_models, n_measured))
+    robust = rng.random((n_models, n_attacked)) < 0.5
+    indices = resample_indices(rng, n_measured, 200)
+    got = image_bootstrap_spearman(aliasing, robust, indices)
+    expected = image_bootstrap_reference(aliasing, robust, indices)
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+    assert np.isfinite(got).sum() > 150  # numbers are compared, not NaNs
 
 
-def test_correlation_verdicts_state_direction_and_weakness() -> None:
-    strong = Correlation(8, -0.8, _interval(-0.95, -0.4))
-    assert not strong.weak
-    assert correlation_verdict(strong).startswith("negative (rho = -0.80)")
-    assert "excludes 0" in correlation_verdict(strong)
-    few = Correlation(4, -0.8, _interval(-1.0, -0.2))
-    assert few.weak and "weak evidence (only 4 models)" in correlation_verdict(few)
-    wide = Correlation(9, 0.3, _interval(-0.4, 0.8))
-    text = correlation_verdict(wide)
-    assert wide.weak and "the interval includes 0" in text and "against the hypothesis" in text
-    assert "not enough models" in correlation_verdict(Correlation(2, math.nan, _interval(math.nan, math.nan)))
-    assert "the same for all 4" in correlation_verdict(
-        Correlation(4, math.nan, _interval(math.nan, math.nan))
-    )
+# -------------------------------------------------------------------------------- within models
+def test_within_model_rho_matches_the_loop_reference() -> None:
+    rng = np.random.default_rng(12)
+    n_measured, n_attacked = 40, 25
+    aliasing = rng.gamma(2.0, size=n_measured)
+    margin = -aliasing[:n_attacked] + rng.normal(size=n_attacked)
+    clean = rng.random(n_attacked) < 0.7
+    kept = [i for i in range(n_attacked) if clean[i]]
+    indices = resample_indices(rng, len(kept), 300)
+    rho, ci = within_model_spearman(aliasing, margin, clean, indices, 0.9)
+    a = [float(aliasing[i]) for i in kept]  # only attacked images, only the clean-correct ones
+    m = [float(margin[i]) for i in kept]
+    assert rho == pytest.approx(spearman_reference(a, m), abs=1e-12) and rho < 0
+    stats = [spearman_reference([a[j] for j in row], [m[j] for j in row]) for row in indices]
+    assert (ci.low, ci.high) == pytest.approx(tuple(np.quantile(stats, [0.05, 0.95])), abs=1e-12)
 
 
-def test_ratio_verdicts_state_direction_and_weakness() -> None:
-    strong = Ratio(3, 3, 0.4, 1.0, 0.4, _interval(0.3, 0.55))
-    assert not strong.weak and ratio_verdict(strong).startswith(
-        "robust models alias less (ratio 0.40, 60% less"
-    )
-    one = Ratio(1, 3, 0.4, 1.0, 0.4, _interval(0.3, 0.55))
-    assert one.weak and "only 1 robust vs 3 standard" in ratio_verdict(one)
-    more = Ratio(4, 4, 1.3, 1.0, 1.3, _interval(0.9, 1.8))
-    text = ratio_verdict(more)
-    assert more.weak and "alias more" in text and "includes 1" in text and "against the hypothesis" in text
-    assert ratio_verdict(Ratio(0, 2, math.nan, 1.0, math.nan, _interval(math.nan, math.nan))).startswith(
-        "no comparison"
-    )
+# ---------------------------------------------------------------------------------- dose-response
+def test_t_quantiles_match_the_table() -> None:
+    for df, q975 in ((1, 12.7062), (2, 4.3027), (4, 2.7764), (10, 2.2281), (30, 2.0423)):
+        assert t_quantile(0.975, df) == pytest.approx(q975, abs=1e-4)
+    assert t_quantile(0.95, 3) == pytest.approx(2.3534, abs=1e-4)
 
 
-# -------------------------------------------------------------------------------------- on a study
-@pytest.fixture(scope="module")
-def results_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_results(tmp_path_factory.mktemp("study"))
+def test_dose_slope_matches_hand_computed_ols() -> None:
+    dose = [0.0, 0.0, 2 / 255, 4 / 255, 8 / 255, 8 / 255]
+    am = [2.5, 2.7, 1.9, 1.7, 1.5, 1.6]
+    n = len(dose)
+    y = [math.log(v) for v in am]
+    mx, my = sum(dose) / n, sum(y) / n
+    sxx = sum((d - mx) ** 2 for d in dose)
+    slope = sum((d - mx) * (v - my) for d, v in zip(dose, y, strict=True)) / sxx
+    rss = sum((v - my - slope * (d - mx)) ** 2 for d, v in zip(dose, y, strict=True))
+    se = math.sqrt(rss / (n - 2) / sxx)
+    got = dose_slope(np.array(dose), np.array(am))
+    assert got.reason is None and (got.n, got.n_doses) == (6, 4)
+    assert got.slope == pytest.approx(slope, rel=1e-12) and got.se == pytest.approx(se, rel=1e-12)
+    assert got.low == pytest.approx(slope - 2.776445 * se, rel=1e-5)  # t(0.975, df=4)
+    assert got.high == pytest.approx(slope + 2.776445 * se, rel=1e-5) and got.excludes_zero
 
 
-def test_compute_statistics_on_a_study(results_dir: Path) -> None:
-    results = load_results(results_dir)
-    stats = compute_statistics(results, n_resamples=300, seed=1)
-    assert [o.op for o in stats.ops][:3] == OPS
-    first = stats.ops[0]
-    attacked = [(acc, scale) for robust, acc, scale in MODELS.values()]
-    expected = spearman_reference([s for _, s in attacked], [a for a, _ in attacked])
-    assert first.correlation.n == len(MODELS)  # the failed model and the unattacked one are left out
-    assert first.correlation.rho == pytest.approx(expected, abs=1e-12)
-    robust = [s for r, _, s in MODELS.values() if r]
-    standard = [s for r, _, s in MODELS.values() if not r]
-    assert (first.ratio.n_robust, first.ratio.n_standard) == (3, 3)  # not the failed robust model
-    assert first.ratio.ratio == pytest.approx((sum(robust) / 3) / (sum(standard) / 3))
-    assert first.ratio.interval.high < 1 and first.correlation.interval.high < 0
-    again = compute_statistics(results, n_resamples=300, seed=1)
-    assert again.ops[0].correlation.interval == first.correlation.interval
-    other = compute_statistics(results, n_resamples=300, seed=2)
-    assert other.ops[0].ratio.interval != first.ratio.interval
-    wrn = stats.ops[3]
-    assert wrn.correlation.n == 0 and math.isnan(wrn.correlation.rho) and wrn.ratio.n_standard == 1
-    assert "agrees with the hypothesis" in stats.verdict
-    assert "Of 5 down-sampling ops" in stats.verdict
-
-
-def test_one_model_per_group_gives_the_ratio_but_no_interval(tmp_path: Path) -> None:
-    entries = []
-    for name, robust, am in (("r", True, 1.0), ("s", False, 4.0)):
-        content = model_file(name, robust, 0.5, {OPS[0]: am}, "preact_resnet18")
-        write(tmp_path / f"models/{name}.json", content)
-        entries.append({"name": name, "file": f"models/{name}.json", "status": "done"})
-    write(tmp_path / "study.json", {"schema": 1, "name": "pair", "config": {}, "run": {}, "models": entries})
-    ratio = compute_statistics(load_results(tmp_path), n_resamples=50).ops[0].ratio
-    assert ratio.ratio == pytest.approx(0.25)
-    assert not ratio.interval.defined  # resampling a single model has no spread: a point is no interval
-    text = ratio_verdict(ratio)
-    assert text.startswith("weak evidence (only 1 robust vs 1 standard models, no interval)")
-    assert "no bootstrap interval (a group of one model)" in text
-
-
-def test_overall_verdict_when_nothing_is_clear() -> None:
-    assert "nothing to test" in overall_verdict([])
-
-
-def test_compute_statistics_rejects_bad_settings(results_dir: Path) -> None:
-    results = load_results(results_dir)
-    with pytest.raises(ValueError, match="n_resamples"):
-        compute_statistics(results, n_resamples=0)
-    with pytest.raises(ValueError, match="level"):
-        compute_statistics(results, level=1.0)
+def test_dose_slope_is_absent_without_a_dose_design() -> None:
+    assert "no dose" in dose_slope(np.array([0.0, 0.0, 1.0, 1.0]), np.ones(4)).reason  # 2 doses
+    assert "no dose" in dose_slope(np.array([0.0, 1.0, 2.0]), np.ones(3)).reason  # 3 models
+    assert "no logarithm" in dose_slope(np.array([0.0, 1.0, 2.0, 3.0]), np.array([1.0, 0, 1, 1])).reason
 
 
 # ------------------------------------------------------------------------ partial rank correlation
@@ -310,67 +375,201 @@ def test_partial_bootstrap_by_hand_with_a_fixed_index_matrix() -> None:
         assert value == pytest.approx(partial_reference(list(x[row]), list(y[row]), list(z[row])), abs=1e-12)
 
 
-def _effect(rho: float, ci: tuple[float, float], partial: float, pci: tuple[float, float], ratio: float):
-    n = 8
-    return MetricEffect(
-        "aliasing",
-        Correlation(n, rho, _interval(*ci)),
-        Correlation(n, partial, _interval(*pci)),
-        Ratio(4, 4, ratio, 1.0, ratio, _interval(ratio - 0.1, ratio + 0.1)),
+# -------------------------------------------------------------------------------------- on a study
+def _model(
+    name: str, robust: bool, clean: float, acc: float, ams: dict[str, float], **extra: object
+) -> ModelResult:
+    ops = [
+        OpResult(op, "conv", (2, 2), am, am / 2, 100, {"relative_aliasing": am / 10})
+        for op, am in ams.items()
+    ]
+    return ModelResult(
+        name=name,
+        file=f"models/{name}.json",
+        status="done",
+        error=None,
+        robust=robust,
+        arch="a",
+        tags=[],
+        source={},
+        clean_accuracy=clean,
+        robust_accuracy=acc,
+        ops=ops,
+        **extra,  # type: ignore[arg-type]
     )
 
 
-def test_confound_verdicts_name_what_could_explain_the_effect() -> None:
-    held = _effect(-0.8, (-0.95, -0.5), -0.7, (-0.9, -0.3), 0.5)
-    explained = _effect(-0.8, (-0.95, -0.5), -0.1, (-0.6, 0.5), 0.5)
-    scale_free = replace(held, metric="relative_aliasing")
-    flat = replace(_effect(0.1, (-0.5, 0.6), 0.0, (-0.5, 0.5), 1.0), metric="alias_energy_fraction")
-    assert "holds controlling for clean accuracy (partial rho -0.70 [-0.90, -0.30])" in confound_verdict(
-        (held, scale_free)
+def _study(models: list[ModelResult], tmp_path: Path) -> StudyResults:
+    return StudyResults(tmp_path, "s", {}, None, {}, None, models, [])
+
+
+def _per_image(rng: np.random.Generator, ops: list[str], n_measured: int, n_attacked: int) -> PerImageResult:
+    aliasing = {op: rng.gamma(2.0, size=n_measured) for op in ops}
+    margin = -aliasing[ops[0]][:n_attacked] + rng.normal(size=n_attacked)
+    return PerImageResult(aliasing, rng.random(n_attacked) < 0.8, rng.random(n_attacked) < 0.4, margin)
+
+
+@pytest.fixture()
+def dosed_study(tmp_path: Path) -> StudyResults:
+    """Six models with doses and per-image results; clean accuracy is not robust accuracy's mirror."""
+    rng = np.random.default_rng(13)
+    spec = [  # robust, clean, robust accuracy, dose, AM scale
+        (False, 0.43, 0.036, 0.0, 2.5),
+        (False, 0.40, 0.028, 0.0, 2.7),
+        (True, 0.41, 0.148, 2 / 255, 1.9),
+        (True, 0.36, 0.156, 4 / 255, 1.7),
+        (True, 0.38, 0.188, 8 / 255, 1.6),
+        (True, 0.33, 0.176, 8 / 255, 1.5),
+    ]
+    models = [
+        _model(
+            f"m{i}",
+            r,
+            c,
+            a,
+            {op: s * (1 + j) for j, op in enumerate(OPS)},
+            dose=d,
+            per_image=_per_image(rng, OPS, 30, 20),
+        )
+        for i, (r, c, a, d, s) in enumerate(spec)
+    ]
+    return _study(models, tmp_path)
+
+
+def test_compute_statistics_on_a_dosed_study_with_per_image_results(dosed_study: StudyResults) -> None:
+    stats = compute_statistics(dosed_study, n_resamples=400, seed=2)
+    models = dosed_study.done_models
+    first = stats.ops[0]
+    robust = [m.robust_accuracy for m in models]
+    clean = [m.clean_accuracy for m in models]
+    am = [m.op(OPS[0]).aliasing for m in models]
+    assert first.correlation.rho == pytest.approx(spearman_reference(am, robust), abs=1e-12)
+    assert first.correlation.p == pytest.approx(permutation_p_reference(am, robust), abs=1e-12)
+    assert first.am.clean.p == pytest.approx(permutation_p_reference(am, clean), abs=1e-12)
+    assert first.am.partial.rho == pytest.approx(partial_reference(am, robust, clean), abs=1e-12)
+    ps = [o.correlation.p for o in stats.ops]
+    assert [o.correlation.p_holm for o in stats.ops] == pytest.approx(holm_reference(ps), abs=1e-15)
+    assert all(o.correlation.clear == (o.correlation.p_holm < 0.05) for o in stats.ops)
+    assert first.am.dose.slope == pytest.approx(
+        dose_slope(np.array([m.dose for m in models]), np.array(am)).slope
     )
-    assert "relative_aliasing shows it too, so it is not only activation scale" in confound_verdict(
-        (held, scale_free, flat)
-    )
-    text = confound_verdict((explained, flat))
-    assert "could be explained by clean accuracy: controlling for it, the partial rho is -0.10" in text
+    # the paired image bootstrap: the same drawn images for every model, checked by the loop reference
+    indices = st._image_indices(models, 400, 2)[30]
+    aliasing = np.stack([m.per_image.aliasing[OPS[0]] for m in models])
+    flags = np.stack([m.per_image.robust for m in models])
+    expected = percentile_interval(np.array(image_bootstrap_reference(aliasing, flags, indices)), 0.95)
+    got = first.images.interval
+    assert expected.defined and (got.low, got.high) == pytest.approx((expected.low, expected.high), abs=1e-12)
+    assert got.degenerate == expected.degenerate
+    assert (first.images.n_models, first.images.n_measured, first.images.n_attacked) == (6, 30, 20)
+    assert [c.model for c in first.within] == [m.name for m in models]
+    assert first.within[0].n_images == int(models[0].per_image.clean.sum())
+    data = json.loads(json.dumps(stats.to_dict(), allow_nan=False))  # JSON-ready: NaN is None
+    op0 = data["ops"][0]
+    assert op0["metrics"][0]["robust"]["p_holm"] == pytest.approx(first.correlation.p_holm)
+    assert set(op0["image_bootstrap"]["interval"]) == {
+        "low",
+        "high",
+        "level",
+        "defined",
+        "undefined",
+        "n_resamples",
+    }
+    assert len(op0["per_image"]) == 6 and op0["metrics"][0]["dose"]["reason"] is None
+    answer = "\n".join(stats.answer)
+    assert "paired image bootstrap" in answer and "Dose-response" in answer
+    assert f"Within models, images with more aliasing in {OPS[0]} have smaller margins in" in answer
+
+
+def test_without_per_image_data_or_doses_those_statistics_are_absent(dosed_study: StudyResults) -> None:
+    models = dosed_study.done_models
+    models[0].per_image = None
+    models[1].dose = None
+    models[2].dose = None
+    models[3].dose = None
+    stats = compute_statistics(dosed_study, n_resamples=50)
+    first = stats.ops[0]
+    assert first.images.interval is None and "no per-image data for 1 of 6 models" in first.images.reason
+    assert "the design has no dose" in first.am.dose.reason
+    assert len(first.within) == 5
+    answer = "\n".join(stats.answer)
+    assert "image bootstrap" not in answer and "Dose-response" not in answer
+    models[0].per_image = _per_image(np.random.default_rng(0), OPS, 31, 20)
     assert (
-        "alias_energy_fraction does not show it clearly, so it could be explained by activation scale" in text
+        "different numbers of images" in compute_statistics(dosed_study, n_resamples=50).ops[0].images.reason
     )
-    assert "no scale-free variant was measured" in confound_verdict((held,))
-    reversed_partial = _effect(-0.8, (-0.95, -0.5), 0.6, (0.2, 0.9), 0.5)  # clear, but the other way
-    assert "could be explained by clean accuracy" in confound_verdict((reversed_partial,))
-    assert "nothing for a confound to explain" in confound_verdict((replace(flat, metric="aliasing"),))
 
 
-def test_answer_sentences_give_each_group_its_numbers(results_dir: Path) -> None:
-    stats = compute_statistics(load_results(results_dir), n_resamples=300, seed=1)
-    answer = stats.answer
-    groups = list(dict.fromkeys(o.layer_group for o in stats.ops))
-    assert len(answer) == len(groups) and all(
-        a.startswith(f"In {g},") for a, g in zip(answer, groups, strict=True)
+def test_no_partial_correlation_where_a_correlation_is_one(tmp_path: Path) -> None:
+    accs = [0.1, 0.2, 0.3, 0.4, 0.5]
+    models = [
+        _model(f"m{i}", i > 1, 0.9 - a, a, {"op": 5.0 - 2 * a + (i % 2) * 0.3}) for i, a in enumerate(accs)
+    ]
+    stats = compute_statistics(_study(models, tmp_path), n_resamples=50)
+    partial = stats.ops[0].am.partial
+    assert math.isnan(partial.rho) and partial.interval is None
+    assert partial.reason == "rho(clean, robust accuracy) = -1"
+    assert "no partial correlation (rho(clean, robust accuracy) = -1)" in stats.ops[0].confound_verdict
+    assert stats.collinearity.rho == pytest.approx(-1.0) and stats.collinearity.p == pytest.approx(2 / 120)
+
+
+def test_am_that_follows_clean_accuracy_as_closely_cannot_be_separated(tmp_path: Path) -> None:
+    # clean accuracy ranks the models exactly as AM does; robust accuracy nearly the opposite
+    rows = [(0.30, 0.20, 1.0), (0.35, 0.12, 2.0), (0.40, 0.15, 3.0), (0.45, 0.05, 4.0), (0.50, 0.02, 5.0)]
+    models = [_model(f"m{i}", i < 2, c, a, {"op": am}) for i, (c, a, am) in enumerate(rows)]
+    stats = compute_statistics(_study(models, tmp_path), n_resamples=50)
+    o = stats.ops[0]
+    assert o.am.follows_clean and abs(o.am.clean.rho) >= abs(o.am.robust.rho)
+    assert "AM follows clean accuracy at least as closely as robustness" in o.confound_verdict
+    assert any(
+        line.startswith("These models cannot separate AM's link to robustness") for line in stats.answer
     )
-    first = stats.ops[0]
-    c = first.correlation
-    assert answer[0].startswith(f"In {first.layer_group}, AM falls as robust accuracy rises")
-    assert f"{first.op}: rho = {c.rho:+.2f} [{c.interval.low:+.2f}, {c.interval.high:+.2f}]" in answer[0]
-    assert "controlling for clean accuracy" in answer[0]
 
 
-def test_statistics_cover_every_variant_on_the_same_resamples(results_dir: Path) -> None:
-    results = load_results(results_dir)
+def test_clear_means_a_holm_p_below_005(tmp_path: Path) -> None:
+    n = 8
+    accs = [0.05 * i for i in range(n)]
+    ops = {"a.0": 1.0, "b.0": 1.0}
+    models = [
+        _model(f"m{i}", i > 3, 0.5 + 0.01 * ((i * 3) % n), a, {op: (n - i) * s for op, s in ops.items()})
+        for i, a in enumerate(accs)
+    ]
+    stats = compute_statistics(_study(models, tmp_path), n_resamples=50)
+    c = stats.ops[0].correlation
+    assert (
+        c.rho == pytest.approx(-1.0)
+        and c.p == pytest.approx(2 / 40320)
+        and c.p_holm == pytest.approx(4 / 40320)
+    )
+    assert c.clear and c.n_tests == 2
+    assert stats.answer[0].startswith("AM is clearly rank-correlated with robust accuracy")
+    assert "in 2 of 2 ops: negatively in 2" in stats.answer[0]
+    assert stats.answer[1].endswith("clear after correcting for 2 ops.")
+
+
+def test_statistics_on_the_fixture_study(tmp_path: Path) -> None:
+    results = load_results(make_results(tmp_path))
     stats = compute_statistics(results, n_resamples=300, seed=1)
+    assert [o.op for o in stats.ops][:3] == OPS
     first = stats.ops[0]
+    scale = [s for _, _, s in MODELS.values()]
+    accs = [a for _, a, _ in MODELS.values()]
+    assert first.correlation.n == len(MODELS)  # the failed model and the unattacked one are left out
+    assert first.correlation.rho == pytest.approx(spearman_reference(scale, accs), abs=1e-12)
+    assert first.correlation.p == pytest.approx(permutation_p_reference(scale, accs), abs=1e-12)
+    assert first.correlation.n_tests == 3  # the wrn ops have no attacked model: not counted
     assert [e.metric for e in first.effects] == ["aliasing", *results.variant_names]
-    assert first.effects[0].correlation == first.correlation and first.effects[0].ratio == first.ratio
-    attacked = [m for m in results.done_models if m.robust_accuracy is not None and m.op(first.op)]
-    for effect in first.effects:
-        values = [
-            m.op(first.op).aliasing if effect.metric == "aliasing" else m.op(first.op).variants[effect.metric]
-            for m in attacked
-        ]
-        expected = partial_reference(
-            values, [m.robust_accuracy for m in attacked], [m.clean_accuracy for m in attacked]
-        )
-        assert effect.partial.rho == pytest.approx(expected, abs=1e-12) or (
-            math.isnan(effect.partial.rho) and math.isnan(expected)
-        )
+    assert first.images.interval is not None and len(first.within) == 6  # the fixture has per-image data
+    assert first.am.dose.reason is None and first.am.dose.n == 6  # and doses 0, 2/255, 4/255, 8/255
+    assert compute_statistics(results, n_resamples=300, seed=1).to_dict() == stats.to_dict()  # seeded
+    line = stats.answer[1]
+    assert line.startswith(
+        f"{OPS[0]}: AM falls as robust accuracy rises (rho = -0.94, exact p = 0.017, Holm p = 0.05"
+    )
+    assert line.endswith("not clear after correcting for 3 ops.")
+    wrn = stats.ops[3]
+    assert wrn.correlation.n == 0 and math.isnan(wrn.correlation.p_holm) and "cannot tell" in stats.answer[4]
+    with pytest.raises(ValueError, match="n_resamples"):
+        compute_statistics(results, n_resamples=0)
+    with pytest.raises(ValueError, match="level"):
+        compute_statistics(results, level=1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,7 +11,7 @@ from cnn_aliasing.cli.registry import Subcommand, register_subcommand
 
 if TYPE_CHECKING:
     from cnn_aliasing.report import Report
-    from cnn_aliasing.report.statistics import Interval
+    from cnn_aliasing.report.statistics import OpStatistics
 
 
 @register_subcommand
@@ -22,9 +23,9 @@ class ReportCommand(Subcommand):
     description = (
         "Read a study's results folder (study.json, models/*.json, spectra/*.json) and write results.csv, "
         "results.json, figures/*.png and *.svg and report.html, one self-contained page. Nothing is rerun: "
-        "no model is loaded. Prints the page's path and, per down-sampling op, Spearman's rank correlation "
-        "between AM and robust accuracy and the ratio of the mean AM of robust to standard models, each "
-        "with its bootstrap interval."
+        "no model is loaded. Prints the page's path, the answer and, per down-sampling op, Spearman's rank "
+        "correlation between AM and robust accuracy with its permutation and Holm-adjusted p-values, the "
+        "correlation with clean accuracy and the partial correlation where it exists."
     )
     example = (
         "examples:\n  cnn-aliasing report runs/quick\n  cnn-aliasing report runs/quick --out /tmp/quick.html"
@@ -47,31 +48,40 @@ class ReportCommand(Subcommand):
         return 0
 
 
-def _interval(ci: Interval, spec: str) -> str:
-    return f"[{format(ci.low, spec)}, {format(ci.high, spec)}]" if ci.defined else "[-]"
+def _partial(o: OpStatistics) -> str:
+    partial = o.am.partial
+    if partial.reason is not None:
+        return f"none ({partial.reason})"
+    return f"{partial.rho:+.2f} {partial.interval.text() if partial.interval else ''}".rstrip()
+
+
+def _number(value: float, spec: str) -> str:
+    return format(value, spec) if math.isfinite(value) else "undefined"
+
+
+def _op_line(o: OpStatistics) -> str:
+    c, clean = o.correlation, o.am.clean
+    return (
+        f"{o.op}: n = {c.n}, rho = {_number(c.rho, '+.2f')}, {c.test.p_text()}, "
+        f"Holm p = {_number(c.p_holm, '.2g')}; rho with clean accuracy = {_number(clean.rho, '+.2f')} "
+        f"({clean.test.p_text()}); partial: {_partial(o)}"
+    )
 
 
 def _print_summary(report: Report) -> None:
-    """The page's path, the model counts, one line per op and the overall verdict."""
+    """The page's path, the model counts, the answer, the collinearity, one line per op and the per-image
+    summary."""
     results, stats = report.results, report.statistics
     done = len(results.done_models)
     print(f"wrote {report.html}")
     print(f"study {results.name}: {len(results.models)} models, {done} finished")
     for sentence in stats.answer:
         print(sentence)
-    level = f"{100 * stats.level:g}%"
-    width = max((len(o.op) for o in stats.ops), default=2)
-    print(
-        f"{'op':<{width}}  {'n':>3}  {'spearman':>8}  {level + ' CI':<16}  {'partial':>8}  "
-        f"{level + ' CI':<16}  {'AM ratio':>8}  {level} CI"
-    )
+    c = stats.collinearity
+    print(f"clean vs robust accuracy across {c.n} models: rho = {_number(c.rho, '+.2f')}, {c.test.p_text()}")
     for o in stats.ops:
-        c, r, p = o.correlation, o.ratio, o.partial
-        partial = (
-            f"{p.rho:>+8.2f}  {_interval(p.interval, '+.2f'):<16}" if p is not None else f"{'-':>8}  {'':<16}"
-        )
-        print(
-            f"{o.op:<{width}}  {c.n:>3}  {c.rho:>+8.2f}  {_interval(c.interval, '+.2f'):<16}  {partial}  "
-            f"{r.ratio:>8.2f}  {_interval(r.interval, '.2f')}"
-        )
-    print(stats.verdict)
+        print(_op_line(o))
+    for o in stats.ops:
+        if o.within:
+            rhos = ", ".join(f"{w.model} {w.rho:+.2f} ({w.n_images})" for w in o.within)
+            print(f"per image, {o.op}: rho(AM, margin) over clean-correct attacked images: {rhos}")

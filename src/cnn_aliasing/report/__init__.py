@@ -1,8 +1,8 @@
 """The study's report, made from its result files alone: tables, statistics, figures and ``report.html``.
 
 ``build_report(results_dir)`` reads ``study.json``, ``models/*.json`` and ``spectra/*.json`` (see
-docs/results-format.md) and writes ``results.csv``, ``results.json``, ``figures/*.png|svg`` and
-``report.html``; it never runs a model.
+docs/results-format.md) and writes ``results.csv``, ``results.json``, ``statistics.json``,
+``figures/*.png|svg`` and ``report.html``; it never runs a model.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnn_aliasing.provenance import atomic_file, run_metadata
+from cnn_aliasing.provenance import atomic_file, run_metadata, write_json_atomic
 from cnn_aliasing.report.figures import make_figures
 from cnn_aliasing.report.html import render_html
 from cnn_aliasing.report.results import ResultsError, StudyResults, load_results, table_rows, write_tables
@@ -35,9 +35,9 @@ class Report:
 
 
 def make_report(results_dir: str | Path, *, out: str | Path | None = None, progress: bool = True) -> Report:
-    """Build every report file from the result files in ``results_dir``; ``out`` is the page's path
-    (default ``results_dir/report.html``). The bootstrap's resamples and seed come from the config's
-    ``report.n_resamples`` and ``report.seed`` when given."""
+    """Build every report file from the result files in ``results_dir`` (the statistics also as
+    ``statistics.json``); ``out`` is the page's path (default ``results_dir/report.html``). The
+    bootstrap's resamples and seed come from the config's ``report.n_resamples`` and ``report.seed``."""
     results = load_results(results_dir)
     settings = results.report_config
     where = f"{results.root / 'study.json'}: report"
@@ -48,6 +48,7 @@ def make_report(results_dir: str | Path, *, out: str | Path | None = None, progr
     )
     rows = table_rows(results)
     write_tables(results, rows)
+    write_json_atomic(results.root / "statistics.json", stats.to_dict())
     figures = make_figures(results, results.root / "figures", progress=progress)
     html_path = Path(out) if out is not None else results.root / "report.html"
     page = render_html(results, stats, figures, rows, html_path.parent, run_metadata())

@@ -26,6 +26,12 @@ from tqdm.auto import tqdm
 
 from cnn_aliasing.provenance import atomic_file
 from cnn_aliasing.report.results import ModelResult, SpectrumResult, StudyResults
+from cnn_aliasing.report.statistics import (
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    permutation_test,
+    within_model_correlations,
+)
 
 ROBUST_COLOUR = "#1f77b4"
 STANDARD_COLOUR = "#d62728"
@@ -234,6 +240,68 @@ def training_history(results: StudyResults, out_dir: Path) -> list[Path]:
     return save(fig, out_dir, "training_history")
 
 
+# ---------------------------------------------------------------------------------------- collinearity
+def collinearity(results: StudyResults, out_dir: Path) -> list[Path]:
+    """Clean against robust accuracy across the models, rho and its permutation p in the title: when they
+    are (anti-)ranked alike, AM's link to one cannot be told from its link to the other."""
+    models = [
+        m for m in results.done_models if m.robust_accuracy is not None and m.clean_accuracy is not None
+    ]
+    if len(models) < 2:
+        return []
+    clean = np.array([m.clean_accuracy for m in models], dtype=np.float64)
+    robust = np.array([m.robust_accuracy for m in models], dtype=np.float64)
+    test = permutation_test(clean, robust)
+    highlight = set(results.highlight)
+    fig, ax = plt.subplots(figsize=(5.2, 4.2), layout="constrained")
+    for model, x, y in zip(models, clean, robust, strict=True):
+        ax.scatter(100 * x, 100 * y, color=_colour(model), zorder=3)
+        if model.name in highlight:
+            ax.annotate(
+                model.name, (100 * x, 100 * y), xytext=(4, 3), textcoords="offset points", fontsize="x-small"
+            )
+    rho = f"{test.rho:+.2f}" if math.isfinite(test.rho) else "undefined"
+    ax.set_title(f"clean vs robust accuracy: rho = {rho}, {test.p_text()}", fontsize="medium")
+    ax.set_xlabel("clean accuracy (%)")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.grid(alpha=0.3)
+    _group_legend(ax)
+    return save(fig, out_dir, "collinearity")
+
+
+# ---------------------------------------------------------------------------------------- per image
+def per_image_correlation(results: StudyResults, out_dir: Path) -> list[Path]:
+    """Within each model, rho between an image's AM and its logit margin, with its bootstrap interval: one
+    column per op, one marker per model (robust blue, standard red)."""
+    settings = results.report_config
+    within = within_model_correlations(
+        results,
+        n_resamples=int(settings.get("n_resamples", DEFAULT_RESAMPLES)),
+        seed=int(settings.get("seed", DEFAULT_SEED)),
+    )
+    ops = [op for op, found in within.items() if found]
+    if not ops:
+        return []
+    names = list(dict.fromkeys(c.model for op in ops for c in within[op]))
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.1 * len(ops)) + 1.5, 4.0), layout="constrained")
+    for x, op in enumerate(ops):
+        for c in within[op]:
+            offset = 0.6 * ((names.index(c.model) + 0.5) / len(names) - 0.5)
+            colour = ROBUST_COLOUR if c.robust else STANDARD_COLOUR
+            if c.interval.defined:
+                ax.plot([x + offset] * 2, [c.interval.low, c.interval.high], color=colour, alpha=0.6)
+            marker = MARKERS[names.index(c.model) % len(MARKERS)]
+            ax.scatter(x + offset, c.rho, color=colour, marker=marker, zorder=3)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(ops)), ops, rotation=35, ha="right", fontsize="small")
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel("rho(AM of the image, its margin)")
+    ax.set_title("within models, per image (under the hypothesis below 0)", fontsize="medium")
+    ax.grid(alpha=0.3)
+    _group_legend(ax)
+    return save(fig, out_dir, "per_image_correlation")
+
+
 # ---------------------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class FigureKind:
@@ -269,6 +337,23 @@ FIGURES: dict[str, FigureKind] = {
         "inside the box); Y, the spectrum of the actual down-sampled output (all replicas of X folded "
         "together); and |Y - Z|, the aliases, whose sum over bins is this map's aliasing. One colour scale "
         "for all four; black is at least 6 decades below the largest magnitude.",
+    ),
+    "collinearity": FigureKind(
+        collinearity,
+        "Clean against robust accuracy",
+        "Each point is a model with an attack result: x its clean accuracy, y its robust accuracy; the "
+        "title gives Spearman's rho across the models and its permutation p-value. When the models' clean "
+        "and robust accuracies are ranked alike (or exactly opposite), a correlation of AM with robust "
+        "accuracy cannot be told apart from one with clean accuracy.",
+    ),
+    "per_image_correlation": FigureKind(
+        per_image_correlation,
+        "Within models: aliasing and margin per image",
+        "For each op (x) and each model with per-image results (one marker each; blue robust, red "
+        "standard): Spearman's rho between an attacked image's AM in that op and its logit margin, over "
+        "the images the model classified correctly when clean, with its percentile bootstrap interval "
+        "over those images (a line; none where the statistic is undefined in more than 5% of the "
+        "resamples). Under the hypothesis the points lie below 0: more aliasing, smaller margin.",
     ),
     "training_history": FigureKind(
         training_history,

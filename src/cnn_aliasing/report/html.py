@@ -16,7 +16,15 @@ from typing import Any
 
 from cnn_aliasing.report.figures import FIGURES
 from cnn_aliasing.report.results import ModelResult, StudyResults
-from cnn_aliasing.report.statistics import Interval, StudyStatistics
+from cnn_aliasing.report.statistics import (
+    ALPHA,
+    MIN_DEFINED,
+    Correlation,
+    DoseResponse,
+    MetricEffect,
+    OpStatistics,
+    StudyStatistics,
+)
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1150px; margin: 2em auto;
@@ -63,10 +71,6 @@ def _pct(value: float | None) -> str:
 
 def _num(value: float | None, spec: str = ".4g") -> str:
     return "\u2013" if value is None or not math.isfinite(value) else format(value, spec)
-
-
-def _interval(ci: Interval, spec: str) -> str:
-    return "\u2013" if not ci.defined else f"[{format(ci.low, spec)}, {format(ci.high, spec)}]"
 
 
 def _table(
@@ -153,19 +157,46 @@ def models_section(results: StudyResults) -> str:
 
 
 def answer_section(stats: StudyStatistics) -> str:
-    """The first lines of the page: the answer per op group in one sentence with numbers, and links."""
-    sentences = "".join(f"<li>{esc(s)}</li>" for s in stats.answer) or "<li>No op was measured.</li>"
+    """The first lines of the page: the answer in plain words, and links."""
+    sentences = "".join(f"<li>{esc(s)}</li>" for s in stats.answer)
     links = (
-        '<a href="#statistics">statistics and confounds</a> \u00b7 <a href="#figures">figures</a> (robust '
-        "accuracy against AM per op, AM per op, spectra, training)"
+        '<a href="#statistics">statistics</a> \u00b7 <a href="#confounds">confounds</a> \u00b7 '
+        '<a href="#per-image">per image</a> \u00b7 <a href="#figures">figures</a>'
     )
     return f'<h2 id="answer">The answer</h2><ul class="verdict">{sentences}</ul><p>{links}</p>'
 
 
+def _p(value: float) -> str:
+    return _num(value, ".2g")
+
+
+def _rho_ci(c: Correlation) -> str:
+    ci = c.interval.text() if c.interval.defined else f"({esc(c.interval.text())})"
+    return f"{_num(c.rho, '+.2f')} {ci}"
+
+
+def _partial(e: MetricEffect) -> str:
+    if e.partial.reason is not None:
+        return f"\u2014 ({esc(e.partial.reason)})"
+    ci = e.partial.interval.text() if e.partial.interval else ""
+    return f"{_num(e.partial.rho, '+.2f')} {esc(ci)}"
+
+
+def _images(o: OpStatistics) -> str:
+    if o.images.interval is None:
+        return f"\u2014 ({esc(o.images.reason)})"
+    return esc(o.images.interval.text())
+
+
+def _dose(d: DoseResponse) -> str:
+    if d.reason is not None:
+        return f"\u2014 ({esc(d.reason)})"
+    return f"{d.slope / 255:+.4f} [{d.low / 255:+.4f}, {d.high / 255:+.4f}]"
+
+
 def confounds_section(stats: StudyStatistics) -> str:
-    """Per op and metric (AM, then the scale-free variants): the correlation, the same controlling for
-    clean accuracy, and the ratio, with intervals; and per op whether a confound could explain AM's effect."""
-    level = f"{100 * stats.level:g}%"
+    """The collinearity of clean and robust accuracy, then per op and metric rho with robust and with clean
+    accuracy, the partial correlation where it exists, and per op whether AM follows clean accuracy."""
     rows = []
     for o in stats.ops:
         for i, e in enumerate(o.effects):
@@ -173,83 +204,105 @@ def confounds_section(stats: StudyStatistics) -> str:
                 [
                     esc(o.op) if i == 0 else "",
                     esc(e.metric),
-                    f"{_num(e.correlation.rho, '+.2f')} {_interval(e.correlation.interval, '+.2f')}",
-                    f"{_num(e.partial.rho, '+.2f')} {_interval(e.partial.interval, '+.2f')}",
-                    f"{_num(e.ratio.ratio, '.2f')} {_interval(e.ratio.interval, '.2f')}",
+                    f"{_num(e.robust.rho, '+.2f')} (Holm p {_p(e.robust.p_holm)})",
+                    f"{_num(e.clean.rho, '+.2f')} (Holm p {_p(e.clean.p_holm)})",
+                    _partial(e),
                     esc(o.confound_verdict) if i == 0 else "",
                 ]
             )
     table = _table(
-        [
-            "op",
-            "metric",
-            f"Spearman rho [{level} CI]",
-            f"controlling for clean accuracy [{level} CI]",
-            f"robust / standard [{level} CI]",
-            "could a confound explain AM's effect?",
-        ],
+        ["op", "metric", "rho with robust acc.", "rho with clean acc.", "partial rho", "clean accuracy?"],
         rows,
-        numeric={2, 3, 4},
+        numeric={2, 3},
     )
-    method = (
-        "Models that are more robust are often also less accurate, and adversarial training changes the "
-        "scale of the activations. The partial rank correlation controls for clean accuracy (the rank "
-        "correlation of AM and robust accuracy once both are rank-regressed on clean accuracy); the "
-        "scale-free variants (relative aliasing = sum|Y - Z| / sum|Y|, alias energy fraction) do not grow "
-        "with the activations' scale. All use the same bootstrap resamples as the table above."
+    c = stats.collinearity
+    collinear = (
+        f"Across the {c.n} models with both accuracies, clean and robust accuracy have Spearman rho = "
+        f"{_num(c.rho, '+.2f')} ({c.test.p_text()}). When AM follows clean accuracy at least as closely as "
+        "robust accuracy (|rho with clean| >= |rho with robust|), these models cannot tell which of the two "
+        "AM goes with. The partial rank correlation controlling for clean accuracy is given only where none "
+        "of the three correlations it is made of is undefined or \u00b11. The scale-free variants "
+        "(relative aliasing, alias energy fraction) do not grow with the activations' scale."
     )
-    return (
-        f'<h3 id="confounds">Confounds: clean accuracy and activation scale</h3>{table}<p>{esc(method)}</p>'
+    return f'<h3 id="confounds">Confounds: clean accuracy</h3><p>{esc(collinear)}</p>{table}'
+
+
+def per_image_section(stats: StudyStatistics) -> str:
+    """Per model and op: rho between an image's AM and its logit margin, with its interval and count."""
+    ops = [o for o in stats.ops if o.within]
+    head = '<h3 id="per-image">Within models, per image</h3>'
+    if not ops:
+        return f"{head}<p>Not available: no model's result file holds per-image results.</p>"
+    models = list(dict.fromkeys(c.model for o in ops for c in o.within))
+    cells = {(c.model, o.op): c for o in ops for c in o.within}
+    rows = []
+    for name in models:
+        row = [esc(name)]
+        for o in ops:
+            c = cells.get((name, o.op))
+            row.append(
+                "\u2013" if c is None else f"{_num(c.rho, '+.2f')} {esc(c.interval.text())} ({c.n_images})"
+            )
+        rows.append(row)
+    text = (
+        "Spearman's rho between an attacked image's AM in the op and its logit margin (correct logit minus "
+        "the largest other, at the strongest image the attack found), over the attacked images the model "
+        "classified correctly when clean (their number in brackets), with a percentile bootstrap interval "
+        "over those images. Under the hypothesis rho is negative: more aliasing, smaller margin."
     )
+    table = _table(["model", *(esc(o.op) for o in ops)], rows, numeric=set(range(1, len(ops) + 1)))
+    return f"{head}<p>{esc(text)}</p>{table}"
 
 
 def statistics_section(stats: StudyStatistics) -> str:
-    """The overall verdict and, per op, the correlation and the ratio with intervals and verdicts."""
+    """Per op: n, rho(AM, robust accuracy) with its interval, exact and Holm p, rho(AM, clean accuracy),
+    the partial rho, the image-bootstrap interval and the dose slope; then confounds and per image."""
     level = f"{100 * stats.level:g}%"
     rows = []
     for o in stats.ops:
-        c, r = o.correlation, o.ratio
+        c, e = o.correlation, o.am
         rows.append(
             [
                 esc(o.op),
                 str(c.n),
-                _num(c.rho, "+.2f"),
-                _interval(c.interval, "+.2f"),
-                f'<span class="{"weak" if c.weak else ""}">{esc(o.correlation_verdict)}</span>',
-                f"{r.n_robust} / {r.n_standard}",
-                _num(r.ratio, ".2f"),
-                _interval(r.interval, ".2f"),
-                f'<span class="{"weak" if r.weak else ""}">{esc(o.ratio_verdict)}</span>',
+                _rho_ci(c),
+                esc(c.test.p_text()),
+                f'<span class="{"" if c.clear else "weak"}">{_p(c.p_holm)}</span>',
+                f"{_num(e.clean.rho, '+.2f')} (p {_p(e.clean.p)})",
+                _partial(e),
+                _images(o),
+                _dose(e.dose),
             ]
         )
     table = _table(
         [
             "op",
             "n",
-            "Spearman rho",
-            f"{level} CI",
-            "AM vs robust accuracy",
-            "robust / standard",
-            "AM ratio",
-            f"{level} CI",
-            "robust vs standard AM",
+            f"rho(AM, robust acc.) [{level} CI]",
+            "permutation p",
+            "Holm p",
+            "rho(AM, clean acc.)",
+            "partial rho",
+            f"image bootstrap {level} CI",
+            f"dose slope of log AM per 1/255 eps [{level} CI]",
         ],
         rows,
-        numeric={1, 2, 3, 5, 6, 7},
+        numeric={1, 2, 3, 4, 5},
     )
     method = (
-        f"Spearman's rho is the rank correlation (ties get average ranks) between an op's AM and robust "
-        f"accuracy over the finished models that have both; the AM ratio is the mean AM of robust models "
-        f"over that of standard models. Intervals are {level} percentile bootstrap intervals from "
-        f"{stats.n_resamples} resamples of the models (the ratio resamples within each group; seed "
-        f"{stats.seed}); resamples on which a statistic is undefined are left out. A result is called weak "
-        f"evidence with fewer than 5 models (correlation) or 2 per group (ratio), or when its interval "
-        f"includes 0 (correlation) or 1 (ratio). Models of one study are few and not a random sample: read "
-        f"the intervals as a measure of how much the answer rests on single models."
+        "Spearman's rho between an op's AM and robust accuracy over the models that have both, its "
+        "two-sided permutation p-value (exact over all orderings of up to 8 models, else 20,000 random "
+        f"orderings) and its Holm-adjusted p over the study's ops; clear means a Holm p below {ALPHA:g}, "
+        f"nothing else. The {level} model-bootstrap interval ({stats.n_resamples} resamples, seed "
+        f"{stats.seed}) is descriptive and given only where rho is defined in at least "
+        f"{100 * MIN_DEFINED:g}% of the resamples. The image bootstrap resamples the measured images, the "
+        "same for every model, and so includes attack and measurement noise. The dose slope is the OLS "
+        "slope of log AM against the training eps (models as replicates, t interval). Models of one study "
+        "are few and chosen, not a random sample."
     )
     return (
-        f'<h2 id="statistics">Statistics</h2><p class="verdict">{esc(stats.verdict)}</p>{table}'
-        f"<p>{esc(method)}</p>{confounds_section(stats)}"
+        f'<h2 id="statistics">Statistics</h2>{table}<p>{esc(method)}</p>{confounds_section(stats)}'
+        f"{per_image_section(stats)}"
     )
 
 
