@@ -88,8 +88,8 @@ def attack(state_path: Path | None = None) -> Any:
     )
 
 
-EXACT: dict[str, Any] = {"metrics": PER_MAP_METRICS, "per_channel": True}
-SAMPLED: dict[str, Any] = {"sample_channels": 3, "seed": 2}
+EXACT: dict[str, Any] = {"metrics": PER_MAP_METRICS, "per_channel": True, "per_image": True}
+SAMPLED: dict[str, Any] = {"sample_channels": 3, "seed": 2, "per_image": True}
 
 
 def compare(out: Path) -> None:
@@ -108,6 +108,7 @@ def robust_fields(result: Any) -> dict[str, Any]:
         **fields,
         "clean_points": result.clean_points,
         "robust_points": result.robust_points,
+        "margins": result.margins,
         "adversarial": result.adversarial,
     }
 

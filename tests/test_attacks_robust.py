@@ -99,6 +99,45 @@ def test_a_fixed_seed_repeats_the_run(setup) -> None:
     assert [a["attack"] for a in record["per_attack"]] == ["apgd-ce", "apgd-t"]
 
 
+def margins_by_hand(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """z_y - max_{k != y} z_k of each image, by a loop over the classes in float64."""
+    with torch.no_grad():
+        logits = model(x).double().tolist()
+    margins = []
+    for z, label in zip(logits, y.tolist(), strict=True):
+        margins.append(z[label] - max(v for k, v in enumerate(z) if k != label))
+    return margins
+
+
+def test_margins_are_the_clean_margin_lowered_to_the_attacks_images(setup) -> None:
+    model, x, y = setup
+    result = evaluate(model, x, y, 8 / 255, return_adversarial=True)
+    assert result.margins is not None and result.margins.dtype == torch.float64
+    assert result.clean_points is not None and result.robust_points is not None
+    clean = torch.tensor(margins_by_hand(model, x, y), dtype=torch.float64)
+    found = torch.tensor(margins_by_hand(model, result.adversarial, y), dtype=torch.float64)
+    wrong, broken = ~result.clean_points, result.clean_points & ~result.robust_points
+    assert wrong.sum() == 6 and broken.sum() > 0 and result.robust_points.sum() > 0
+    # unattacked (misclassified) points keep their clean margin, <= 0
+    assert torch.allclose(result.margins[wrong], clean[wrong], rtol=1e-6, atol=1e-6)
+    assert (result.margins[wrong] <= 0).all()
+    # a broken point's margin is that of the image that broke it: negative
+    assert torch.allclose(result.margins[broken], found[broken], rtol=1e-6, atol=1e-6)
+    assert (result.margins[broken] < 0).all()
+    # every margin is at most the clean one, and still positive where the point stayed robust (APGD returns
+    # the clean image of a point it did not fool, so there it is the clean margin)
+    assert (result.margins <= clean + 1e-6).all() and (result.margins[result.robust_points] > 0).all()
+
+
+def test_at_eps_zero_every_margin_is_the_clean_one(setup) -> None:
+    model, x, y = setup
+    result = evaluate(model, x, y, 0.0)
+    assert result.margins is not None
+    expected = margins_by_hand(model, x, y)
+    assert result.margins.tolist() == pytest.approx(expected, rel=1e-6, abs=1e-6)
+    assert ((result.margins > 0) == result.clean_points).all()
+
+
 def test_uint8_images_equal_their_float_version(setup) -> None:
     model, _, _ = setup
     x8 = (images(16) * 255).round().to(torch.uint8)
@@ -164,11 +203,32 @@ def test_resume_after_a_kill_gives_the_same_numbers(setup, tmp_path: Path, kill_
     assert resumed.per_attack == whole.per_attack
     assert (resumed.clean_accuracy, resumed.robust_accuracy) == (whole.clean_accuracy, whole.robust_accuracy)
     assert torch.equal(resumed.adversarial, whole.adversarial)
+    assert torch.equal(resumed.margins, whole.margins)  # bit for bit
+    assert (whole.margins < margins_at_clean(model, x, y) - 1e-3).sum() > 4  # the attacks lowered many
     # a finished state answers without running any attack
     again = evaluate(
         model, x, y, 8 / 255, attack=[KillAfter(0).wrap(a) for a in attacks()], state_path=state, **common
     )
     assert again.per_attack == whole.per_attack and torch.equal(again.adversarial, whole.adversarial)
+    assert torch.equal(again.margins, whole.margins)
+
+
+def margins_at_clean(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(margins_by_hand(model, x, y), dtype=torch.float64)
+
+
+def test_a_state_of_an_older_version_is_refused(setup, tmp_path: Path) -> None:
+    """States before version 3 hold no margins: they cannot be continued."""
+    model, x, y = setup
+    state = tmp_path / "state.json"
+    evaluate(model, x, y, 2 / 255, attack="apgd-ce", state_path=state)
+    saved = json.loads(state.read_text())
+    assert saved["version"] == 3 and len(saved["margins"]) == 40
+    for version in (1, 2):
+        old = {k: v for k, v in saved.items() if k != "margins"}
+        state.write_text(json.dumps({**old, "version": version}))
+        with pytest.raises(StateMismatchError, match=f"a state of version {version} .*hold no margins"):
+            evaluate(model, x, y, 2 / 255, attack="apgd-ce", state_path=state)
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")

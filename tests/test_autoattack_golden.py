@@ -382,11 +382,11 @@ def test_standard_cascade_stages_equal_the_reference(case_id: str, preset: str) 
     broken_by: list[str | None] = [None] * x.shape[0]
     attack_batch = robust_module._Cascade._attack_batch
 
-    def recording(self: Any, attack: Any, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fooled, adv = attack_batch(self, attack, index)
-        for i in fooled.tolist():
+    def recording(self: Any, attack: Any, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outcome = attack_batch(self, attack, index)  # the indices fooled first
+        for i in outcome[0].tolist():
             broken_by[i] = attack.name
-        return fooled, adv
+        return outcome
 
     with mock.patch.object(robust_module._Cascade, "_attack_batch", recording):
         result = robust_accuracy(

@@ -147,15 +147,15 @@ def test_measure_on_two_ranks_equals_one_process(two_ranks: list[dict[str, Any]]
     assert two_ranks[0][kind] == two_ranks[1][kind]  # every rank ends with the same report
     two = two_ranks[0][kind]
     assert two["meta"] == {"world_size": 2, "backend": "gloo"}
-    assert len(one["ops"]) == 2
-    assert_close({**two, "meta": None}, {**one, "meta": None})
+    assert len(one["ops"]) == 2 and all(len(v) == jobs.N_IMAGES for v in one["per_image"].values())
+    assert_close({**two, "meta": None}, {**one, "meta": None})  # per-image AM too, in image order
 
 
 def test_robust_accuracy_on_two_ranks_equals_one_process(two_ranks: list[dict[str, Any]]) -> None:
     with single_thread():
         one = jobs.robust_fields(jobs.attack())
     assert (one["world_size"], one["backend"]) == (1, None)
-    tensors = {name: one.pop(name) for name in ("clean_points", "robust_points", "adversarial")}
+    tensors = {name: one.pop(name) for name in ("clean_points", "robust_points", "margins", "adversarial")}
     for rank in two_ranks:
         two = dict(rank["robust"])
         assert (two["world_size"], two["backend"]) == (2, "gloo")
@@ -185,44 +185,16 @@ def test_a_killed_two_rank_run_resumes_on_one_rank(tmp_path: Path, monkeypatch: 
     assert results[1][0] == -9  # rank 1 killed itself in its second batch
     assert results[0][0] == 1 and "peer rank probably died" in results[0][1], results[0][1][-3000:]
     saved = json.loads((tmp_path / "state.json").read_text())
-    assert (saved["version"], saved["per_attack"], saved["batches_done"]) == (2, [], [0, 1])  # round 1 done
+    assert (saved["version"], saved["per_attack"], saved["batches_done"]) == (3, [], [0, 1])  # round 1 done
     with single_thread():
         counted = Counting(monkeypatch)
         resumed = jobs.robust_fields(jobs.attack(tmp_path / "state.json"))
         done_after_kill = counted.calls
         whole = jobs.robust_fields(jobs.attack())
     assert done_after_kill == counted.calls - done_after_kill - 2  # the 2 finished batches are not redone
-    for name in ("clean_points", "robust_points", "adversarial"):
+    for name in ("clean_points", "robust_points", "margins", "adversarial"):
         assert torch.equal(resumed.pop(name), whole.pop(name)), name
     assert resumed == whole
-
-
-def test_a_version_1_state_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A state that counted its finished batches (version 1) is read as the first that many."""
-    state = tmp_path / "state.json"
-    original = _Cascade._attack_batch
-    calls = [0]
-
-    def stop_in_third(cascade: _Cascade, *args: Any) -> Any:
-        calls[0] += 1
-        if calls[0] == 3:
-            raise KeyboardInterrupt
-        return original(cascade, *args)
-
-    with single_thread():
-        monkeypatch.setattr(_Cascade, "_attack_batch", stop_in_third)
-        with pytest.raises(KeyboardInterrupt):
-            jobs.attack(state)
-        saved = json.loads(state.read_text())
-        assert saved["batches_done"] == [0, 1]
-        state.write_text(json.dumps({**saved, "version": 1, "batches_done": 2}))
-        monkeypatch.setattr(_Cascade, "_attack_batch", original)
-        counted = Counting(monkeypatch)
-        resumed = jobs.attack(state)
-        left = counted.calls
-        whole = jobs.attack()
-    assert left == counted.calls - left - 2
-    assert torch.equal(resumed.robust_points, whole.robust_points) and resumed.per_attack == whole.per_attack
 
 
 @pytest.mark.parametrize("how", ["die", "stall"])

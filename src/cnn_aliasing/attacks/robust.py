@@ -3,16 +3,20 @@
 The cascade follows the reference AutoAttack: the clean accuracy first; then each attack in turn runs,
 in batches, on the points still robust, each from the clean image with a generator seeded with ``seed``
 for every batch; a point counts as robust only if no attack fooled it (the worst case per point).
+Each point's logit margin ``z_y - max_{k != y} z_k`` is that of the strongest image found for it: the clean
+image's, lowered to the margin of the image an attack returned for it whenever that is lower (read from the
+forward pass that finds the fooled points, so it costs nothing more); a broken point's is negative.
 With ``state_path`` the evaluation writes its state atomically after every batch (clean and robust flags,
-the current attack's points and which of its batches are done); calling again with the same arguments
-continues from it, so a kill loses at most the batch in flight and the final numbers equal those of an
-uninterrupted run (same device, same batch size).
+margins, the current attack's points and which of its batches are done); calling again with the same
+arguments continues from it, so a kill loses at most the batch in flight and the final numbers equal those
+of an uninterrupted run (same device, same batch size).
 
 Under ``torchrun`` (``across_ranks=True``) each attack's batches, the same as in one process, are dealt
 round-robin to the ranks (:func:`cnn_aliasing.distributed.shard_batches`); after every round the points
-each rank fooled (and their adversarial images) are gathered on every rank, so all ranks hold the same
-flags, equal point by point to one process with the same seed, and rank 0 alone writes the state. The
-state records the finished batches by index, so it resumes with any number of ranks.
+each rank fooled (and their adversarial images) and its batches' margins are gathered on every rank, so
+all ranks hold the same flags and margins, equal point by point to one process with the same seed, and
+rank 0 alone writes the state. The state records the finished batches by index, so it resumes with any
+number of ranks.
 
 Only the clean pass (one forward over the images, before any attack) is not saved batch by batch. The
 state records what it belongs to (the attack settings, the model's identity with the hash of its weights,
@@ -44,6 +48,7 @@ from cnn_aliasing.attacks.base import (
     AttackInvariantError,
     ThreatModel,
     check_adversarial,
+    margin,
     with_batch_size,
 )
 from cnn_aliasing.data import to_float
@@ -54,7 +59,7 @@ from cnn_aliasing.runtime import check_unit_range, model_device, on_device, safe
 from cnn_aliasing.validation import is_choice, is_int, is_number
 
 STATE_FORMAT = "cnn-aliasing robust-accuracy state"
-STATE_VERSION = 2  # 1 counted the finished batches of the attack in progress; 2 lists them
+STATE_VERSION = 3  # 1 counted the finished batches of the attack in progress, 2 listed them, 3 adds margins
 
 
 @dataclass
@@ -62,7 +67,9 @@ class RobustAccuracy:
     """Result of :func:`robust_accuracy`. Accuracies are fractions in [0, 1]; ``per_attack`` lists the
     robust accuracy after each attack of the cascade, ``attack_seconds`` the time each took;
     ``clean_points`` and ``robust_points`` flag each image classified correctly before and after the
-    attacks; ``world_size`` and ``backend`` tell how many processes computed it (see
+    attacks, ``margins`` (float64) is each image's logit margin ``z_y - max_{k != y} z_k`` at the strongest
+    image found for it (the clean image's unless an attack returned one of lower margin; negative where
+    broken); ``world_size`` and ``backend`` tell how many processes computed it (see
     :mod:`cnn_aliasing.distributed`)."""
 
     clean_accuracy: float
@@ -80,11 +87,12 @@ class RobustAccuracy:
     data_sha256: str | None = None
     clean_points: torch.Tensor | None = field(default=None, repr=False)
     robust_points: torch.Tensor | None = field(default=None, repr=False)
+    margins: torch.Tensor | None = field(default=None, repr=False)
     world_size: int = 1
     backend: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of everything but the adversarial images and the per-point flags."""
+        """JSON-ready dict of everything but the adversarial images and the per-point flags and margins."""
         return {
             "clean_accuracy": self.clean_accuracy,
             "robust_accuracy": self.robust_accuracy,
@@ -130,12 +138,13 @@ class StateMismatchError(CnnAliasingError):
 
 @dataclass
 class _State:
-    """Where an evaluation stands: clean and robust flags, finished attacks, and for the attack in
-    progress the points it attacks (robust when it began) and which of their batches are done."""
+    """Where an evaluation stands: clean and robust flags, margins (float64), finished attacks, and for the
+    attack in progress the points it attacks (robust when it began) and which of their batches are done."""
 
     config: dict[str, Any]
     clean: torch.Tensor | None = None
     robust: torch.Tensor | None = None
+    margins: torch.Tensor | None = None
     per_attack: list[tuple[str, float]] = field(default_factory=list)
     attack_seconds: list[tuple[str, float]] = field(default_factory=list)
     stage_points: torch.Tensor | None = None
@@ -150,6 +159,7 @@ class _State:
             "config": self.config,
             "clean": None if self.clean is None else _bits(self.clean),
             "robust": None if self.robust is None else _bits(self.robust),
+            "margins": None if self.margins is None else self.margins.tolist(),  # float64: exact in JSON
             "per_attack": self.per_attack,
             "attack_seconds": self.attack_seconds,
             "stage_points": None if self.stage_points is None else self.stage_points.tolist(),
@@ -162,17 +172,23 @@ class _State:
     def load(cls, path: Path, config: dict[str, Any]) -> _State:
         try:
             raw = read_json_object(path)
-            if raw.get("format") != STATE_FORMAT or raw.get("version") not in (1, STATE_VERSION):
-                raise ValueError("not a robust-accuracy state file of version 1 or 2")
+            if raw.get("format") != STATE_FORMAT:
+                raise ValueError("not a robust-accuracy state file")
+            if raw.get("version") != STATE_VERSION:
+                raise ValueError(
+                    f"a state of version {raw.get('version')!r} (this version reads {STATE_VERSION}: states "
+                    "before 3 hold no margins); it is started afresh when deleted"
+                )
             stored = raw["config"]
             state = cls(
                 config=stored,
                 clean=None if raw["clean"] is None else _mask(raw["clean"]),
                 robust=None if raw["robust"] is None else _mask(raw["robust"]),
+                margins=_margins(raw["margins"]),
                 per_attack=[(n, a) for n, a in raw["per_attack"]],
                 attack_seconds=[(n, s) for n, s in raw["attack_seconds"]],
                 stage_points=None if raw["stage_points"] is None else torch.tensor(raw["stage_points"]),
-                batches_done=_batches_done(raw["version"], raw["batches_done"]),
+                batches_done=_batches_done(raw["batches_done"]),
                 stage_seconds=float(raw["stage_seconds"]),
                 elapsed=float(raw["elapsed"]),
             )
@@ -187,10 +203,17 @@ class _State:
         return state
 
 
-def _batches_done(version: int, stored: Any) -> set[int]:
-    """The finished batches of a state: version 1 counted them (the first n), version 2 lists them."""
-    if version == 1:
-        return set(range(int(stored)))
+def _margins(stored: Any) -> torch.Tensor | None:
+    """A state's margins (float64; NaN was written as null)."""
+    if stored is None:
+        return None
+    if not isinstance(stored, list):
+        raise ValueError(f"margins must be a list of numbers, got {_short(stored)}")
+    return torch.tensor([float("nan") if m is None else float(m) for m in stored], dtype=torch.float64)
+
+
+def _batches_done(stored: Any) -> set[int]:
+    """The finished batches of the attack in progress, as a state lists them."""
     if not isinstance(stored, list):
         raise ValueError(f"batches_done must be a list of batch indices, got {stored!r}")
     return {int(b) for b in stored}
@@ -369,6 +392,7 @@ def robust_accuracy(
         data_sha256=config["data_sha256"],
         clean_points=state.clean.clone(),
         robust_points=state.robust.clone(),
+        margins=None if state.margins is None else state.margins.clone(),
         **context.meta(),
     )
 
@@ -435,11 +459,11 @@ class _Cascade:
         self, state: _State, store: _Store, adversarial: torch.Tensor | None, clock: Callable[[], float]
     ) -> None:
         if state.clean is None:
-            state.clean = self._clean_flags()
+            state.clean, state.margins = self._clean_pass()
             state.robust = state.clean.clone()
             state.elapsed = clock()
             store.save(state)
-        assert state.robust is not None
+        assert state.robust is not None and state.margins is not None
         for stage, planned in enumerate(self.plan.attacks):
             if stage < len(state.per_attack):
                 continue
@@ -462,7 +486,9 @@ class _Cascade:
                     finished = [
                         o for o in distributed.all_gather_object(outcome, self.context) if o is not None
                     ]
-                    for b, fooled_index, fooled_adv in finished:
+                    for b, fooled_index, fooled_adv, margins in finished:
+                        index = batches[b]
+                        state.margins[index] = torch.minimum(state.margins[index], margins)
                         state.robust[fooled_index] = False
                         if adversarial is not None:
                             adversarial[fooled_index] = fooled_adv
@@ -481,24 +507,32 @@ class _Cascade:
         state.elapsed = clock()
         store.save(state)
 
-    def _clean_flags(self) -> torch.Tensor:
-        """Which images the model classifies correctly (each rank classifies its batches, all get all)."""
-        flags = torch.zeros(self.images.shape[0], dtype=torch.bool)
-        batches = self._batches(torch.arange(self.images.shape[0]))
+    def _clean_pass(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which images the model classifies correctly, and their logit margins (float64), from one
+        forward pass (each rank classifies its batches, all get all)."""
+        n = self.images.shape[0]
+        flags = torch.zeros(n, dtype=torch.bool)
+        margins = torch.full((n,), float("nan"), dtype=torch.float64)
+        batches = self._batches(torch.arange(n))
         mine = distributed.shard_batches(len(batches), self.context)
-        correct = []
+        scored = []
         with torch.inference_mode():
             for b in tqdm(mine, desc="clean", disable=not self.progress):
                 logits = self.model(_to(self.images[batches[b]], self.device, self.channels_last))
-                hit = (logits.argmax(dim=1) == self.labels[batches[b]].to(self.device)).cpu()
-                correct.append(batches[b][hit])
-        for index in distributed.all_gather_object(correct, self.context):
-            for points in index:
-                flags[points] = True
-        return flags
+                y = self.labels[batches[b]].to(self.device)
+                hit = (logits.argmax(dim=1) == y).cpu()
+                scored.append((batches[b], hit, margin(logits, y).to(torch.float64).cpu()))
+        for rank in distributed.all_gather_object(scored, self.context):
+            for points, hit, values in rank:
+                flags[points] = hit
+                margins[points] = values
+        return flags, margins
 
-    def _attack_batch(self, attack: Attack, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run ``attack`` on the images at ``index``; return the indices it fooled and their images (CPU)."""
+    def _attack_batch(
+        self, attack: Attack, index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run ``attack`` on the images at ``index``; return the indices it fooled, their images, and the
+        margins (float64) of the images it returned for every point of ``index``, all on the CPU."""
         x = _to(self.images[index], self.device, self.channels_last)
         y = self.labels[index].to(self.device)
         on_cpu = getattr(attack, "reference", False)  # the reference draws its random numbers on the CPU
@@ -506,5 +540,7 @@ class _Cascade:
         adv = attack(self.model, x, y, self.threat, generator).detach()
         check_adversarial(adv, x, self.threat, name=attack.name)
         with torch.inference_mode():
-            fooled = (self.model(adv).argmax(dim=1) != y).cpu()
-        return index[fooled], adv[fooled.to(adv.device)].float().cpu()
+            logits = self.model(adv)
+            fooled = (logits.argmax(dim=1) != y).cpu()
+            margins = margin(logits, y).to(torch.float64).cpu()
+        return index[fooled], adv[fooled.to(adv.device)].float().cpu(), margins
