@@ -210,7 +210,7 @@ def test_an_interval_needs_its_statistic_in_95_percent_of_the_resamples() -> Non
     mostly_undefined[:900] = np.nan
     ci = percentile_interval(mostly_undefined, 0.95)
     assert not ci.defined and (ci.degenerate, ci.n_resamples) == (900, 1000)
-    assert ci.text() == "undefined in 900 of 1000 resamples"
+    assert ci.text() == "(interval undefined in 900 of 1000 resamples)"
     assert ci.to_dict() == {
         "low": None,
         "high": None,

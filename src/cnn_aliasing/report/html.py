@@ -171,8 +171,7 @@ def _p(value: float) -> str:
 
 
 def _rho_ci(c: Correlation) -> str:
-    ci = c.interval.text() if c.interval.defined else f"({esc(c.interval.text())})"
-    return f"{_num(c.rho, '+.2f')} {ci}"
+    return f"{_num(c.rho, '+.2f')} {esc(c.interval.text())}"
 
 
 def _partial(e: MetricEffect) -> str:

@@ -223,7 +223,7 @@ class Interval:
         """``[low, high]``, or why there is no interval."""
         if self.defined:
             return f"[{format(self.low, spec)}, {format(self.high, spec)}]"
-        return f"undefined in {self.degenerate} of {self.n_resamples} resamples"
+        return f"(interval undefined in {self.degenerate} of {self.n_resamples} resamples)"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, NaN as None; ``undefined`` is K, ``n_resamples`` N."""
@@ -733,9 +733,10 @@ def _metric_effect(
     with_robust = _correlation(values, robust, idx, level, seed)
     with_clean = _correlation(values, clean, idx, level, seed)
     accuracies = float(spearman(clean, robust))
+    label = "AM" if metric == AM else metric
     rhos = {
-        f"rho({metric}, robust accuracy)": with_robust.rho,
-        f"rho({metric}, clean accuracy)": with_clean.rho,
+        f"rho({label}, robust accuracy)": with_robust.rho,
+        f"rho({label}, clean accuracy)": with_clean.rho,
         "rho(clean, robust accuracy)": accuracies,
     }
     dosed = [(m.dose, v) for m, v in valued if m.dose is not None]
