@@ -50,6 +50,7 @@ class OpResult:
     std: float
     count: int
     variants: dict[str, float] = field(default_factory=dict)
+    full_size: tuple[int, int] | None = None  # (H, W) of the stride-1 output; None: not known
 
     @property
     def layer_group(self) -> str:
@@ -215,6 +216,7 @@ def _op_result(op: OpAliasing) -> OpResult:
         std=op.std,
         count=op.count,
         variants={k: v.mean for k, v in op.metrics.items() if k != AM},
+        full_size=op.full_size,
     )
 
 
