@@ -8,19 +8,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from cifar_fixtures import make_layout
 from cnn_aliasing import data
-from cnn_aliasing.attacks import robust_accuracy
+from cnn_aliasing.attacks import RobustAccuracy, robust_accuracy
 from cnn_aliasing.cli import main
 from cnn_aliasing.evaluation import clean_accuracy
 from cnn_aliasing.measure import measure
 from cnn_aliasing.models import create_model, save_checkpoint
 from cnn_aliasing.probe import find_downsamplers
-from cnn_aliasing.study import parse_config, run_study
+from cnn_aliasing.report.results import load_model_result, load_results
+from cnn_aliasing.study import parse_config, run_study, runner
 from cnn_aliasing.study import specs as study_specs
 
 N_IMAGES, ATTACK_IMAGES = 6, 4
@@ -137,7 +139,7 @@ def test_a_study_writes_every_file_with_the_measurements_of_direct_calls(study_d
     for name, robust in (("a", True), ("b", False)):
         record = _read(out / "models" / f"{name}.json")
         assert (record["schema"], record["name"], record["status"], record["error"]) == (
-            1,
+            2,
             name,
             "done",
             None,
@@ -178,8 +180,56 @@ def test_a_study_writes_every_file_with_the_measurements_of_direct_calls(study_d
         assert record["spectrum"] == f"spectra/{name}.json"
         spectrum = _read(out / record["spectrum"])
         assert spectrum["model"] == name and spectrum["op"] == ops[0]["name"] and spectrum["image"] == 0
+        _check_per_image(record, model, images, labels, report)
     assert sorted(p.name for p in (out / "models").iterdir()) == ["a.json", "b.json"]
     assert not any((out / "state").iterdir())  # attack states are removed once a model is done
+    results = load_results(out)
+    for model_result in results.models:
+        record = _read(out / "models" / f"{model_result.name}.json")
+        per_image = model_result.per_image
+        assert model_result.dose is None and per_image is not None and per_image.n_attacked == ATTACK_IMAGES
+        assert per_image.margin.dtype == np.float64
+        assert per_image.margin.tolist() == record["per_image"]["margin"]
+        assert per_image.clean.dtype == bool and per_image.robust.dtype == bool
+        assert "".join("01"[int(b)] for b in per_image.clean) == record["per_image"]["clean"]
+        assert "".join("01"[int(b)] for b in per_image.robust) == record["per_image"]["robust"]
+        assert list(per_image.aliasing) == [op["name"] for op in record["aliasing"]["ops"]]
+        for op, values in per_image.aliasing.items():
+            assert values.shape == (N_IMAGES,) and values.tolist() == record["aliasing"]["per_image"][op]
+
+
+def _check_per_image(
+    record: dict[str, Any], model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, report: Any
+) -> None:
+    """A model file's per-image results: the verdicts, margins and per-image AM of direct calls."""
+    assert record["dose"] is None  # a checkpoint: its training is unknown
+    per_image = record["per_image"]
+    assert (per_image["n_measured"], per_image["n_attacked"]) == (N_IMAGES, ATTACK_IMAGES)
+    direct = robust_accuracy(
+        model.eval(),
+        images[:ATTACK_IMAGES],
+        labels[:ATTACK_IMAGES],
+        8 / 255,
+        attack="apgd-ce",
+        batch_size=4,
+        progress=False,
+        attack_options={"apgd-ce": {"n_iter": 2}},
+    )
+    assert direct.clean_points is not None and direct.robust_points is not None
+    assert direct.margins is not None
+    with torch.no_grad():
+        logits = model(data.to_float(images[:ATTACK_IMAGES])).double()
+    clean = [bool(c) for c in (logits.argmax(dim=1) == labels[:ATTACK_IMAGES]).tolist()]
+    assert per_image["clean"] == "".join("01"[c] for c in clean)
+    assert per_image["robust"] == "".join("01"[bool(r)] for r in direct.robust_points.tolist())
+    assert per_image["margin"] == pytest.approx(direct.margins.tolist(), rel=1e-5)
+    for margin, ok in zip(per_image["margin"], clean, strict=True):
+        assert (margin > 0) == ok
+    kept = record["aliasing"]["per_image"]
+    assert list(kept) == [op.name for op in report.ops]
+    for op in report.ops:
+        assert len(kept[op.name]) == N_IMAGES
+        assert sum(kept[op.name]) / N_IMAGES == pytest.approx(op.aliasing, rel=1e-9)
 
 
 def test_a_kill_between_models_resumes_without_recomputing_and_gives_the_same_files(
@@ -300,6 +350,60 @@ def test_recipe_models_are_trained_into_the_results_folder(study_dir: Path) -> N
     assert (record["arch"], record["arch_args"]["width"], record["robust"]) == ("preact_resnet18", 4, False)
     assert len(record["training"]["history"]) == 1 and record["training"]["recipe"]["seed"] == 0
     assert record["robust_accuracy"] is None and "train_s" in record["timings"]
+    assert record["dose"] == 0.0  # standard training
+    assert record["per_image"] is None  # no attack
+    assert len(record["aliasing"]["per_image"]) == len(record["aliasing"]["ops"])
+    result = load_model_result(study_dir / "out" / "models" / "std.json", "models/std.json")
+    assert result.dose == 0.0 and result.per_image is not None and result.per_image.n_attacked == 0
+    assert all(v.shape == (N_IMAGES,) for v in result.per_image.aliasing.values())
+
+
+def test_the_per_image_record_holds_the_verdicts_as_bits_and_margins_to_6_digits() -> None:
+    result = RobustAccuracy(
+        clean_accuracy=0.75,
+        robust_accuracy=0.25,
+        per_attack=[("apgd-ce", 0.25)],
+        n_images=4,
+        eps=8 / 255,
+        norm="Linf",
+        seed=0,
+        elapsed=1.0,
+        attack="apgd-ce",
+        clean_points=torch.tensor([True, True, False, True]),
+        robust_points=torch.tensor([True, False, False, False]),
+        margins=torch.tensor([1.23456789, -0.000123456789, -2.5, -12345.678], dtype=torch.float64),
+    )
+    assert runner.per_image_record(result, 6) == {
+        "n_measured": 6,
+        "n_attacked": 4,
+        "clean": "1101",
+        "robust": "1000",
+        "margin": [1.23457, -0.000123457, -2.5, -12345.7],
+    }
+
+
+@pytest.mark.parametrize(
+    ("training", "dose"),
+    [
+        (None, None),
+        ({"history": [], "recipe": {"objective": "standard", "eps": 8 / 255}}, 0.0),
+        ({"history": [], "recipe": {"objective": "pgd-at", "eps": 8 / 255}}, 8 / 255),
+        ({"history": [], "recipe": {"objective": "fgsm-rs", "eps": 4 / 255}}, 4 / 255),
+        ({"history": []}, None),
+    ],
+)
+def test_the_training_dose_is_the_eps_of_adversarial_recipes(training: Any, dose: float | None) -> None:
+    assert runner.training_dose(training) == dose
+
+
+def test_files_of_another_schema_are_recomputed(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loads = _count_loads(monkeypatch)
+    _run(_raw(study_dir, "out", "a"))
+    _run(_raw(study_dir, "out", "a"))
+    assert loads == {"a": 1}
+    monkeypatch.setattr(runner, "SCHEMA", runner.SCHEMA + 1)  # files written by another format
+    _run(_raw(study_dir, "out", "a"))
+    assert loads == {"a": 2} and _read(study_dir / "out" / "models" / "a.json")["schema"] == runner.SCHEMA
 
 
 # ------------------------------------------------------------------------------------------------------ CLI

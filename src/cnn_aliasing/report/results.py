@@ -242,6 +242,63 @@ def _parse_training(raw: Any, path: Path) -> list[EpochRecord]:
     return records
 
 
+def _flags(raw: dict[str, Any], key: str, n: int, path: Path) -> np.ndarray:
+    """``per_image.<key>``: a string of ``n`` characters 0 or 1, as a bool array."""
+    bits = _get(raw, key, path, "per_image.")
+    if not isinstance(bits, str) or len(bits) != n or set(bits) - {"0", "1"}:
+        found = f"{len(bits)} characters" if isinstance(bits, str) else type(bits).__name__
+        raise ResultsError(
+            f"{path}: per_image.{key} must be a string of n_attacked = {n} characters 0 or 1; got {found}"
+        )
+    return np.frombuffer(bits.encode("ascii"), dtype=np.uint8) == ord("1")
+
+
+def _parse_per_image(raw: dict[str, Any], aliasing: AliasingReport, path: Path) -> PerImageResult | None:
+    """The per-image results of a done model: each op's AM per measured image (``aliasing.per_image``) and
+    each attacked image's verdicts and margin (``per_image``). None for a file written before they existed
+    (neither key); empty verdicts and margins when no attack was measured (``per_image`` null)."""
+    attacked = raw.get("per_image")
+    if aliasing.per_image is None:
+        if attacked is not None:
+            raise ResultsError(f"{path}: per_image is given but aliasing.per_image is missing")
+        return None
+    if attacked is None:
+        empty = np.zeros(0)
+        return PerImageResult(
+            {op: np.asarray(v, dtype=np.float64) for op, v in aliasing.per_image.items()},
+            empty.astype(bool),
+            empty.astype(bool),
+            empty,
+        )
+    n_measured, n_attacked = (_get(attacked, k, path, "per_image.") for k in ("n_measured", "n_attacked"))
+    if n_measured != aliasing.n_images:
+        raise ResultsError(
+            f"{path}: per_image.n_measured = {n_measured!r} differs from aliasing.n_images = "
+            f"{aliasing.n_images}"
+        )
+    if not isinstance(n_attacked, int) or isinstance(n_attacked, bool) or not 0 <= n_attacked <= n_measured:
+        raise ResultsError(
+            f"{path}: per_image.n_attacked must be an integer from 0 to n_measured = {n_measured}; got "
+            f"{n_attacked!r}"
+        )
+    margin = _get(attacked, "margin", path, "per_image.")
+    if not isinstance(margin, list) or len(margin) != n_attacked:
+        found = f"{len(margin)} values" if isinstance(margin, list) else type(margin).__name__
+        raise ResultsError(
+            f"{path}: per_image.margin must list n_attacked = {n_attacked} values; got {found}"
+        )
+    try:
+        margins = np.array([np.nan if m is None else m for m in margin], dtype=np.float64).reshape(n_attacked)
+    except (TypeError, ValueError):
+        raise ResultsError(f"{path}: per_image.margin must hold numbers (null for NaN)") from None
+    return PerImageResult(
+        {op: np.asarray(v, dtype=np.float64) for op, v in aliasing.per_image.items()},
+        _flags(attacked, "clean", n_attacked, path),
+        _flags(attacked, "robust", n_attacked, path),
+        margins,
+    )
+
+
 def load_model_result(path: Path, file: str) -> ModelResult:
     """One ``models/<slug>.json``; ``file`` is its path relative to the results folder."""
     raw = _read_json(path)
@@ -256,6 +313,7 @@ def load_model_result(path: Path, file: str) -> ModelResult:
         tags=[str(t) for t in raw.get("tags") or []],
         source=raw.get("source") or {},
         timings={k: float(v) for k, v in (raw.get("timings") or {}).items() if v is not None},
+        dose=_float_or_none(raw.get("dose")),
     )
     if status != DONE:
         return model
@@ -273,6 +331,7 @@ def load_model_result(path: Path, file: str) -> ModelResult:
         model.attack["source"] = attack.get("source", "measured")
     model.ops = [_op_result(op) for op in aliasing.ops]
     model.n_images = aliasing.n_images
+    model.per_image = _parse_per_image(raw, aliasing, path)
     model.training = _parse_training(raw.get("training"), path)
     model.spectrum = raw.get("spectrum")
     return model

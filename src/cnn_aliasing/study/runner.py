@@ -3,7 +3,8 @@
 For each model in order: load it (or train it), check its logits are finite, measure clean accuracy on the
 study's images, robust accuracy on the first of them (resumable: the attack saves its state after every
 batch, and a state of other settings, another model or other images is discarded), the aliasing of every
-down-sampling op, and the spectra of one map; then write ``models/<slug>.json`` atomically (the model's
+down-sampling op (with each image's AM per op), and the spectra of one map; keep each attacked image's
+verdicts and logit margin; then write ``models/<slug>.json`` atomically (the model's
 commit point: only then is its attack state removed). A model whose file is done with the same settings (a
 fingerprint of the model and of the data, attack, aliasing and spectrum settings) is skipped unless
 ``force``; a model that raises is recorded as failed with a one-line reason and the others go on.
@@ -33,9 +34,9 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from cnn_aliasing import data, distributed, zoo
+from cnn_aliasing import data, distributed, training, zoo
 from cnn_aliasing.attacks import robust_accuracy
-from cnn_aliasing.attacks.robust import StateMismatchError
+from cnn_aliasing.attacks.robust import RobustAccuracy, StateMismatchError
 from cnn_aliasing.errors import CnnAliasingError, DistributedError
 from cnn_aliasing.evaluation import clean_accuracy
 from cnn_aliasing.identity import data_sha256, model_identity
@@ -48,9 +49,13 @@ from cnn_aliasing.study.sharding import Shard
 from cnn_aliasing.study.specs import LoadContext, StudyModel, expand_models
 from cnn_aliasing.study.spectra import capture_spectrum
 
-SCHEMA = 1
+SCHEMA = 2
+"""The format of a model's file (2: per-image results and the training dose); part of its fingerprint, so a
+file of another format is recomputed."""
+STUDY_SCHEMA = 1  # the format of study.json
 REPORTED_IMAGES = 10_000  # RobustBench's reported figures are on the whole CIFAR-10 test set
-Measurement = Literal["clean_accuracy", "robust_accuracy", "aliasing", "spectrum"]
+MARGIN_DIGITS = 6  # significant digits of the per-image margins written
+Measurement = Literal["clean_accuracy", "robust_accuracy", "aliasing", "per_image", "spectrum"]
 """The measurement fields of a model's file (null in a failed model's)."""
 MEASUREMENTS: tuple[Measurement, ...] = get_args(Measurement)
 
@@ -118,8 +123,11 @@ def measurement_settings(config: StudyConfig, data_sha256: str) -> dict[str, Any
 
 
 def fingerprint(model: StudyModel, settings: dict[str, Any]) -> str:
-    """A hash of the model's description and the measurement settings."""
-    text = json.dumps({"model": model.describe(), "settings": settings}, sort_keys=True, default=str)
+    """A hash of the model file's format (:data:`SCHEMA`), the model's description and the measurement
+    settings."""
+    text = json.dumps(
+        {"schema": SCHEMA, "model": model.describe(), "settings": settings}, sort_keys=True, default=str
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -156,6 +164,33 @@ def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
         yield
     finally:
         timings[key] = round(time.perf_counter() - start, 3)
+
+
+def training_dose(training_record: Any) -> float | None:
+    """The training eps of a model the study trained (its file's ``training.recipe``): the recipe's ``eps``
+    when its objective is adversarial, 0.0 when it is standard; None for a model without a recipe."""
+    recipe = training_record.get("recipe") if isinstance(training_record, dict) else None
+    if not isinstance(recipe, dict) or "eps" not in recipe or "objective" not in recipe:
+        return None
+    return float(recipe["eps"]) if training.get_objective(recipe["objective"]).robust else 0.0
+
+
+def per_image_record(result: RobustAccuracy, n_measured: int) -> dict[str, Any]:
+    """The per-image verdicts of an attack on the first ``result.n_images`` of the ``n_measured`` images:
+    clean and robust as strings of 0 and 1, and the margins to :data:`MARGIN_DIGITS` significant digits."""
+    if result.clean_points is None or result.robust_points is None or result.margins is None:
+        raise StudyModelError("the attack returned no per-image results")
+
+    def bits(flags: torch.Tensor) -> str:
+        return "".join("1" if f else "0" for f in flags.tolist())
+
+    return {
+        "n_measured": n_measured,
+        "n_attacked": result.n_images,
+        "clean": bits(result.clean_points),
+        "robust": bits(result.robust_points),
+        "margin": [float(f"{m:.{MARGIN_DIGITS}g}") for m in result.margins.tolist()],
+    }
 
 
 def _check_finite_aliasing(report: AliasingReport) -> None:
@@ -201,6 +236,8 @@ class _ModelRun:
             "clean_accuracy": None,
             "robust_accuracy": None,
             "aliasing": None,
+            "per_image": None,
+            "dose": None,
             "training": None,
             "spectrum": None,
             "timings": {},
@@ -235,6 +272,7 @@ class _ModelRun:
             timings["train_s"] = round(loaded.train_s, 3)
         timings["load_s"] = round(time.perf_counter() - start - (loaded.train_s or 0.0), 3)
         record.update(loaded.record)
+        record["dose"] = training_dose(record.get("training"))
         module = loaded.module.to(self.device).eval()
         record["model_identity"] = model_identity(module)
         self._check_logits(module)
@@ -250,12 +288,14 @@ class _ModelRun:
             )
         record["clean_accuracy"] = {"accuracy": result.accuracy, "n_images": result.total}
 
+        attacked = None
         if self.config.attack.enabled and self.config.attack.source == REPORTED:
             record["robust_accuracy"] = reported_robust_accuracy(model)
         elif self.config.attack.enabled:
             self.say(f"robust accuracy ({self.config.attack.name}, {self.config.attack_images} images)")
             with _timed(timings, "attack_s"):
-                record["robust_accuracy"] = self._attack(module, model, force)
+                attacked = self._attack(module, model, force)
+            record["robust_accuracy"] = attacked.to_dict()
 
         self.say("aliasing")
         aliasing = self.config.aliasing
@@ -272,9 +312,12 @@ class _ModelRun:
                 progress=self.progress,
                 total_images=len(self.images),
                 across_ranks=True,
+                per_image=True,
             )
         _check_finite_aliasing(report)
         record["aliasing"] = report.to_dict()
+        if attacked is not None:
+            record["per_image"] = per_image_record(attacked, report.n_images)
 
         spectrum = self.config.spectrum
         if spectrum.enabled and self.context.is_main:  # one image: rank 0 alone
@@ -306,7 +349,7 @@ class _ModelRun:
         if not bool(torch.isfinite(logits).all()):
             raise StudyModelError("the model gives non-finite logits (NaN or inf) on the study's images")
 
-    def _attack(self, module: torch.nn.Module, model: StudyModel, force: bool) -> dict[str, Any]:
+    def _attack(self, module: torch.nn.Module, model: StudyModel, force: bool) -> RobustAccuracy:
         state = self.paths.state_file(model)
         if force and self.context.is_main:
             state.unlink(missing_ok=True)
@@ -334,7 +377,7 @@ class _ModelRun:
             if self.context.is_main:
                 state.unlink()
             result = run()
-        return result.to_dict()
+        return result
 
 
 def reported_robust_accuracy(model: StudyModel) -> dict[str, Any]:
@@ -423,7 +466,7 @@ def run_study(
         for m in models
     }
     study: dict[str, Any] = {
-        "schema": SCHEMA,
+        "schema": STUDY_SCHEMA,
         "name": config.name,
         "config": config.to_dict(),
         "config_path": None if config.path is None else str(config.path),
