@@ -1,6 +1,6 @@
 """How much the metric's zero-padding of odd-sized stride-1 outputs biases AM across architecture families.
 
-    python benchmarks/bench_padding_bias.py                        # both pairs, random + trained, ~3 min
+    python benchmarks/bench_padding_bias.py                        # both pairs, random + trained (~3 min CPU)
     python benchmarks/bench_padding_bias.py --no-train --seeds 1   # random weights only, quick
     python benchmarks/bench_padding_bias.py --out padding_bias.json
 
