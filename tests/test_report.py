@@ -204,7 +204,10 @@ def test_report_html_has_every_section_and_model(built: Path) -> None:
     assert "not clear after correcting for 3 ops" in answer and "clear (" not in answer
     for section in ("confounds", "per-image"):
         assert f'<h3 id="{section}">' in page
-    assert "Across the 6 models with both accuracies, clean and robust accuracy have Spearman rho = -0.88" in page
+    assert (
+        "Across the 6 models with both accuracies, clean and robust accuracy have Spearman rho = -0.88"
+        in page
+    )
     statistics = body.split('<h2 id="statistics">')[1].split("</table>")[0]
     assert statistics.count("<tr>") == 1 + len(load_results(built).op_names)  # heading and one row per op
     assert "\u2014 (only 0 models, a partial correlation needs 4)" in statistics
