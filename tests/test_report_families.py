@@ -186,3 +186,17 @@ def test_padded_size_is_the_next_multiple_of_the_factor() -> None:
         OpResult("slice", "strided_slice", (1, 3), 1.0, 0.5, 10, full_size=(7, 7)),
     ]
     assert model_padding(m).sizes == (((30, 29), (32, 32)), ((31, 32), (32, 32)), ((7, 7), (7, 9)))
+
+
+def test_the_report_answer_ends_with_the_family_warning(tmp_path: Path) -> None:
+    from cnn_aliasing.report.results import StudyResults
+    from cnn_aliasing.report.statistics import compute_statistics
+
+    def study(*models: ModelResult) -> StudyResults:
+        return StudyResults(tmp_path, "s", {}, None, {}, None, list(models), [])
+
+    mixed = study(model("a", "dm_wrn_28_10", DM_WRN), model("b", "wrn_28_10", WRN))
+    answer = compute_statistics(mixed, n_resamples=10).answer
+    assert answer[-1] == family_warning(mixed.models)
+    alone = compute_statistics(study(model("b", "wrn_28_10", WRN)), n_resamples=10).answer
+    assert not any("zero-padded" in line for line in alone)

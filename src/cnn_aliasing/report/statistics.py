@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from cnn_aliasing.report.families import family_warning
 from cnn_aliasing.report.results import AM, ModelResult, OpResult, StudyResults
 
 DEFAULT_RESAMPLES = 2000
@@ -530,6 +531,7 @@ class StudyStatistics:
     n_resamples: int
     level: float
     seed: int
+    cautions: tuple[str, ...] = ()  # what limits comparisons among these models (e.g. padded families)
 
     @property
     def answer(self) -> list[str]:
@@ -683,7 +685,7 @@ def answer_lines(stats: StudyStatistics) -> list[str]:
     extra = [_variant_line(stats), _image_line(stats), _dose_line(stats)]
     lines += [line for line in extra if line is not None]
     lines += [_within_line(o) for o in stats.ops if o.within]
-    return lines
+    return lines + list(stats.cautions)
 
 
 # ------------------------------------------------------------------------------------- computation
@@ -898,4 +900,5 @@ def compute_statistics(
         n_resamples=n_resamples,
         level=level,
         seed=seed,
+        cautions=tuple(w for w in [family_warning(models)] if w is not None),
     )
