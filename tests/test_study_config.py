@@ -49,11 +49,15 @@ def test_shipped_configs_hold_the_study_settings() -> None:
     assert quick.name == "quick" and quick.attack.name == "apgd-ce" and quick.data.n_images == 1000
     assert quick.attack_images == 250 and quick.data.download
     kinds = [type(spec).key for spec in quick.models]
-    assert kinds == ["recipe"] * 6 + ["zoo_on_disk"]
+    assert kinds == ["recipe"] * 3 + ["zoo_on_disk"]
     trained = expand_models(quick.models[:-1], quick.model_dir)
-    assert [m.robust for m in trained] == [False, False, True, True, True, True]  # 2 standard, 4 robust
-    eps = [training.get_recipe(m.source["recipe"], **m.source["overrides"]).eps for m in trained[2:]]
-    assert eps == pytest.approx([2 / 255, 4 / 255, 8 / 255, 8 / 255])  # a dose-response in eps
+    names = ["standard-e1", "standard-e2", "standard-e3", "standard-e4"]
+    names += ["fgsm-rs-8-e2", "fgsm-rs-8-e3", "fgsm-rs-8-e4", "fgsm-rs-8-e5", "fgsm-rs-8-e6"]
+    assert [m.name for m in trained] == [*names, "noise-e2", "noise-e4"]  # snapshots of three runs
+    assert [m.robust for m in trained] == [False] * 4 + [True] * 5 + [False] * 2
+    recipes = [training.get_recipe(m.source["recipe"], **m.source["overrides"]) for m in trained]
+    assert {(r.objective, r.eps) for r in recipes[4:9]} == {("fgsm-rs", 8 / 255)}
+    assert {r.objective for r in recipes[9:]} == {"gaussian-noise"}
 
 
 def test_defaults_are_filled_in_and_paths_resolve_against_the_working_directory(
