@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from cnn_aliasing.report.families import family_warning
+from cnn_aliasing.report.matched import MatchedPairs, matched_pairs
 from cnn_aliasing.report.results import AM, ModelResult, OpResult, StudyResults
 
 DEFAULT_RESAMPLES = 2000
@@ -33,7 +34,7 @@ ALPHA = 0.05
 MIN_DEFINED = 0.95
 #: Up to this many models every ordering is enumerated; above it, a Monte Carlo of MC_ORDERINGS.
 EXACT_UP_TO = 8
-MC_ORDERINGS = 20_000
+MC_ORDERINGS = 100_000
 #: |rho| of an ordering within this of the observed |rho| counts as a tie (float rounding).
 TIE_TOLERANCE = 1e-12
 #: A correlation within this of +-1 makes the partial correlation meaningless.
@@ -532,6 +533,7 @@ class StudyStatistics:
     level: float
     seed: int
     cautions: tuple[str, ...] = ()  # what limits comparisons among these models (e.g. padded families)
+    matched: MatchedPairs | None = None  # standard and robust models at matched clean accuracy
 
     @property
     def answer(self) -> list[str]:
@@ -552,6 +554,7 @@ class StudyStatistics:
             },
             "answer": self.answer,
             "clean_vs_robust": self.collinearity.to_dict(),
+            "matched_pairs": None if self.matched is None else self.matched.to_dict(),
             "ops": [o.to_dict() for o in self.ops],
         }
 
@@ -682,7 +685,8 @@ def answer_lines(stats: StudyStatistics) -> list[str]:
     ]
     lines += [correlation_line(o.op, o.correlation) for o in stats.ops]
     lines.append(_collinearity_line(stats))
-    extra = [_variant_line(stats), _image_line(stats), _dose_line(stats)]
+    matched = stats.matched.answer_line() if stats.matched is not None else None
+    extra = [matched, _variant_line(stats), _image_line(stats), _dose_line(stats)]
     lines += [line for line in extra if line is not None]
     lines += [_within_line(o) for o in stats.ops if o.within]
     return lines + list(stats.cautions)
@@ -901,4 +905,5 @@ def compute_statistics(
         level=level,
         seed=seed,
         cautions=tuple(w for w in [family_warning(models)] if w is not None),
+        matched=matched_pairs(models, results.op_names),
     )
