@@ -53,6 +53,7 @@ from cnn_aliasing import aliasing_per_map, measure
 from cnn_aliasing.data import iterate_batches, load_cifar10
 from cnn_aliasing.downsamplers import StridedCall
 from cnn_aliasing.models import create_model, load_checkpoint
+from cnn_aliasing.models.wide_resnet import robustbench_init
 from cnn_aliasing.probe import OpCall, probing
 from cnn_aliasing.runtime import evaluation_mode, run_model
 from cnn_aliasing.training import get_recipe, train
@@ -164,27 +165,13 @@ def measure_model(
     return ops
 
 
-def he_init(model: nn.Module) -> None:
-    """The WRN twin's initialisation for every layer: conv weights normal(0, sqrt(2 / fan_out)),
-    BatchNorm (1, 0), linear biases 0."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
-
-
 def build(name: str, args: dict[str, Any], seed: int, init: str) -> nn.Module:
     """Model ``name`` with random weights drawn from ``seed``: the factory's own (``init="default"``) or
-    :func:`he_init` (``"he"``)."""
+    :func:`~cnn_aliasing.models.wide_resnet.robustbench_init` (``"he"``)."""
     torch.manual_seed(seed)
     model = create_model(name, **args)
     if init == "he":
-        he_init(model)
+        robustbench_init(model)
     return model.eval()
 
 

@@ -67,6 +67,20 @@ class NetworkBlock(nn.Module):
         return self.layer(x)
 
 
+def robustbench_init(model: nn.Module) -> None:
+    """RobustBench's WRN init for every layer of ``model``: He-normal convs (fan-out), BN weight 1 and
+    bias 0, zero linear biases."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
 class WideResNet(nn.Module):
     """WRN-``depth``-``widen_factor`` for 32x32 images in [0, 1].
 
@@ -105,16 +119,7 @@ class WideResNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """RobustBench's init: He-normal convs (fan-out), BN weight 1 and bias 0, zero classifier bias."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
+        robustbench_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(self.normalize(x))
