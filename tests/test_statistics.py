@@ -209,7 +209,7 @@ def test_an_interval_needs_its_statistic_in_95_percent_of_the_resamples() -> Non
     mostly_undefined = values.copy()
     mostly_undefined[:900] = np.nan
     ci = percentile_interval(mostly_undefined, 0.95)
-    assert not ci.defined and (ci.degenerate, ci.n_resamples) == (900, 1000)
+    assert not ci.defined and (ci.undefined, ci.n_resamples) == (900, 1000)
     assert ci.text() == "(interval undefined in 900 of 1000 resamples)"
     assert ci.to_dict() == {
         "low": None,
@@ -225,7 +225,7 @@ def test_an_interval_needs_its_statistic_in_95_percent_of_the_resamples() -> Non
     five = values.copy()
     five[:50] = np.nan
     ci = percentile_interval(five, 0.95)  # exactly 95 % defined
-    assert ci.defined and ci.degenerate == 50
+    assert ci.defined and ci.undefined == 50
     assert (ci.low, ci.high) == pytest.approx(tuple(np.quantile(values[50:], [0.025, 0.975])), abs=1e-14)
 
 
@@ -315,7 +315,7 @@ def test_dose_slope_matches_hand_computed_ols() -> None:
     assert got.reason is None and (got.n, got.n_doses) == (6, 4)
     assert got.slope == pytest.approx(slope, rel=1e-12) and got.se == pytest.approx(se, rel=1e-12)
     assert got.low == pytest.approx(slope - 2.776445 * se, rel=1e-5)  # t(0.975, df=4)
-    assert got.high == pytest.approx(slope + 2.776445 * se, rel=1e-5) and got.excludes_zero
+    assert got.high == pytest.approx(slope + 2.776445 * se, rel=1e-5) and got.high < 0
 
 
 def test_dose_slope_is_absent_without_a_dose_design() -> None:
@@ -460,7 +460,7 @@ def test_compute_statistics_on_a_dosed_study_with_per_image_results(dosed_study:
     expected = percentile_interval(np.array(image_bootstrap_reference(aliasing, flags, indices)), 0.95)
     got = first.images.interval
     assert expected.defined and (got.low, got.high) == pytest.approx((expected.low, expected.high), abs=1e-12)
-    assert got.degenerate == expected.degenerate
+    assert got.undefined == expected.undefined
     assert (first.images.n_models, first.images.n_measured, first.images.n_attacked) == (6, 30, 20)
     assert [c.model for c in first.within] == [m.name for m in models]
     assert first.within[0].n_images == int(models[0].per_image.clean.sum())
@@ -542,9 +542,33 @@ def test_clear_means_a_holm_p_below_005(tmp_path: Path) -> None:
         and c.p_holm == pytest.approx(4 / 40320)
     )
     assert c.clear and c.n_tests == 2
+    assert stats.separable and abs(stats.collinearity.rho) <= 0.5
     assert stats.answer[0].startswith("AM is clearly rank-correlated with robust accuracy")
-    assert "in 2 of 2 ops: negatively in 2" in stats.answer[0]
+    assert (
+        "in 2 of 2 ops: negatively in 2, positively in 0; in 2 of them it can be told apart"
+        in stats.answer[0]
+    )
     assert stats.answer[1].endswith("clear after correcting for 2 ops.")
+
+
+def test_a_clear_correlation_in_a_collinear_design_is_not_called_separable(tmp_path: Path) -> None:
+    # robust accuracy falls as clean accuracy rises (rho = -1): every clear verdict is qualified
+    n = 8
+    models = [
+        _model(f"m{i}", i > 3, 0.9 - 0.05 * i, 0.05 * i, {"a.0": float(n - i), "b.0": float(n - i)})
+        for i in range(n)
+    ]
+    stats = compute_statistics(_study(models, tmp_path), n_resamples=50)
+    assert not stats.separable and stats.collinearity.rho == pytest.approx(-1.0)
+    assert stats.ops[0].correlation.clear
+    assert stats.answer[0].startswith("These models cannot separate AM's link to robustness")
+    assert (
+        "in 2 of 2 ops: negatively in 2, positively in 0; in 0 of them it can be told apart"
+        in stats.answer[1]
+    )
+    assert stats.answer[2].endswith(
+        "clear after correcting for 2 ops, but these models cannot separate robust from clean accuracy."
+    )
 
 
 def test_statistics_on_the_fixture_study(tmp_path: Path) -> None:
@@ -562,13 +586,17 @@ def test_statistics_on_the_fixture_study(tmp_path: Path) -> None:
     assert first.images.interval is not None and len(first.within) == 6  # the fixture has per-image data
     assert first.am.dose.reason is None and first.am.dose.n == 6  # and doses 0, 2/255, 4/255, 8/255
     assert compute_statistics(results, n_resamples=300, seed=1).to_dict() == stats.to_dict()  # seeded
-    line = stats.answer[1]
+    assert not stats.separable  # rho(clean, robust) = -0.88: the answer says so first
+    assert stats.answer[0].startswith("These models cannot separate AM's link to robustness")
+    assert "(|rho| above 0.5)" in stats.answer[0]
+    assert stats.answer[1].startswith("AM is clearly rank-correlated with robust accuracy")
+    line = stats.answer[2]
     assert line.startswith(
         f"{OPS[0]}: AM falls as robust accuracy rises (rho = -0.94, exact p = 0.017, Holm p = 0.05"
     )
     assert line.endswith("not clear after correcting for 3 ops.")
     wrn = stats.ops[3]
-    assert wrn.correlation.n == 0 and math.isnan(wrn.correlation.p_holm) and "cannot tell" in stats.answer[4]
+    assert wrn.correlation.n == 0 and math.isnan(wrn.correlation.p_holm) and "cannot tell" in stats.answer[5]
     with pytest.raises(ValueError, match="n_resamples"):
         compute_statistics(results, n_resamples=0)
     with pytest.raises(ValueError, match="level"):

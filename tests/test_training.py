@@ -120,7 +120,11 @@ def test_overrides_and_their_errors() -> None:
     for field, value, needle in [
         ("epochs", 0, "recipe 'small-standard' field epochs must be an integer >= 1, got int 0"),
         ("lr", -0.1, "field lr must be a number >= 0, got float -0.1"),
-        ("objective", "mart", "field objective must be one of fgsm, fgsm-rs, gaussian-noise, pgd-at, standard, trades, got"),
+        (
+            "objective",
+            "mart",
+            "field objective must be one of fgsm, fgsm-rs, gaussian-noise, pgd-at, standard, trades, got",
+        ),
         ("schedule", "cosine", "must be one of constant, cyclic, multistep, got str 'cosine'"),
         ("arch", "vgg", "field arch must be one of "),
         ("milestones", (150, 100), "increasing epochs"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import zlib
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
@@ -37,6 +38,8 @@ EXACT_UP_TO = 8
 MC_ORDERINGS = 100_000
 #: |rho| of an ordering within this of the observed |rho| counts as a tie (float rounding).
 TIE_TOLERANCE = 1e-12
+#: Above this |rho(clean, robust accuracy)| across the models, no verdict can separate the two.
+COLLINEAR_LIMIT = 0.5
 #: A correlation within this of +-1 makes the partial correlation meaningless.
 ONE_TOLERANCE = 1e-9
 _MC_CHUNK = 2000
@@ -203,18 +206,14 @@ def resample_indices(rng: np.random.Generator, n: int, n_resamples: int) -> np.n
 
 @dataclass(frozen=True)
 class Interval:
-    """A percentile bootstrap interval. ``degenerate`` (K) of the ``n_resamples`` (N) resamples had no
+    """A percentile bootstrap interval. ``undefined`` (K) of the ``n_resamples`` (N) resamples had no
     defined statistic; when K exceeds 1 - :data:`MIN_DEFINED` of N the ends are NaN (not ``defined``)."""
 
     low: float
     high: float
     level: float
     n_resamples: int
-    degenerate: int
-
-    def contains(self, value: float) -> bool:
-        """Whether ``value`` lies in [low, high]; False when the interval is undefined."""
-        return bool(self.low <= value <= self.high)
+    undefined: int
 
     @property
     def defined(self) -> bool:
@@ -225,7 +224,7 @@ class Interval:
         """``[low, high]``, or why there is no interval."""
         if self.defined:
             return f"[{format(self.low, spec)}, {format(self.high, spec)}]"
-        return f"(interval undefined in {self.degenerate} of {self.n_resamples} resamples)"
+        return f"(interval undefined in {self.undefined} of {self.n_resamples} resamples)"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, NaN as None; ``undefined`` is K, ``n_resamples`` N."""
@@ -234,7 +233,7 @@ class Interval:
             "high": _finite(self.high),
             "level": self.level,
             "defined": self.defined,
-            "undefined": self.degenerate,
+            "undefined": self.undefined,
             "n_resamples": self.n_resamples,
         }
 
@@ -309,11 +308,6 @@ class DoseResponse:
     high: float
     level: float
     reason: str | None = None
-
-    @property
-    def excludes_zero(self) -> bool:
-        """Whether the interval lies wholly on one side of 0."""
-        return self.low > 0 or self.high < 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, NaN as None; ``slope`` is per unit of eps (multiply by 1/255 for per 1/255)."""
@@ -540,6 +534,12 @@ class StudyStatistics:
         """The answer in plain words, first lines of the page and the CLI (see :func:`answer_lines`)."""
         return answer_lines(self)
 
+    @property
+    def separable(self) -> bool:
+        """Whether robustness and clean accuracy are apart enough across the models to tell AM's link to
+        the one from its link to the other: |rho(clean, robust accuracy)| <= :data:`COLLINEAR_LIMIT`."""
+        return math.isfinite(self.collinearity.rho) and abs(self.collinearity.rho) <= COLLINEAR_LIMIT
+
     def to_dict(self) -> dict[str, Any]:
         """Everything, JSON-ready (NaN as None): ``statistics.json``."""
         return {
@@ -568,8 +568,11 @@ def _rho(value: float) -> str:
     return f"{value:+.2f}" if math.isfinite(value) else "undefined"
 
 
-def correlation_line(op: str, c: Correlation) -> str:
-    """One op's rho(AM, robust accuracy) in plain words, "clear" only on a Holm-adjusted p < ALPHA."""
+def correlation_line(o: OpStatistics, separable: bool) -> str:
+    """One op's rho(AM, robust accuracy) in plain words, "clear" only on a Holm-adjusted p < ALPHA, and
+    qualified where the models cannot separate robustness from clean accuracy (``separable`` false: they
+    are collinear across the study) or AM follows clean accuracy at least as closely in this op."""
+    op, c = o.op, o.correlation
     if c.n < 3 or not math.isfinite(c.rho):
         why = f"only {c.n} models" if c.n < 3 else "AM or robust accuracy is the same for all models"
         return f"{op}: cannot tell ({why}; a rank correlation needs 3 models that differ)."
@@ -580,8 +583,15 @@ def correlation_line(op: str, c: Correlation) -> str:
     else:
         direction = "AM and robust accuracy show no monotone relation"
     numbers = f"rho = {c.rho:+.2f}, {c.test.p_text()}, Holm p = {c.p_holm:.2g}"
-    verdict = "clear" if c.clear else "not clear"
-    return f"{op}: {direction} ({numbers}, {c.n} models): {verdict} after correcting for {c.n_tests} ops."
+    verdict = f"{'clear' if c.clear else 'not clear'} after correcting for {c.n_tests} ops"
+    if c.clear and not separable:
+        verdict += ", but these models cannot separate robust from clean accuracy"
+    elif c.clear and o.am.follows_clean:
+        verdict += (
+            f", but AM follows clean accuracy at least as closely (rho = {o.am.clean.rho:+.2f}), so it "
+            "cannot be told apart from clean accuracy"
+        )
+    return f"{op}: {direction} ({numbers}, {c.n} models): {verdict}."
 
 
 def confound_verdict(o: OpStatistics) -> str:
@@ -609,10 +619,11 @@ def _collinearity_line(stats: StudyStatistics) -> str:
     across = f"across the {c.n} models clean and robust accuracy have rho = {_rho(c.rho)} ({c.test.p_text()})"
     follows = [o for o in stats.ops if o.am.follows_clean]
     defined = [o for o in stats.ops if math.isfinite(o.am.robust.rho) and math.isfinite(o.am.clean.rho)]
-    if follows:
+    if not stats.separable or follows:
+        collinear = "" if stats.separable else f" (|rho| above {COLLINEAR_LIMIT:g})"
         return (
             "These models cannot separate AM's link to robustness from its link to clean accuracy: "
-            f"{across}; AM follows clean accuracy at least as closely in {len(follows)} of "
+            f"{across}{collinear}; AM follows clean accuracy at least as closely in {len(follows)} of "
             f"{len(defined)} ops."
         )
     if not defined:
@@ -678,13 +689,20 @@ def answer_lines(stats: StudyStatistics) -> list[str]:
         return ["No down-sampling op was measured on a finished model: there is nothing to test."]
     clear = [o for o in stats.ops if o.correlation.clear]
     negative = sum(1 for o in clear if o.correlation.rho < 0)
-    lines = [
+    apart = [o for o in clear if stats.separable and not o.am.follows_clean]
+    head = (
         f"AM is clearly rank-correlated with robust accuracy (Holm-adjusted permutation p < {ALPHA:g}) in "
         f"{len(clear)} of {len(stats.ops)} ops: negatively in {negative}, positively in "
-        f"{len(clear) - negative}." + (" Elsewhere we cannot tell." if len(clear) < len(stats.ops) else "")
-    ]
-    lines += [correlation_line(o.op, o.correlation) for o in stats.ops]
-    lines.append(_collinearity_line(stats))
+        f"{len(clear) - negative}"
+    )
+    if clear:
+        head += f"; in {len(apart)} of them it can be told apart from clean accuracy"
+    head += "." + (" Elsewhere we cannot tell." if len(clear) < len(stats.ops) else "")
+    confound = _collinearity_line(stats)
+    lines = [head] if stats.separable else [confound, head]  # a collinear design says so first
+    lines += [correlation_line(o, stats.separable) for o in stats.ops]
+    if stats.separable:
+        lines.append(confound)
     matched = stats.matched.answer_line() if stats.matched is not None else None
     extra = [matched, _variant_line(stats), _image_line(stats), _dose_line(stats)]
     lines += [line for line in extra if line is not None]
@@ -699,7 +717,7 @@ def _metric_value(o: OpResult, metric: str) -> float | None:
 
 def _correlation(x: np.ndarray, y: np.ndarray, idx: np.ndarray, level: float, seed: int) -> Correlation:
     """rho(x, y) with its permutation test and its interval over the model resamples ``idx``."""
-    stats = spearman(x[idx], y[idx]) if idx.shape[1] == x.size else np.full(idx.shape[0], np.nan)
+    stats = spearman(x[idx], y[idx])
     return Correlation(int(x.size), permutation_test(x, y, seed=seed), percentile_interval(stats, level))
 
 
@@ -720,10 +738,13 @@ def _partial(
             return Partial(math.nan, None, f"{name} is undefined")
         if abs(abs(rho) - 1.0) <= ONE_TOLERANCE:
             return Partial(math.nan, None, f"{name} = {rho:+.0f}")
-    if idx.shape[1] == x.size:
-        stats = partial_spearman(x[idx], robust[idx], clean[idx])
-    else:
-        stats = np.full(idx.shape[0], np.nan)
+    stats = partial_spearman(x[idx], robust[idx], clean[idx])
+    # the same rule in every resample: one of its correlations at +-1 makes the partial meaningless there
+    parts = np.stack(
+        [spearman(x[idx], robust[idx]), spearman(x[idx], clean[idx]), spearman(clean[idx], robust[idx])]
+    )
+    meaningless = ~np.isfinite(parts).all(axis=0) | (np.abs(np.abs(parts) - 1.0) <= ONE_TOLERANCE).any(axis=0)
+    stats = np.where(meaningless, np.nan, stats)
     return Partial(float(partial_spearman(x, robust, clean)), percentile_interval(stats, level))
 
 
@@ -736,6 +757,9 @@ def _metric_effect(
     values = np.array([v for _, v in attacked], dtype=np.float64)
     robust = np.array([m.robust_accuracy for m, _ in attacked], dtype=np.float64)
     clean = np.array([m.clean_accuracy for m, _ in attacked], dtype=np.float64)
+    if idx.shape[1] != values.size:  # a variant some models lack: its own resamples, not paired with AM's
+        rng = np.random.default_rng([seed, _MODELS_STREAM, zlib.crc32(metric.encode()), values.size])
+        idx = resample_indices(rng, values.size, idx.shape[0])
     with_robust = _correlation(values, robust, idx, level, seed)
     with_clean = _correlation(values, clean, idx, level, seed)
     accuracies = float(spearman(clean, robust))
@@ -771,6 +795,8 @@ def _image_bootstrap(
             len(attacked), 0, 0, None, "the models were measured or attacked on different numbers of images"
         )
     ((n_measured, n_attacked),) = shapes
+    if n_attacked == 0:
+        return ImageBootstrap(len(attacked), n_measured, 0, None, "no image was attacked by the study")
     if len(attacked) < 3:
         return ImageBootstrap(len(attacked), n_measured, n_attacked, None, "fewer than 3 models")
     aliasing = np.stack([d.aliasing[op] for d in data])
@@ -802,14 +828,15 @@ def within_model_correlations(
 ) -> dict[str, tuple[ImageCorrelation, ...]]:
     """Per op, per finished model with per-image data for it: rho(AM, margin) over the model's attacked
     images classified correctly when clean. A model's image resamples are drawn once (seeded by the
-    model's place among the finished models) and shared by every op (paired across ops)."""
+    model's name, so other models do not change them) and shared by every op (paired across ops)."""
     out: dict[str, list[ImageCorrelation]] = {op: [] for op in results.op_names}
-    for i, model in enumerate(results.done_models):
+    for model in results.done_models:
         data = model.per_image
         if data is None or data.n_attacked == 0:
             continue
         k = int(np.count_nonzero(data.clean & np.isfinite(data.margin)))
-        indices = resample_indices(np.random.default_rng([seed, _WITHIN_STREAM, i]), k, n_resamples)
+        rng = np.random.default_rng([seed, _WITHIN_STREAM, zlib.crc32(model.name.encode())])
+        indices = resample_indices(rng, k, n_resamples)
         for op in out:
             if op in data.aliasing:
                 rho, ci = within_model_spearman(data.aliasing[op], data.margin, data.clean, indices, level)
