@@ -44,4 +44,5 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     dom = chromium("--dump-dom", page.as_uri(), home=tmp_path / "p2").stdout
     assert '<h2 id="figures">' in dom and '<h2 id="provenance">' in dom
     images = re.findall(r'<img src="(data:image/png;base64,[^"]+)"', dom)
-    assert len(images) == 4
+    pngs = sorted((page.parent / "figures").glob("*.png"))
+    assert len(images) == len(pngs) == 6  # every figure embedded, the collinearity and per-image ones too

@@ -11,10 +11,28 @@ from cnn_aliasing.report.matched import match_pairs, matched_pairs, sign_test
 from cnn_aliasing.report.results import ModelResult, OpResult
 
 
-def model(name: str, robust: bool, clean: float, am: dict[str, float], status: str = "done") -> ModelResult:
+def model(
+    name: str,
+    robust: bool,
+    clean: float,
+    am: dict[str, float],
+    status: str = "done",
+    dose: float | None = None,
+    source: dict[str, str] | None = None,
+) -> ModelResult:
     ops = [OpResult(op, "conv", (2, 2), value, 0.0, 1) for op, value in am.items()]
     return ModelResult(
-        name, f"models/{name}.json", status, None, robust, "a", [], {}, clean_accuracy=clean, ops=ops
+        name,
+        f"models/{name}.json",
+        status,
+        None,
+        robust,
+        "a",
+        [],
+        source or {},
+        clean_accuracy=clean,
+        ops=ops,
+        dose=dose,
     )
 
 
@@ -66,5 +84,36 @@ def test_matched_ops_count_which_model_aliases_less() -> None:
     assert result.ops[0].p == 1.0 and math.isnan(result.ops[1].p)
     line = result.answer_line()
     assert line is not None and "s1 / r1, s2 / r2" in line and "a: 1 of 2; b: 0 of 0" in line
-    assert "smallest p is 0.5" in line and "we cannot tell" in line
+    assert "2 pairs and 1 ops the smallest Holm-adjusted sign-test p is 0.5" in line and "cannot tell" in line
     assert matched_pairs(models[:1], ["a"]).answer_line() is None
+
+
+def test_a_study_trained_control_is_in_no_pair() -> None:
+    recipe = {"type": "recipe"}
+    models = [
+        model("noise", False, 0.30, {}, dose=None, source=recipe),  # gaussian-noise: no dose
+        model("std", False, 0.35, {}, dose=0.0, source=recipe),
+        model("zoo-standard", False, 0.40, {}, source={"type": "zoo"}),
+        model("r1", True, 0.31, {}, dose=8 / 255, source=recipe),
+        model("r2", True, 0.41, {}, source={"type": "zoo"}),
+    ]
+    assert [(p.standard, p.robust) for p in match_pairs(models, 0.03)] == [("zoo-standard", "r2")]
+    assert [(p.standard, p.robust) for p in match_pairs(models, 0.05)] == [
+        ("zoo-standard", "r2"),
+        ("std", "r1"),
+    ]
+
+
+def test_enough_pairs_are_clear_after_holm_over_the_ops() -> None:
+    # eight pairs, robust aliasing less in all of them in op a, in half of them in op b
+    models = []
+    for k in range(8):
+        models.append(model(f"s{k}", False, 0.2 + 0.05 * k, {"a": 2.0, "b": 1.0 + (k % 2)}, dose=0.0))
+        models.append(model(f"r{k}", True, 0.2 + 0.05 * k + 0.001, {"a": 1.0, "b": 1.5}))
+    result = matched_pairs(models, ["a", "b"])
+    a, b = result.ops
+    assert (a.less, a.more, b.less, b.more) == (8, 0, 4, 4)
+    assert a.p == pytest.approx(2 / 256) and a.p_holm == pytest.approx(4 / 256)  # Holm over 2 ops
+    assert b.p == 1.0 and b.p_holm == 1.0
+    line = result.answer_line()
+    assert line is not None and line.endswith("clear (Holm-adjusted sign-test p below 0.05) in a.")

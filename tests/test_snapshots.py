@@ -16,7 +16,10 @@ from safetensors.torch import load_file, save_file
 from attack_models import single_thread
 from cifar_fixtures import make_layout
 from cnn_aliasing.errors import CheckpointError, CnnAliasingError
-from cnn_aliasing.study import parse_config, run_study
+from cnn_aliasing.study import load_config, parse_config, run_study
+from cnn_aliasing.study.runner import training_dose
+from cnn_aliasing.study.sharding import Shard, group_index
+from cnn_aliasing.study.specs import expand_models
 from cnn_aliasing.training import (
     Trainer,
     get_objective,
@@ -155,3 +158,20 @@ def test_gaussian_noise_objective_against_a_float64_reference() -> None:
     ref = F.linear(noisy.flatten(1), linear.weight.double(), linear.bias.double())
     assert torch.allclose(logits.double(), ref, atol=1e-5)
     assert loss.item() == pytest.approx(F.cross_entropy(ref, y).item(), rel=1e-6)
+
+
+def test_shards_keep_the_snapshots_of_one_run_together() -> None:
+    quick = load_config("quick")
+    models = expand_models(quick.models[:-1], quick.model_dir)
+    groups = [group_index(models, m) for m in models]
+    assert groups == [0] * 4 + [1] * 5 + [2] * 2  # standard-e1..e4, fgsm-rs-8-e2..e6, noise-e2, noise-e4
+    second = [m.name for m in Shard(1, 2).select(models)]
+    assert second == [f"fgsm-rs-8-e{k}" for k in range(2, 7)]  # one job trains that run, alone
+
+
+def test_the_dose_of_a_control_objective_is_unknown() -> None:
+    recipe = {"eps": 8 / 255}
+    assert training_dose({"recipe": {**recipe, "objective": "fgsm-rs"}}) == 8 / 255
+    assert training_dose({"recipe": {**recipe, "objective": "standard"}}) == 0.0
+    assert training_dose({"recipe": {**recipe, "objective": "gaussian-noise"}}) is None
+    assert training_dose(None) is None

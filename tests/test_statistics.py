@@ -23,6 +23,7 @@ from cnn_aliasing.report.statistics import (
     percentile_interval,
     permutation_test,
     resample_indices,
+    shared_run_caution,
     spearman,
     spearman_permutation_test,
     t_quantile,
@@ -601,3 +602,18 @@ def test_statistics_on_the_fixture_study(tmp_path: Path) -> None:
         compute_statistics(results, n_resamples=0)
     with pytest.raises(ValueError, match="level"):
         compute_statistics(results, level=1.0)
+
+
+def test_snapshots_of_one_run_are_named_as_a_caution(tmp_path: Path) -> None:
+    models = [_model(f"m{i}", i > 2, 0.3 + 0.01 * i, 0.1 * (i % 3), {"op": float(i)}) for i in range(6)]
+    assert shared_run_caution(models) is None  # no snapshots
+    for i, m in enumerate(models):
+        m.source = {"type": "recipe", "run": "a" if i < 4 else "b"}
+    text = shared_run_caution(models)
+    assert text is not None and text.startswith(
+        "6 of the 6 models are snapshots of 2 training runs (a: 4, b: 2)"
+    )
+    assert compute_statistics(_study(models, tmp_path), n_resamples=20).answer[-1] == text
+    for i, m in enumerate(models):
+        m.source = {"type": "recipe", "run": f"run{i}"}
+    assert shared_run_caution(models) is None  # one model per run

@@ -33,7 +33,8 @@ class StudyCommand(Subcommand):
         "interruption and it skips the models already done (an interrupted attack or training resumes). "
         "A model that fails (missing checkpoint, NaN) is recorded with its reason and the others go on; "
         "the exit status is then 1. The config format: docs/study.md.\n\n"
-        "--shard I/N runs only the models whose 0-based position in the study is I modulo N, so N "
+        "--shard I/N runs only the models whose 0-based position in the study is I modulo N (the snapshots "
+        "of one training run count as one position, so one job trains that run), so N "
         "independent jobs (e.g. a Slurm array) share one results folder; the report is built by the job "
         "that finds no model left (else run `cnn-aliasing report DIR` once all have ended). Under torchrun "
         "each model's measurements are shared among the ranks (docs/distributed.md)."
@@ -126,7 +127,8 @@ def _print_plan(config: StudyConfig, shard: Shard | None) -> None:
     """The resolved config as JSON, then one line per model the study (or the shard) would run."""
     print(json.dumps({"config_path": str(config.path), **config.to_dict()}, indent=2))
     models = expand_models(config.models, config.model_dir)
-    mine = [i for i in range(len(models)) if shard is None or shard.runs(i)]
+    chosen = models if shard is None else shard.select(models)
+    mine = [i for i, m in enumerate(models) if m in chosen]
     if shard is not None:
         print(f"shard {shard} runs {len(mine)} of these:")
     print(f"{len(models)} models -> {config.output}")

@@ -24,6 +24,7 @@ import numpy as np
 
 from cnn_aliasing.report.families import family_warning
 from cnn_aliasing.report.matched import MatchedPairs, matched_pairs
+from cnn_aliasing.report.multiplicity import holm
 from cnn_aliasing.report.results import AM, ModelResult, OpResult, StudyResults
 
 DEFAULT_RESAMPLES = 2000
@@ -183,19 +184,6 @@ def spearman_permutation_test(
     None), else a seeded Monte Carlo (see :func:`permutation_test`)."""
     test = permutation_test(x, y, n_resamples=n_resamples, seed=seed)
     return test.rho, test.p
-
-
-def holm(pvalues: np.ndarray | list[float]) -> np.ndarray:
-    """Holm's step-down adjusted p-values: sorted ascending, the i-th (from 0) times (m - i), made
-    monotone by a running maximum and capped at 1. NaN entries stay NaN and are not counted in m."""
-    p = np.asarray(pvalues, dtype=np.float64)
-    adjusted = np.full(p.shape, np.nan)
-    valid = np.flatnonzero(np.isfinite(p))
-    order = valid[np.argsort(p[valid], kind="stable")]
-    m = order.size
-    steps = (m - np.arange(m)) * p[order]
-    adjusted[order] = np.minimum(np.maximum.accumulate(steps), 1.0)
-    return adjusted
 
 
 # ---------------------------------------------------------------------------------------- the bootstrap
@@ -901,6 +889,25 @@ def _image_indices(models: list[ModelResult], n_resamples: int, seed: int) -> di
     }
 
 
+def shared_run_caution(models: list[ModelResult]) -> str | None:
+    """A caution for a study whose models include several snapshots of one training run (None when no run
+    gives more than one model): the tests treat them as independent models, which they are not quite."""
+    runs: dict[str, int] = {}
+    for m in models:
+        if m.done and "run" in m.source:
+            runs[str(m.source["run"])] = runs.get(str(m.source["run"]), 0) + 1
+    if not any(count > 1 for count in runs.values()):
+        return None
+    n = sum(runs.values())
+    listed = ", ".join(f"{run}: {count}" for run, count in runs.items())
+    return (
+        f"{n} of the {sum(1 for m in models if m.done)} models are snapshots of {len(runs)} training runs "
+        f"({listed}): the permutation tests and the matched pairs treat every model as independent, which "
+        "snapshots of one run are not, so their p-values are optimistic; more runs (seeds) of each kind of "
+        "training would make them honest."
+    )
+
+
 def compute_statistics(
     results: StudyResults,
     *,
@@ -931,6 +938,6 @@ def compute_statistics(
         n_resamples=n_resamples,
         level=level,
         seed=seed,
-        cautions=tuple(w for w in [family_warning(models)] if w is not None),
+        cautions=tuple(w for w in [family_warning(models), shared_run_caution(models)] if w is not None),
         matched=matched_pairs(models, results.op_names),
     )

@@ -54,6 +54,7 @@ SCHEMA = 2
 file of another format is recomputed."""
 STUDY_SCHEMA = 1  # the format of study.json
 REPORTED_IMAGES = 10_000  # RobustBench's reported figures are on the whole CIFAR-10 test set
+STANDARD_OBJECTIVE = "standard"  # the objective of normal training: dose 0
 MARGIN_DIGITS = 6  # significant digits of the per-image margins written
 Measurement = Literal["clean_accuracy", "robust_accuracy", "aliasing", "per_image", "spectrum"]
 """The measurement fields of a model's file (null in a failed model's)."""
@@ -168,11 +169,14 @@ def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
 
 def training_dose(training_record: Any) -> float | None:
     """The training eps of a model the study trained (its file's ``training.recipe``): the recipe's ``eps``
-    when its objective is adversarial, 0.0 when it is standard; None for a model without a recipe."""
+    when its objective is adversarial, 0.0 when it is standard; None for a model without a recipe and for
+    other objectives (a control such as gaussian-noise is neither a dose of 0 nor of eps)."""
     recipe = training_record.get("recipe") if isinstance(training_record, dict) else None
     if not isinstance(recipe, dict) or "eps" not in recipe or "objective" not in recipe:
         return None
-    return float(recipe["eps"]) if training.get_objective(recipe["objective"]).robust else 0.0
+    if training.get_objective(recipe["objective"]).robust:
+        return float(recipe["eps"])
+    return 0.0 if recipe["objective"] == STANDARD_OBJECTIVE else None
 
 
 def per_image_record(result: RobustAccuracy, n_measured: int) -> dict[str, Any]:
@@ -455,7 +459,7 @@ def run_study(
     progress = progress and context.is_main
     say = _printer(progress)
     models = expand_models(config.models, config.model_dir)
-    mine = [m for i, m in enumerate(models) if shard is None or shard.runs(i)]
+    mine = models if shard is None else shard.select(models)
     paths = StudyPaths(config.output)
     images, labels = _load_images(config, progress)
     runner = _ModelRun(config, paths, images, labels, target, progress, context)

@@ -23,7 +23,7 @@ from torch import nn
 
 from cnn_aliasing import training, zoo
 from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
-from cnn_aliasing.model_source import ArchSource, LoadOptions, RunSource, ZooSource, check_architecture
+from cnn_aliasing.model_source import ArchSource, LoadOptions, ZooSource, check_architecture
 from cnn_aliasing.registry import Registry
 from cnn_aliasing.study.toml_fields import from_table, is_bool, is_path, is_str, is_str_list, is_table, reads
 
@@ -268,17 +268,13 @@ def _train_recipe(model: StudyModel, context: LoadContext) -> LoadedModel:
         recipe, context.data_dir, out_dir, device=context.device, progress=context.progress, resume=True
     )
     train_s = time.perf_counter() - start
-    module, meta = RunSource(Path(result.checkpoint)).load(context.load_options)
-    weights = Path(result.checkpoint)
     epoch = model.source.get("epoch")
-    if epoch is not None:
-        module, weights = training.load_snapshot(out_dir, epoch), training.snapshot_file(out_dir, epoch)
+    if epoch is None:
+        weights, module = Path(result.checkpoint), training.load_trained_model(result.checkpoint)
+    else:
+        weights, module = training.snapshot_file(out_dir, epoch), training.load_snapshot(out_dir, epoch)
     sidecar = result.sidecar
-    arch, arch_args, robust = (
-        meta["model"]["name"],
-        meta["model"]["args"],
-        bool(meta["model"]["trained"]["robust"]),
-    )
+    arch, arch_args, robust = sidecar["model"]["name"], sidecar["model"]["args"], bool(sidecar["robust"])
     checkpoint = os.path.relpath(weights.resolve(), context.output.resolve())
     history = sidecar["history"] if epoch is None else [r for r in sidecar["history"] if r["epoch"] <= epoch]
     record = {
