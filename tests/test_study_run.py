@@ -452,6 +452,7 @@ def test_a_study_with_its_report_produces_every_artefact(study_dir: Path) -> Non
     )
     out = study_dir / "full"
     assert summary.report == out / "report.html"
+    assert summary.answer and list(summary.answer) == _read(out / "statistics.json")["answer"]
     rows = _read(out / "results.json")
     n_ops = len(_read(out / "models" / "a.json")["aliasing"]["ops"])
     assert len(rows) == 2 * n_ops and {r["model"] for r in rows} == {"a", "b"}
@@ -537,7 +538,13 @@ def test_shard_jobs_into_one_folder_give_the_files_and_report_of_one_run(
     assert not (shared / "models" / "b.json").exists() and not (shared / "report.html").exists()
     assert [m["status"] for m in _read(shared / "study.json")["models"]] == ["done", "pending", "failed"]
     assert main(["study", str(config), "--quiet", "--shard", "1/2"]) == 0
-    assert "report: " in capsys.readouterr().out and (shared / "report.html").is_file()
+    printed = capsys.readouterr().out
+    assert "report: " in printed and (shared / "report.html").is_file()
+    answer = _read(shared / "statistics.json")["answer"]
+    assert (
+        f"the answer (the report's first lines; what each test means: docs/report.md):\n- {answer[0]}"
+        in printed
+    )
     assert [m["status"] for m in _read(shared / "study.json")["models"]] == ["done", "done", "failed"]
     assert main(["study", str(config), "--quiet", "--out", str(study_dir / "one")]) == 1
     one = study_dir / "one"

@@ -107,6 +107,9 @@ class StudyCommand(Subcommand):
             print(f"  failed: {failed.name}: {failed.error}")
         if summary.report is not None:
             print(f"report: {summary.report}")
+            print("the answer (the report's first lines; what each test means: docs/report.md):")
+            for line in summary.answer:
+                print(f"- {line}")
         elif summary.left_to_other_shards and not args.no_report:
             print(
                 f"shard {args.shard}: {summary.left_to_other_shards} model(s) of other shards not finished "

@@ -104,6 +104,7 @@ class StudySummary:
     report: Path | None
     wall_seconds: float
     left_to_other_shards: int = 0  # models not finished when this shard ended (no report built then)
+    answer: tuple[str, ...] = ()  # the report's answer, its first lines (empty without a report)
 
     @property
     def failed(self) -> list[ModelOutcome]:
@@ -516,10 +517,11 @@ def run_study(
             torch.cuda.empty_cache()
     save_study()
     left = sum(statuses[m.name] == PENDING for m in models)
-    report_path = None
+    report_path, answer = None, tuple[str, ...]()
     if report and context.is_main and left == 0:
-        from cnn_aliasing.report import build_report  # here, not at import: matplotlib is slow to load
+        from cnn_aliasing.report import make_report  # here, not at import: matplotlib is slow to load
 
-        report_path = build_report(paths.root, progress=progress)
+        built = make_report(paths.root, progress=progress)
+        report_path, answer = built.html, tuple(built.statistics.answer)
     distributed.barrier()  # every rank returns once rank 0 has written
-    return StudySummary(paths.root, outcomes, report_path, time.perf_counter() - start, left)
+    return StudySummary(paths.root, outcomes, report_path, time.perf_counter() - start, left, answer)
