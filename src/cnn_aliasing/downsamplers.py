@@ -262,9 +262,15 @@ class FunctionalKind:
 
 
 class SliceKind:
-    """Strided slicing ``x[..., a::s, b::t]`` of the last two (spatial) axes of a tensor."""
+    """Strided slicing of a 4-D feature map's two spatial axes: ``x[..., a::s, b::t]`` of an (N, C, H, W)
+    map (steps on dims 2 and 3 only), or ``x[:, a::s, b::t, :]`` of a channels-last (N, H, W, C) one (steps
+    on dims 1 and 2 both, dim 3 whole: a Swin-style patch merge, LeViT's subsample of a ``view(B, H, W,
+    C)``). Any other stepped slice of a 4-D tensor has no known spatial axes: it runs unchanged and is
+    named in a warning, never measured on the wrong axes. Slices of tensors of other ranks (logits,
+    tokens) are not down-sampling of maps."""
 
     name = "strided_slice"
+    name_channels_last = "strided_slice_nhwc"
 
     @staticmethod
     def expand_index(ndim: int, index: Any) -> list[Any] | None:
@@ -282,28 +288,63 @@ class SliceKind:
         return items if len(items) == ndim else None
 
     def strided_call(self, x: Any, index: Any) -> StridedCall | None:
-        """The slicing as a :class:`StridedCall`, or None when it does not step over the spatial axes of
-        an (N, C, H, W) feature map (slicing logits or tokens is not down-sampling; torch refuses
-        non-positive steps itself)."""
+        """The slicing as a :class:`StridedCall` (an unmeasurable one where the stepped axes of a 4-D
+        tensor are not its spatial ones), or None when it steps over no axis of a 4-D tensor (torch
+        refuses non-positive steps itself)."""
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             return None
         items = self.expand_index(x.dim(), index)
-        if items is None or not all(isinstance(i, slice) for i in items[-2:]):
+        if items is None:
             return None
-        h, w = items[-2], items[-1]
+        stepped = {d for d, i in enumerate(items) if isinstance(i, slice) and (i.step or 1) != 1}
+        if not stepped or any(isinstance(i, slice) and (i.step or 1) < 1 for i in items):
+            return None
+        whole_channels = isinstance(items[3], slice) and items[3] == slice(None)
+        if stepped <= {2, 3} and all(isinstance(i, slice) for i in items[2:]):
+            return self._spatial_call(x, index, items, (2, 3), self.name)
+        if stepped == {1, 2} and whole_channels and all(isinstance(i, slice) for i in items[:3]):
+            return self._spatial_call(x, index, items, (1, 2), self.name_channels_last)
+        steps = "x".join(str(items[d].step) for d in sorted(stepped))
+        why = (
+            f"it steps ({steps}) over dims {sorted(stepped)} of a tensor of shape {tuple(x.shape)}, whose "
+            "spatial axes are not known (measured: dims 2 and 3 of an (N, C, H, W) map, or dims 1 and 2 "
+            "together of a channels-last (N, H, W, C) one with every channel kept)"
+        )
+        factor = (items[min(stepped)].step, items[max(stepped)].step if len(stepped) > 1 else 1)
+        return StridedCall(self.name, factor, lambda: x[index], lambda: x[index], unmeasurable=why)
+
+    @staticmethod
+    def _spatial_call(
+        x: torch.Tensor, index: Any, items: list[Any], axes: tuple[int, int], kind: str
+    ) -> StridedCall:
+        """The call of a slice stepping over the spatial ``axes`` of ``x``: its full-resolution output is
+        the slice without the steps, as (N, C, H, W) maps (channels-last ones permuted)."""
+        h, w = items[axes[0]], items[axes[1]]
         factor = (h.step or 1, w.step or 1)
-        if factor == (1, 1) or min(factor) < 1:
-            return None
-        items[-2], items[-1] = slice(h.start, h.stop), slice(w.start, w.stop)
-        full_index = tuple(items)
-        full_size = (len(range(x.shape[-2])[items[-2]]), len(range(x.shape[-1])[items[-1]]))
-        return StridedCall(
-            self.name,
+        full_items = list(items)
+        full_items[axes[0]], full_items[axes[1]] = slice(h.start, h.stop), slice(w.start, w.stop)
+        full_index = tuple(full_items)
+        full_size = (
+            len(range(x.shape[axes[0]])[full_items[axes[0]]]),
+            len(range(x.shape[axes[1]])[full_items[axes[1]]]),
+        )
+        if axes == (2, 3):
+            return StridedCall(
+                kind,
+                factor,
+                lambda: x[full_index],
+                lambda: x[index],
+                full_size=full_size,
+                unmeasurable=_why_unmeasurable(factor, x),
+            )
+        return StridedCall(  # channels-last: the maps are the permuted slice; the real output is x's own
+            kind,
             factor,
-            lambda: x[full_index],
+            lambda: x[full_index].permute(0, 3, 1, 2),
             lambda: x[index],
             full_size=full_size,
             unmeasurable=_why_unmeasurable(factor, x),
+            exact_slice=False,
         )
 
 
