@@ -462,7 +462,7 @@ def register_functional_kind(kind: FunctionalKind, *aliases: Callable[..., Any])
 
 
 register_functional_kind(CONV2D, torch.conv2d)
-register_functional_kind(MAX_POOL2D, torch.max_pool2d)
+register_functional_kind(MAX_POOL2D, torch.max_pool2d, F.max_pool2d_with_indices)
 register_functional_kind(AVG_POOL2D)
 register_functional_kind(LP_POOL2D)
 

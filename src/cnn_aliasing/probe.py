@@ -5,8 +5,10 @@ it to an observer, and returns the slice of it that is the op's real output, so 
 computed twice. Modules of known kinds (see :mod:`cnn_aliasing.downsamplers`) get their ``forward``
 replaced on the instance; functional down-sampling inside a module's forward (``F.conv2d``, ``F.avg_pool2d``,
 ``x[..., ::2, ::2]`` ...) is found by ``torch.fx`` tracing, and the module's ``forward`` is replaced by the
-traced graph with those calls wrapped. Modules that cannot be traced are named in a warning; the module
-cases inside them are still covered. Only spatial down-sampling of (N, C, H, W) feature maps counts.
+traced graph with those calls wrapped. A module whose own forward cannot be traced (control flow on its
+input, ``if`` on a shape) runs its own code under a ``TorchFunctionMode`` instead, which sees the same
+calls while it runs (named as tracing names them: ``owner:conv2d``, ``owner:conv2d_1``, ...), so no op is
+lost to tracing. Only spatial down-sampling of feature maps counts.
 Ops left out by name are never touched; ops the engine cannot measure (a factor above
 ``spectral.MAX_FACTOR``, maps that are not real floats) run unchanged, with one
 :class:`UnmeasurableOpWarning` per op and probe. Everything is restored when the probe exits, exceptions
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import operator
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +29,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from cnn_aliasing import downsamplers
 from cnn_aliasing.runtime import evaluation_mode, run_model
@@ -169,7 +173,7 @@ def _trace_tree(module: nn.Module, path: str, failures: list[tuple[str, str]]) -
         return [*inside_failing, _Traced(path, _trace(module, failing))]
     except Exception as error:
         reason = f"{type(error).__name__}: {error}".splitlines()[0]
-        failures.append((path or "<model>", reason))
+        failures.append((path, reason))
         return inside_failing + whole
 
 
@@ -241,8 +245,65 @@ def _model_trace(model: nn.Module) -> _ModelTrace:
     return trace
 
 
-class UntraceableWarning(UserWarning):
-    """Some modules could not be traced, so functional down-sampling in their own code is not seen."""
+class _OwnCalls(TorchFunctionMode):
+    """While an untraceable module's own forward runs: its functional down-sampling calls, not those of the
+    modules it calls (``depth`` > 0 while a child runs), go through the probe's session, named like the
+    calls of a traced graph (``owner:conv2d``, then ``owner:conv2d_1`` ...; ``owner`` "" for the model)."""
+
+    def __init__(self, owner: str, route: _Route) -> None:
+        super().__init__()
+        self.owner, self.route = owner, route
+        self.depth = 0
+        self.counts: dict[str, int] = {}
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        function = operator.getitem if func is torch.Tensor.__getitem__ else func
+        session = self.route.session
+        if session is None or self.depth or not downsamplers.is_functional_downsampler(function, args):
+            return func(*args, **kwargs)
+        kind = downsamplers.FUNCTIONAL_KINDS.get(function)
+        base = kind.name if kind is not None else "getitem"  # as fx names the node: by the function
+        k = self.counts[base] = self.counts.get(base, -1) + 1
+        name = f"{base}_{k}" if k else base
+        name = f"{self.owner}:{name}" if self.owner else name
+        call = (
+            downsamplers.functional_strided_call(function, args, kwargs) if self.route.select(name) else None
+        )
+        return func(*args, **kwargs) if call is None else session.run(call, name)
+
+
+def _runtime_forward(module: nn.Module, owner: str, route: _Route) -> tuple[Callable[..., Any], list[Any]]:
+    """A forward running ``module``'s own under :class:`_OwnCalls`, and the hooks on its children that
+    keep the mode's depth (to be removed with the forward)."""
+    original = module.forward
+    active: list[_OwnCalls] = []
+
+    def enter(*_: Any) -> None:
+        if active:
+            active[-1].depth += 1
+
+    def leave(*_: Any) -> None:
+        if active:
+            active[-1].depth -= 1
+
+    handles = []
+    for child in module.children():
+        handles.append(child.register_forward_pre_hook(enter))
+        handles.append(child.register_forward_hook(leave, always_call=True))
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        mode = _OwnCalls(owner, route)
+        active.append(mode)
+        try:
+            with mode:
+                return original(*args, **kwargs)
+        finally:
+            active.pop()
+
+    return forward, handles
 
 
 def _functional_wrapper(function: Callable[..., Any], name: str, route: _Route):
@@ -307,12 +368,15 @@ class _Patches:
 
     def __init__(self) -> None:
         self._undo: list[tuple[nn.Module, Any]] = []
+        self.hooks: list[Any] = []  # hook handles, removed with the forwards
 
     def replace_forward(self, module: nn.Module, forward: Callable[..., Any]) -> None:
         self._undo.append((module, module.__dict__.get("forward", self._missing)))
         module.forward = forward
 
     def restore(self) -> None:
+        while self.hooks:
+            self.hooks.pop().remove()
         while self._undo:
             module, previous = self._undo.pop()
             if previous is self._missing:
@@ -341,19 +405,15 @@ def probing(
             if name and select(name) and downsamplers.module_may_downsample(module):
                 patches.replace_forward(module, _module_forward(module, name, session))
         if traces is not None:
-            if traces.failures:
-                listed = "; ".join(f"{p} ({why})" for p, why in traces.failures)
-                warnings.warn(
-                    f"could not trace {listed}. Functional down-sampling (F.conv2d, F.*_pool2d, strided "
-                    "slicing) in their own forward is not measured; the modules inside them are.",
-                    UntraceableWarning,
-                    stacklevel=3,
-                )
             traces.route.session, traces.route.select = session, select
             modules = dict(model.named_modules())
             for graph in traces.graphs:
                 if any(select(site) for site in graph.sites):
                     patches.replace_forward(modules[graph.path], graph.graph.forward)
+            for path, _ in traces.failures:
+                forward, handles = _runtime_forward(modules[path], path, traces.route)
+                patches.replace_forward(modules[path], forward)
+                patches.hooks += handles
         yield
     finally:
         patches.restore()
