@@ -132,11 +132,12 @@ def test_no_attack_section_or_enabled_false_means_no_attack() -> None:
         ({"models": [{"checkpoint": "w.pt", "arch": "preact_resnet18"}]}, "#1: the key 'robust' is required"),
         (
             {"models": [{"zoo": "Standard", "recipe": "x"}]},
-            "one of the keys checkpoint, recipe, zoo, zoo_on_disk, zoo_tags; it has recipe and zoo",
+            "one of the keys checkpoint, external, recipe, zoo, zoo_on_disk, zoo_tags; it has recipe and zoo",
         ),
         (
             {"models": [{"name": "x"}]},
-            "#1 needs exactly one of the keys checkpoint, recipe, zoo, zoo_on_disk, zoo_tags; it has name",
+            "#1 needs exactly one of the keys checkpoint, external, recipe, zoo, zoo_on_disk, zoo_tags; "
+            "it has name",
         ),
         ({"models": []}, "[[models]] must list at least one model"),
         (

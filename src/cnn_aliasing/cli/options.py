@@ -16,7 +16,15 @@ from torch import nn
 from cnn_aliasing import data, distributed, models, runtime, training, zoo
 from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
 from cnn_aliasing.identity import data_sha256, model_identity
-from cnn_aliasing.model_source import ArchSource, LoadOptions, ModelSource, RunSource, ZooSource
+from cnn_aliasing.model_source import (
+    ArchSource,
+    ExternalSource,
+    LoadOptions,
+    ModelSource,
+    RunSource,
+    ZooSource,
+    parse_external,
+)
 from cnn_aliasing.provenance import run_metadata
 from cnn_aliasing.validation import Check, is_int
 
@@ -136,15 +144,25 @@ def load_images(args: argparse.Namespace, context: distributed.Context) -> tuple
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The "model" argument group: an architecture with arguments and weights, or a zoo model."""
+    """The "model" argument group: an architecture with arguments and weights, a zoo model, a training
+    run, or a model from timm, torchvision or the user's own factory."""
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model",
         required=True,
         metavar="NAME",
         help=f"a registered architecture ({', '.join(models.list_models())}), a zoo model "
-        "(e.g. Carmon2019Unlabeled, Standard; see `cnn-aliasing models`) or a run of `cnn-aliasing train` "
-        "(its folder or its model.safetensors)",
+        "(e.g. Carmon2019Unlabeled, Standard; see `cnn-aliasing models`), a run of `cnn-aliasing train` "
+        "(its folder or its model.safetensors), timm:NAME or torchvision:NAME (pip install "
+        "'cnn-aliasing[timm]' or 'cnn-aliasing[vision]'; wrapped to take images in [0, 1]), or "
+        "package.module:factory, your own callable returning an nn.Module that takes images in [0, 1] "
+        "(e.g. mypkg.nets:make_net)",
+    )
+    model.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="with timm:NAME or torchvision:NAME, the library's default pretrained weights (it downloads "
+        "them where there is internet); without it the weights are random",
     )
     model.add_argument(
         "--model-arg",
@@ -152,11 +170,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         type=parse_model_arg,
         action=_ModelArgsAction,
         metavar="KEY=VALUE",
-        help="keyword argument of the model factory, repeatable (e.g. width=16, normalize=cifar10); "
+        help="keyword argument of the model factory (also of timm's create_model, torchvision's get_model "
+        "or your factory), repeatable (e.g. width=16, normalize=cifar10); "
         "true/false/none, numbers, (tuples) and [lists] are parsed, anything else is a string",
     )
     model.add_argument(
-        "--checkpoint", type=Path, metavar="FILE", help="weights of an architecture (.pt or .safetensors)"
+        "--checkpoint",
+        type=Path,
+        metavar="FILE",
+        help="weights of an architecture or of a timm, torchvision or factory model (.pt or .safetensors)",
     )
     model.add_argument(
         "--seed",
@@ -212,10 +234,17 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_source(args: argparse.Namespace) -> ModelSource:
     """The source ``--model`` names: a training run (its folder or model.safetensors with model.json
-    beside it), a zoo model or an architecture, in that order; ``--model-arg`` and ``--checkpoint`` apply
-    to an architecture only."""
+    beside it), a zoo model, an architecture or an outside model (``timm:NAME``, ``torchvision:NAME``,
+    ``package.module:factory``), in that order; ``--model-arg`` and ``--checkpoint`` apply to an
+    architecture or an outside model, ``--pretrained`` to a timm or torchvision model only."""
     model_args = args.model_args or {}
     custom = bool(model_args) or args.checkpoint is not None
+    pretrained = bool(getattr(args, "pretrained", False))
+    external = parse_external(args.model)
+    if pretrained and (external is None or not external.library or training.has_sidecar(args.model)):
+        raise CnnAliasingError(
+            f"--pretrained applies to timm:NAME and torchvision:NAME models only, not to {args.model}"
+        )
     if training.has_sidecar(args.model):
         if custom:
             raise CnnAliasingError(
@@ -234,9 +263,11 @@ def model_source(args: argparse.Namespace) -> ModelSource:
         return ZooSource(entry.name)
     if args.model in models.list_models():
         return ArchSource(args.model, model_args, args.checkpoint)
+    if external is not None:
+        return ExternalSource(args.model, model_args, pretrained, args.checkpoint)
     raise UnknownNameError(
         f"unknown model {args.model!r}; valid architectures: {', '.join(models.list_models())}; "
-        f"zoo models: {', '.join(zoo.ZOO)}"
+        f"zoo models: {', '.join(zoo.ZOO)}; or timm:NAME, torchvision:NAME, package.module:factory"
     )
 
 

@@ -1,9 +1,10 @@
 """The models of a study: the kinds of ``[[models]]`` entries, and expanding them into named models.
 
 Each kind is a frozen dataclass registered under the TOML key that identifies it (``zoo``, ``zoo_tags``,
-``zoo_on_disk``, ``checkpoint``, ``recipe``): an entry holds exactly one of those keys. A spec expands into
-one or more :class:`StudyModel` (a tag selects several zoo entries); a study model knows how to load (or
-train) itself and what it is (source, architecture, robust or not, tags) before it is loaded.
+``zoo_on_disk``, ``checkpoint``, ``recipe``, ``external``): an entry holds exactly one of those keys. A
+spec expands into one or more :class:`StudyModel` (a tag selects several zoo entries); a study model knows
+how to load (or train) itself and what it is (source, architecture, robust or not, tags) before it is
+loaded.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from torch import nn
 
 from cnn_aliasing import training, zoo
 from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
-from cnn_aliasing.model_source import ArchSource, LoadOptions, ZooSource, check_architecture
+from cnn_aliasing.model_source import (
+    ArchSource,
+    ExternalSource,
+    LoadOptions,
+    ZooSource,
+    check_architecture,
+    check_external,
+)
 from cnn_aliasing.registry import Registry
 from cnn_aliasing.study.toml_fields import from_table, is_bool, is_path, is_str, is_str_list, is_table, reads
 
@@ -320,6 +328,53 @@ class RecipeSpec(ModelSpec):
                 loader=_train_recipe,
             )
             for s in sources
+        ]
+
+
+def _external(value: Any, where: str) -> str:
+    text = is_str(value, where)
+    try:
+        return str(check_external(text))
+    except CnnAliasingError as error:
+        raise CnnAliasingError(f"{where}: {error}") from None
+
+
+def _load_external(model: StudyModel, context: LoadContext) -> LoadedModel:
+    torch.manual_seed(context.seed)  # random weights (without pretrained) follow the study's seed
+    source_of = ExternalSource(model.source["external"], model.arch_args, model.source["pretrained"])
+    module, meta = source_of.load(context.load_options)
+    source = {**model.source, "normalize": meta["model"]["external"]["normalize"]}
+    return LoadedModel(module, {**model.describe(), "source": source, "training": None})
+
+
+@register_spec
+@dataclass(frozen=True)
+class ExternalSpec(ModelSpec):
+    """``external = "timm:resnet50"`` (``torchvision:NAME``, ``package.module:factory``) with ``args``,
+    ``pretrained``, ``robust``, ``name``: a model from timm, torchvision or the user's own factory."""
+
+    key: ClassVar[str] = "external"
+    external: str = field(metadata=reads(_external))
+    args: dict[str, Any] = field(default_factory=dict, metadata=reads(is_table))
+    pretrained: bool = field(default=False, metadata=reads(is_bool))
+    robust: bool = field(default=False, metadata=reads(is_bool))
+    name: str | None = field(default=None, metadata=reads(is_str))
+
+    def expand(self, model_dir: Path) -> list[StudyModel]:
+        if self.pretrained and not check_external(self.external).library:
+            raise CnnAliasingError(
+                f"pretrained applies to timm: and torchvision: models, not to the factory {self.external}"
+            )
+        return [
+            StudyModel(
+                name=self.name or self.external,
+                source={"type": "external", "external": self.external, "pretrained": self.pretrained},
+                arch=self.external,
+                arch_args=dict(self.args),
+                robust=self.robust,
+                tags=_training_tags(self.robust, self.external),
+                loader=_load_external,
+            )
         ]
 
 
