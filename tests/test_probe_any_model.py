@@ -256,8 +256,9 @@ def make_vit() -> HybridViT:
     return HybridViT().double().eval()
 
 
-def test_vit_patch_conv_is_skipped_with_one_warning_and_the_rest_measured():
-    net = make_vit()
+def test_patch_conv_above_max_factor_is_skipped_with_one_warning_and_the_rest_measured():
+    net = make_vit()  # its stride-16 patch conv is measured (test_large_factors.py); a stride-64 one is not
+    net.patch_embed.proj = nn.Conv2d(4, 16, 16, 64, 24).double()  # still 4 patches of the 32x32 maps
     images = torch.rand(3, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -270,8 +271,8 @@ def test_vit_patch_conv_is_skipped_with_one_warning_and_the_rest_measured():
         warnings.simplefilter("always")
         report, outputs = measured_output(net, list(images.split(1)))  # three calls of the patch conv
     (message,) = unmeasurable_warnings(caught)  # one warning per op per call, not per forward
-    assert message.startswith("op 'patch_embed.proj' (conv2d, factor 16x16) is not measured")
-    assert "above spectral.MAX_FACTOR = 8" in message and "exclude=['patch_embed.proj']" in message
+    assert message.startswith("op 'patch_embed.proj' (conv2d, factor 64x64) is not measured")
+    assert "above spectral.MAX_FACTOR = 32" in message and "exclude=['patch_embed.proj']" in message
     assert [w for w in caught if "getitem" in str(w.message)] == []  # the logits slice is not an op
     assert [op.name for op in report.ops] == ["stem"]
     torch.testing.assert_close(torch.cat(outputs), expected, rtol=1e-12, atol=1e-12)
@@ -303,8 +304,8 @@ def test_excluded_op_is_never_touched(monkeypatch: pytest.MonkeyPatch):
     assert [op.name for op in report.ops] == [d.name for d in found] == ["stem"]
     assert built == [("conv2d", (2, 2))] * 2  # only the stem, once per pass: the patch conv never
     assert own_forward_seen == [True, True]
-    with pytest.warns(UnmeasurableOpWarning, match="patch_embed.proj"):
-        assert measure(net, [images], include=["patch_embed.*"], progress=False).ops == []
+    included = measure(net, [images], include=["patch_embed.*"], progress=False)  # factor 16: measured
+    assert [op.name for op in included.ops] == ["patch_embed.proj"]
 
     torch.manual_seed(0)
     mixed = MixedNet().eval()
@@ -318,13 +319,11 @@ def test_excluded_op_is_never_touched(monkeypatch: pytest.MonkeyPatch):
 def test_model_that_raises_for_some_input_is_restored_and_measurable_again():
     net = make_vit()
     with pytest.raises(ModelInputError, match=r"shape \(1, 3, 96, 96\)"):  # 9 patches: pos_embed has 5
-        with pytest.warns(UnmeasurableOpWarning):
-            measure(net, [torch.rand(1, 3, 96, 96, dtype=torch.float64)], progress=False)
+        measure(net, [torch.rand(1, 3, 96, 96, dtype=torch.float64)], progress=False)
     assert all("forward" not in m.__dict__ for m in net.modules())
     assert not net.training
-    with pytest.warns(UnmeasurableOpWarning):
-        report = measure(net, [torch.rand(1, 3, 64, 64, dtype=torch.float64)], progress=False)
-    assert [op.name for op in report.ops] == ["stem"]
+    report = measure(net, [torch.rand(1, 3, 64, 64, dtype=torch.float64)], progress=False)
+    assert [op.name for op in report.ops] == ["stem", "patch_embed.proj"]
 
 
 # ---- timm/MobileNet-style: Focus stem of offset slices, squeeze-excite, depthwise, grouped, functional ---

@@ -183,7 +183,7 @@ def test_leading_dims_and_factor_forms(backend):
     ("x", "factor", "nyquist", "message"),
     [
         (torch.zeros(4, 4), 0, "zero", "factor"),
-        (torch.zeros(4, 4), 9, "zero", "factor"),
+        (torch.zeros(4, 4), 33, "zero", "factor"),
         (torch.zeros(4, 4), (2, 2, 2), "zero", "factor"),
         (torch.zeros(4, 4), 2, "middle", "nyquist"),
         (torch.zeros(4), 2, "zero", "shape"),

@@ -23,7 +23,10 @@ import torch.nn.functional as F
 
 from cnn_aliasing.errors import CnnAliasingError
 
-MAX_FACTOR = 8
+MAX_FACTOR = 32
+"""The largest factor measured on each axis: 32 covers patch embeddings (ViT 16x16, Swin/ConvNeXt 4x4, 32x32).
+Nothing here grows with the factor: Y and Z are formed on the small grid straight from x (O(H W) per map,
+never the s*t replicas as separate arrays)."""
 
 
 class Nyquist(str, enum.Enum):
@@ -38,7 +41,7 @@ class Nyquist(str, enum.Enum):
 
 
 def as_factor(factor: int | Sequence[int]) -> tuple[int, int]:
-    """Normalise a down-sampling factor given as ``s`` or ``(s, t)`` and check it lies in 1..8."""
+    """Normalise a down-sampling factor given as ``s`` or ``(s, t)`` and check it lies in 1..MAX_FACTOR."""
     pair = (factor, factor) if isinstance(factor, int) else tuple(factor)
     if len(pair) != 2 or not all(isinstance(f, int) and 1 <= f <= MAX_FACTOR for f in pair):
         raise CnnAliasingError(f"factor must be an int or a pair of ints in 1..{MAX_FACTOR}, got {factor!r}")
