@@ -3,6 +3,10 @@ registered architectures' ``downsample`` argument and the recipes' ``downsample`
 
 from __future__ import annotations
 
+import re
+import warnings
+from typing import ClassVar
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -165,3 +169,141 @@ def test_recipe_downsample_field() -> None:
         get_recipe("small-standard", arch_args={"width": 4, "downsample": "asap"}, downsample="flc")
     model = create_model(recipe.arch, **recipe.arch_args)
     assert any(isinstance(m, FLCPool) for m in model.modules())
+
+
+# ---- Conv2d subclasses with their own forward -----------------------------------------------------------
+
+
+def standardised(weight: torch.Tensor) -> torch.Tensor:
+    """Weight standardisation, per output filter (as the test's WSConv2d does in its forward)."""
+    mean = weight.mean(dim=(1, 2, 3), keepdim=True)
+    return (weight - mean) / (weight.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
+
+
+class WSConv2d(nn.Conv2d):
+    """A weight-standardised conv: its weight is computed in forward, which follows self.stride."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, standardised(self.weight), self.bias, self.stride, self.padding, self.dilation)
+
+
+class WSNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.down = WSConv2d(8, 16, 3, stride=2, padding=1)
+        self.skip = WSConv2d(8, 16, 1, stride=2)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.stem(x)
+        out = F.relu(self.down(out)) + self.skip(out)
+        return self.head(out.mean(dim=(-2, -1)))
+
+
+def method_layer(method: str, kernel: int, padding: int) -> tuple[nn.Module, bool]:
+    """The method's down-sampler for a stride-2 conv (kernel, padding), and whether it goes before it."""
+    geometry = {"kernel_size": (kernel, kernel), "padding": (padding, padding), "dilation": (1, 1)}
+    if method == "flc":
+        return FLCPool((2, 2), **geometry), True
+    if method == "asap":
+        return ASAPPool((2, 2), pad_to_odd=False, **geometry), True
+    return BlurPool(3, (2, 2)), kernel == 1 and padding == 0
+
+
+def reference_conv(conv: nn.Conv2d, method: str, x: torch.Tensor) -> torch.Tensor:
+    """By hand: the stride-1 conv with the standardised weights and the method's module from
+    cnn_aliasing.antialias before it ("same" padding) or after it."""
+    kernel, padding = conv.kernel_size[0], int(conv.padding[0])
+    layer, before = method_layer(method, kernel, padding)
+    weight = standardised(conv.weight)
+    if before:
+        same = (kernel - 1) // 2 if method != "blurpool" else padding
+        return F.conv2d(layer(x), weight, conv.bias, 1, same)
+    return layer(F.conv2d(x, weight, conv.bias, 1, padding))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_custom_forward_conv_is_swapped_keeping_its_forward(method: str) -> None:
+    torch.manual_seed(2)
+    model = WSNet()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # everything is swapped: no AntialiasWarning
+        swapped = antialias(model, method, example_input=image())
+    assert model.down.stride == (2, 2) and type(model.down) is WSConv2d  # the original untouched
+    for name in ("down", "skip"):
+        module = swapped.get_submodule(name)
+        assert isinstance(module, WSConv2d) and module.stride == (1, 1)
+        assert type(module).__name__ == "AntialiasedWSConv2d"
+    assert list(swapped.state_dict()) == list(model.state_dict())
+    x = image((32, 32))
+    with torch.no_grad():
+        stem = model.stem(x)
+        down, skip = reference_conv(model.down, method, stem), reference_conv(model.skip, method, stem)
+        expected = model.head((F.relu(down) + skip).mean(dim=(-2, -1)))
+        torch.testing.assert_close(swapped.down(stem), down, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(swapped.skip(stem), skip, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(swapped(x), expected, rtol=1e-6, atol=1e-6)
+        assert swapped(image((33, 29))).shape == model(image((33, 29))).shape == (2, 5)
+    kinds = [op.kind for op in find_downsamplers(swapped, image())]
+    assert kinds == [KIND[method]] * 2
+
+
+class SlottedWSNet(WSNet):
+    """The registered architectures' convention: BlurPool goes into the slot after the activation."""
+
+    antialias_slots: ClassVar[dict[str, str]] = {"down": "down_antialias"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down_antialias = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.stem(x)
+        out = self.down_antialias(F.relu(self.down(out))) + self.skip(out)
+        return self.head(out.mean(dim=(-2, -1)))
+
+
+def test_custom_forward_conv_with_a_slot_gets_stride_one_and_blurpool_in_the_slot() -> None:
+    torch.manual_seed(3)
+    model = SlottedWSNet()
+    swapped = antialias(model, "blurpool", example_input=image())
+    assert type(swapped.down) is WSConv2d and swapped.down.stride == (1, 1)
+    assert isinstance(swapped.down_antialias, BlurPool)
+    x = image()
+    with torch.no_grad():
+        stem = model.stem(x)
+        down = F.conv2d(stem, standardised(model.down.weight), model.down.bias, 1, 1)
+        out = BlurPool(3, (2, 2))(F.relu(down)) + reference_conv(model.skip, "blurpool", stem)
+        torch.testing.assert_close(swapped(x), model.head(out.mean(dim=(-2, -1))), rtol=1e-6, atol=1e-6)
+
+
+class HardStrideConv(nn.Conv2d):
+    """A conv whose forward ignores self.stride: its stride is written into the call."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, 2, self.padding)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(
+    ("stride", "reason"),
+    [
+        (
+            2,
+            r"does not use self\.stride: at stride 1 its output keeps the shape \(2, 16, 16, 16\)",
+        ),
+        (1, r"its forward down-samples by 2x2, not by its stride \(1, 1\)"),
+    ],
+)
+def test_custom_forward_conv_that_ignores_its_stride_is_left_with_a_reason(
+    method: str, stride: int, reason: str
+) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), HardStrideConv(8, 16, 3, stride, 1))
+    with pytest.warns(AntialiasWarning, match=r"1 down-sampling op\(s\)") as caught:
+        swapped = antialias(model, method, example_input=image())
+    message = str(caught[0].message)
+    assert "1:conv2d (conv2d): " in message
+    assert re.search(reason, message), message
+    assert type(swapped[1]) is HardStrideConv and swapped[1].stride == (stride, stride)
+    torch.testing.assert_close(swapped(image()), model(image()), rtol=0, atol=0)

@@ -15,6 +15,14 @@
 - every method: a strided max-, average- or LP-pool becomes its stride-1 version followed by the
   method's down-sampler (for BlurPool: Zhang's MaxBlurPool).
 
+A ``Conv2d`` subclass with its own forward (a weight-standardised conv computing its weight in forward)
+keeps that forward: its ``stride`` is set to 1 (with "same" ``padding`` where the down-sampler goes
+before it) and its class becomes a subclass (``Antialiased<Name>``) that calls the method's down-sampler
+before or after the original forward, in the places an ordinary conv gets them. This needs a forward that
+follows ``self.stride`` (and ``self.padding``): the probe's example input is run through the module at
+stride 1 first, and a conv whose stride-1 output sliced ``[::s, ::t]`` is not its strided output, or
+whose swapped output has another shape, is left as it is and named, with the reason, in the warning.
+
 Convolution parameters keep their names (``layer2.0.conv1.weight`` ...) and the layers hold no state, so
 a strided model's state dict loads into the swapped one unchanged. Ops that cannot be swapped (functional
 calls and strided slices inside a forward, other declared down-samplers) are named in an
@@ -27,7 +35,7 @@ import copy
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -240,10 +248,185 @@ def _swap_conv(
     return AntialiasedConv2d(conv, after=layer), None
 
 
+class _AntialiasedForward(nn.Module):
+    """Mixed into a Conv2d subclass with its own forward: that forward at stride 1, with the method's
+    down-sampler before it (``antialias_before``) or after it (``antialias_after``)."""
+
+    antialias_before: nn.Module | None
+    antialias_after: nn.Module | None
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        before, after = self.antialias_before, self.antialias_after
+        if before is not None:
+            x = before(x)
+        out = super().forward(x, *args, **kwargs)
+        return after(out) if after is not None else out
+
+
+_ANTIALIASED_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
+
+
+def _antialiased_class(cls: type[nn.Module]) -> type[nn.Module]:
+    """``Antialiased<Name>``: ``cls`` with :class:`_AntialiasedForward` around its forward (one per class)."""
+    if cls not in _ANTIALIASED_CLASSES:
+        name = f"Antialiased{cls.__name__}"
+        _ANTIALIASED_CLASSES[cls] = type(name, (_AntialiasedForward, cls), {"__module__": __name__})
+    return _ANTIALIASED_CLASSES[cls]
+
+
+@dataclass(frozen=True)
+class _CustomSwap:
+    """How a Conv2d subclass with its own forward is swapped: its new padding and where the layer goes."""
+
+    layer: nn.Module
+    before: bool
+    padding: Pair | None  # None: unchanged
+    slotted: bool  # the layer goes into the parent's slot, the conv only gets stride 1
+
+    def apply(self, conv: nn.Conv2d) -> None:
+        conv.stride = (1, 1)
+        if self.padding is not None:
+            conv.padding = self.padding
+        if self.slotted:
+            return
+        conv.__class__ = _antialiased_class(type(conv))  # type: ignore[assignment]
+        wrapped = cast(_AntialiasedForward, conv)
+        wrapped.antialias_before = self.layer if self.before else None
+        wrapped.antialias_after = None if self.before else self.layer
+
+
+def _plan_custom(
+    conv: nn.Conv2d, factor: Pair, method: Method, options: Mapping[str, Any], slot: nn.Module | None
+) -> _CustomSwap:
+    """Where the method puts its down-sampler for this conv: as :func:`_swap_conv` does for a plain one."""
+    if method.before_conv(conv):
+        geometry = Geometry(conv.kernel_size, _conv_padding(conv), conv.dilation)  # type: ignore[arg-type]
+        padding = _same_padding(conv) if method.name != "blurpool" else None
+        return _CustomSwap(method.make(factor, geometry, options), True, padding, False)
+    return _CustomSwap(method.make(factor, Geometry(), options), False, None, slot is not None)
+
+
+Call = tuple[tuple[Any, ...], dict[str, Any], Any]
+"""One call of a module: its positional and keyword arguments and its output."""
+
+
+def _first_calls(
+    model: nn.Module, modules: Mapping[str, nn.Module], example: torch.Tensor
+) -> dict[str, Call]:
+    """The first call of each named module while ``model`` runs ``example`` (eval mode, no gradients)."""
+    calls: dict[str, Call] = {}
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+            calls.setdefault(name, (args, kwargs, out))  # returns None: the output is left as it is
+
+        return hook
+
+    handles = [
+        module.register_forward_hook(record(name), with_kwargs=True) for name, module in modules.items()
+    ]
+    training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        model.train(training)
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
+def _custom_conv_problem(conv: nn.Conv2d, factor: Pair, call: Call | None, plan: _CustomSwap) -> str | None:
+    """Why this Conv2d subclass with its own forward cannot be swapped by ``plan`` (None: it can)."""
+    s, t = factor
+    if _pair(conv.stride, "stride") != factor:
+        return f"its forward down-samples by {s}x{t}, not by its stride {tuple(conv.stride)}"
+    if call is None:
+        return "it was not called on the example input"
+    args, kwargs, strided = call
+    if _shape(strided) is None or strided.dim() != 4:
+        return "its output is not a (N, C, H, W) tensor"
+    trial = copy.deepcopy(conv)
+    trial.stride = (1, 1)
+    try:
+        with torch.no_grad():
+            full = trial(*args, **kwargs)
+            if _shape(full) is None or full.dim() != 4:
+                return "at stride 1 its output is not a (N, C, H, W) tensor"
+            if full.shape == strided.shape:
+                shape = _shape(full)
+                return f"its forward does not use self.stride: at stride 1 its output keeps the shape {shape}"
+            sliced = full[..., ::s, ::t]
+            if sliced.shape != strided.shape:
+                return (
+                    f"at stride 1 its output sliced [::{s}, ::{t}] has shape {_shape(sliced)}, not the "
+                    f"strided output's {_shape(strided)}"
+                )
+            if not torch.allclose(sliced, strided, rtol=1e-4, atol=1e-5 * float(strided.abs().max()) + 1e-30):
+                return f"at stride 1 its output sliced [::{s}, ::{t}] differs from its strided output"
+            trial = copy.deepcopy(conv)
+            copy.deepcopy(plan).apply(trial)
+            swapped = trial(*args, **kwargs)
+    except Exception as error:  # any failure of foreign code: leave the conv as it is
+        return f"its forward fails once swapped ({type(error).__name__}: {error})"
+    if not plan.slotted and _shape(swapped) != _shape(strided):
+        return (
+            f"swapped, its output has shape {_shape(swapped)}, not the strided output's {_shape(strided)} "
+            "(does its forward use self.padding?)"
+        )
+    return None
+
+
+def _custom_conv_owner(modules: Mapping[str, nn.Module], name: str) -> tuple[str, nn.Conv2d] | None:
+    """The Conv2d subclass with its own forward that an op (``owner:call`` or the module itself) is in."""
+    owner, sep, _ = name.partition(":")
+    module = modules.get(owner if sep else name)
+    if isinstance(module, nn.Conv2d) and not _is_plain(module, nn.Conv2d) and (sep or name):
+        return (owner if sep else name), module
+    return None
+
+
 def _swap_pool(pool: nn.Module, method: Method, options: Mapping[str, Any]) -> nn.Module:
     factor = _pair(pool.stride if pool.stride is not None else pool.kernel_size, "stride")  # type: ignore[arg-type]
     pool.stride = 1  # type: ignore[assignment]  # the pool of the copy being swapped
     return AntialiasedPool(pool, method.make(factor, Geometry(), options))
+
+
+def _swap_custom_convs(
+    target: nn.Module,
+    modules: Mapping[str, nn.Module],
+    custom: Mapping[str, list[Any]],
+    calls: Mapping[str, Call],
+    method: Method,
+    options: Mapping[str, Any],
+) -> list[str]:
+    """Swap each Conv2d subclass with its own forward that allows it; the others, named with the reason."""
+    skipped: list[str] = []
+    for name, ops in custom.items():
+        conv = modules[name]
+        assert isinstance(conv, nn.Conv2d)
+        labels = ", ".join(f"{op.name} ({op.kind})" for op in ops)
+        if len(ops) != 1 or ops[0].kind != "conv2d":
+            skipped.append(f"{labels}: its forward has {len(ops)} down-sampling op(s), not one conv2d")
+            continue
+        parent, child = _parent(target, name)
+        slot_name = getattr(parent, "antialias_slots", {}).get(child)
+        slot = getattr(parent, slot_name, None) if slot_name else None
+        slot = slot if isinstance(slot, nn.Identity) else None
+        plan = _plan_custom(conv, ops[0].factor, method, options, slot)
+        problem = _custom_conv_problem(conv, ops[0].factor, calls.get(name), plan)
+        if problem is not None:
+            skipped.append(f"{labels}: {problem}")
+            continue
+        plan.apply(conv)
+        if plan.slotted:
+            setattr(parent, slot_name, plan.layer)  # type: ignore[arg-type]
+    return skipped
 
 
 def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -283,7 +466,18 @@ def antialias(
     found = find_downsamplers(target, example_input if example_input is not None else _default_input(target))
     modules = dict(target.named_modules())
     skipped: list[str] = []
+    custom: dict[str, list[Any]] = {}  # Conv2d subclasses with their own forward: the ops found in each
     for op in found:
+        owner = _custom_conv_owner(modules, op.name)
+        if owner is not None:
+            custom.setdefault(owner[0], []).append(op)
+    if custom:
+        example = example_input if example_input is not None else _default_input(target)
+        calls = _first_calls(target, {name: modules[name] for name in custom}, example)
+        skipped += _swap_custom_convs(target, modules, custom, calls, chosen, settings)
+    for op in found:
+        if _custom_conv_owner(modules, op.name) is not None:
+            continue
         module = modules.get(op.name)
         if module is None or isinstance(module, OUR_LAYERS):
             if module is None:
@@ -307,7 +501,8 @@ def antialias(
         warnings.warn(
             f"antialias({method!r}) could not swap {len(skipped)} down-sampling op(s), which down-sample "
             f"as before: {', '.join(skipped)}. Functional calls and strided slices inside a forward cannot "
-            "be swapped; use modules (nn.Conv2d, nn.MaxPool2d, ...) for them.",
+            "be swapped; use modules (nn.Conv2d, nn.MaxPool2d, ...) for them; a Conv2d subclass with its "
+            "own forward is swapped where that forward follows self.stride and self.padding.",
             AntialiasWarning,
             stacklevel=2,
         )
