@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from cnn_aliasing.attacks import (
     AttackInvariantError,
     AutoAttackWarning,
     ThreatModel,
+    check_radius,
     list_attacks,
     parse_eps,
     resolve_attacks,
@@ -411,3 +413,25 @@ def test_parse_eps(text: str, value: float) -> None:
 def test_parse_eps_refuses(text: str) -> None:
     with pytest.raises(CnnAliasingError, match="eps"):
         parse_eps(text)
+
+
+@pytest.mark.parametrize(
+    ("eps", "norm", "shape", "needle"),
+    [
+        (0.0, "Linf", None, "eps must be above 0, got 0"),
+        (-0.1, "L2", None, "eps must be above 0"),
+        (1.0, "Linf", None, "did you mean 1/255 (0.003922)?"),
+        (8.0, "Linf", None, "a Linf eps of 8 covers the whole pixel range"),
+        (55.5, "L2", (3, 32, 32), "an L2 eps of 55.5 is above 55.43"),
+    ],
+)
+def test_radii_a_user_cannot_have_meant_are_refused(eps, norm, shape, needle) -> None:
+    with pytest.raises(CnnAliasingError, match=re.escape(needle)):
+        check_radius(eps, norm, shape)
+
+
+def test_radii_in_range_pass() -> None:
+    for eps, norm, shape in [(8 / 255, "Linf", None), (0.999, "Linf", None), (0.5, "L2", (3, 32, 32))]:
+        check_radius(eps, norm, shape)
+    check_radius(55.4, "L2", (3, 32, 32))  # just below sqrt(3072) = 55.43
+    check_radius(100.0, "L2", None)  # no shape: no diameter to compare with

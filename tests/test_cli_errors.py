@@ -83,6 +83,18 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
         ["evaluate", *MODEL, *DATA, "--attack", "fgsm", "--eps", "-1"],
         ("eps must be >= 0, got '-1'",),
     ),
+    "evaluate Linf eps 8": (
+        ["evaluate", *MODEL, *DATA, "--attack", "fgsm", "--eps", "8"],
+        ("a Linf eps of 8 covers the whole pixel range", "did you mean 8/255 (0.03137)?"),
+    ),
+    "evaluate eps 0": (
+        ["evaluate", *MODEL, *DATA, "--attack", "fgsm", "--eps", "0"],
+        ("eps must be above 0, got 0", "8/255"),
+    ),
+    "evaluate L2 eps above the diameter": (
+        ["evaluate", *MODEL, *DATA, "--n-images", "2", "--attack", "apgd-ce", "--norm", "L2", "--eps", "128"],
+        ("an L2 eps of 128 is above 55.43", "shape (3, 32, 32)", "did you mean 128/255"),
+    ),
     "train unknown recipe": (
         ["train", "--recipe", "small-standrd", "--dry-run"],
         ("argument --recipe: invalid choice: 'small-standrd'", "small-standard"),

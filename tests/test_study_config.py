@@ -262,3 +262,16 @@ def test_recipe_specs_take_arch_and_robustness_from_the_recipe_and_check_overrid
     bad = parse({"models": [{"recipe": "small-standard", "overrides": {"epoch": 1}}]})
     with pytest.raises(CnnAliasingError, match=r"\[\[models\]\] #1: .*unknown field 'epoch'"):
         expand_models(bad.models, Path("models"))
+
+
+@pytest.mark.parametrize(
+    ("attack", "needle"),
+    [
+        ({"eps": 8}, "[attack] a Linf eps of 8 covers the whole pixel range"),
+        ({"eps": 0}, "[attack] eps must be above 0"),
+        ({"eps": 60, "norm": "L2"}, "[attack] an L2 eps of 60 is above 55.43"),
+    ],
+)
+def test_a_radius_a_user_cannot_have_meant_is_refused_when_the_config_loads(attack, needle) -> None:
+    assert needle in error_of({"attack": attack, "models": [CKPT]})
+    parse({"attack": {"eps": 0, "enabled": False}, "models": [CKPT]})  # no attack: no radius to check

@@ -22,7 +22,7 @@ from cnn_aliasing.attacks.base import (
     register_attack,
 )
 from cnn_aliasing.attacks.pgd import FGSM, PGD, fgsm, pgd_perturb
-from cnn_aliasing.attacks.robust import RobustAccuracy, parse_eps, robust_accuracy
+from cnn_aliasing.attacks.robust import RobustAccuracy, check_radius, parse_eps, robust_accuracy
 
 __all__ = [
     "APGD",
@@ -41,6 +41,7 @@ __all__ = [
     "ZeroGradientWarning",
     "attack_options",
     "check_adversarial",
+    "check_radius",
     "create_attack",
     "fgsm",
     "list_attacks",

@@ -27,6 +27,7 @@ and the hash of the images and labels), and a state of another model or other im
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -120,6 +121,29 @@ def parse_eps(text: str | float) -> float:
     if value < 0:
         raise CnnAliasingError(f"eps must be >= 0, got {text!r}")
     return value
+
+
+def check_radius(eps: float, norm: str, image_shape: tuple[int, ...] | None = None) -> None:
+    """Refuse a radius a user cannot have meant, for images in [0, 1]: eps of 0 or less (it attacks
+    nothing), a Linf eps of 1 or more (the whole pixel range: 8 where 8/255 was meant), and, given the shape
+    of one image, an L2 eps above the diameter of [0, 1]^n, sqrt(n). The error suggests the /255 form."""
+    if eps <= 0:
+        raise CnnAliasingError(
+            f"eps must be above 0, got {eps:g}: a radius of 0 attacks nothing (robust accuracy would be the "
+            "clean accuracy); give e.g. 8/255"
+        )
+    if norm == "Linf" and eps >= 1:
+        raise CnnAliasingError(
+            f"a Linf eps of {eps:g} covers the whole pixel range: images are in [0, 1], so every image can "
+            f"be changed into any other; did you mean {eps:g}/255 ({eps / 255:.4g})?"
+        )
+    if norm == "L2" and image_shape is not None:
+        diameter = math.sqrt(math.prod(image_shape))
+        if eps > diameter:
+            raise CnnAliasingError(
+                f"an L2 eps of {eps:g} is above {diameter:.4g}, the largest L2 distance between two images "
+                f"of shape {tuple(image_shape)} in [0, 1]; did you mean {eps:g}/255 ({eps / 255:.4g})?"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- the state

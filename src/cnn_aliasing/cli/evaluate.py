@@ -73,13 +73,16 @@ class EvaluateCommand(Subcommand):
         if args.out is not None:
             prepare_output(args.out, "--out")
         eps = attacks.parse_eps(args.eps)
-        if args.attack is not None:  # refuse an unknown attack before any work
+        if args.attack is not None:  # refuse an unknown attack or a mistaken radius before any work
+            attacks.check_radius(eps, args.norm)
             attacks.resolve_attacks(args.attack)
             if args.state is not None:
                 prepare_output(args.state, "--state")
         inputs = load_inputs(args)
         context, device = inputs.context, inputs.device
         model, images, labels = inputs.model, inputs.images, inputs.labels
+        if args.attack is not None:
+            attacks.check_radius(eps, args.norm, tuple(images.shape[1:]))  # an L2 eps above the diameter
         model.to(device).eval()  # attacks expect an eval-mode model (and warn otherwise)
         bars = not args.quiet and context.is_main
         batches = data.iterate_batches(images, labels, args.batch_size, device=device)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from cnn_aliasing import data, spectral, zoo
-from cnn_aliasing.attacks import NORMS, resolve_attacks
+from cnn_aliasing.attacks import NORMS, check_radius, resolve_attacks
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.provenance import read_toml
 from cnn_aliasing.study.specs import ModelSpec, parse_model_spec
@@ -225,6 +225,7 @@ def _check_consistent(config: StudyConfig, file: str) -> None:
             )
     if config.attack.enabled:
         try:
+            check_radius(config.attack.eps, config.attack.norm, data.IMAGE_SHAPE)
             resolve_attacks(config.attack.name, config.attack.options)
         except CnnAliasingError as error:
             raise CnnAliasingError(f"{file}: [attack] {error}") from None
