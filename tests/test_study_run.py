@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from cnn_aliasing.cli import main
 from cnn_aliasing.evaluation import clean_accuracy
 from cnn_aliasing.measure import measure
 from cnn_aliasing.models import create_model, save_checkpoint
+from cnn_aliasing.plausibility import checkpoint_doubt
 from cnn_aliasing.probe import find_downsamplers
 from cnn_aliasing.report.results import load_model_result, load_results
 from cnn_aliasing.study import parse_config, run_study, runner
@@ -497,6 +499,12 @@ def test_reported_robust_accuracy_for_zoo_models_attacks_nothing(study_dir: Path
     assert record["clean_accuracy"]["accuracy"] == direct.accuracy
     page = build_report(study_dir / "out", progress=False).read_text()
     assert f"{100 * entry.autoattack_acc / 100:.1f}% (reported)" in page
+    # random weights under a zoo name: flagged as a probable wrong checkpoint, in the file and the report
+    assert record["reported"]["clean_accuracy"] == pytest.approx(entry.clean_acc / 100)
+    doubt = checkpoint_doubt("Wong2020Fast", direct.accuracy, N_IMAGES, entry.clean_acc / 100)
+    assert doubt is not None and doubt.endswith("probably a wrong checkpoint")
+    assert record["warnings"] == [doubt] and outcomes["Wong2020Fast"].warnings == (doubt,)
+    assert html.escape(doubt) in page
 
 
 @pytest.mark.parametrize(

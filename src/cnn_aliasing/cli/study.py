@@ -105,6 +105,8 @@ class StudyCommand(Subcommand):
         )
         for failed in summary.failed:
             print(f"  failed: {failed.name}: {failed.error}")
+        for warning in (w for m in summary.models for w in m.warnings):
+            print(f"  warning: {warning}")
         if summary.report is not None:
             print(f"report: {summary.report}")
             print("the answer (the report's first lines; what each test means: docs/report.md):")

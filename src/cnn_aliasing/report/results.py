@@ -113,6 +113,7 @@ class ModelResult:
     timings: dict[str, float] = field(default_factory=dict)
     n_images: int | None = None
     dose: float | None = None  # the training eps of a study-trained model (0.0: standard); None: unknown
+    warnings: list[str] = field(default_factory=list)  # what the study found doubtful (a wrong checkpoint)
     per_image: PerImageResult | None = None  # None: a file written without per-image results
 
     @property
@@ -313,6 +314,7 @@ def load_model_result(path: Path, file: str) -> ModelResult:
         tags=[str(t) for t in raw.get("tags") or []],
         source=raw.get("source") or {},
         timings={k: float(v) for k, v in (raw.get("timings") or {}).items() if v is not None},
+        warnings=[str(w) for w in raw.get("warnings") or []],
         dose=_float_or_none(raw.get("dose")),
     )
     if status != DONE:

@@ -938,6 +938,9 @@ def compute_statistics(
         n_resamples=n_resamples,
         level=level,
         seed=seed,
-        cautions=tuple(w for w in [family_warning(models), shared_run_caution(models)] if w is not None),
+        cautions=(
+            *(w for m in models for w in m.warnings),
+            *(w for w in [family_warning(models), shared_run_caution(models)] if w is not None),
+        ),
         matched=matched_pairs(models, results.op_names),
     )

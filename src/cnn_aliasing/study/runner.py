@@ -41,6 +41,7 @@ from cnn_aliasing.errors import CnnAliasingError, DistributedError
 from cnn_aliasing.evaluation import clean_accuracy
 from cnn_aliasing.identity import data_sha256, model_identity
 from cnn_aliasing.measure import AliasingReport, measure
+from cnn_aliasing.plausibility import checkpoint_doubt
 from cnn_aliasing.provenance import JsonFileError, read_json_object, run_metadata, write_json_atomic
 from cnn_aliasing.result_status import DONE, FAILED, PENDING, ResultStatus
 from cnn_aliasing.runtime import evaluation_mode, resolve_device, run_model
@@ -93,6 +94,7 @@ class ModelOutcome:
     status: ResultStatus
     error: str | None
     skipped: bool
+    warnings: tuple[str, ...] = ()  # e.g. a zoo checkpoint whose clean accuracy is far below RobustBench's
 
 
 @dataclass(frozen=True)
@@ -292,6 +294,15 @@ class _ModelRun:
                 across_ranks=True,
             )
         record["clean_accuracy"] = {"accuracy": result.accuracy, "n_images": result.total}
+        reported = (record.get("reported") or {}).get("clean_accuracy")
+        doubt = (
+            None
+            if reported is None
+            else checkpoint_doubt(model.name, result.accuracy, result.total, reported)
+        )
+        if doubt is not None:
+            record["warnings"] = [doubt]
+            self.say(f"warning: {doubt}")
 
         attacked = None
         if self.config.attack.enabled and self.config.attack.source == REPORTED:
@@ -512,7 +523,8 @@ def run_study(
         statuses[model.name] = record["status"]
         save_study()
         say(f"{prefix}: {record['status']}" + (f" ({record['error']})" if record["error"] else ""))
-        outcomes.append(ModelOutcome(model.name, record["status"], record["error"], skipped=False))
+        warned = tuple(record.get("warnings") or ())
+        outcomes.append(ModelOutcome(model.name, record["status"], record["error"], False, warned))
         if target.type == "cuda":
             torch.cuda.empty_cache()
     save_study()

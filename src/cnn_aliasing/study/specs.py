@@ -182,7 +182,13 @@ def _load_zoo(model: StudyModel, context: LoadContext) -> LoadedModel:
     module, meta = ZooSource(model.source["zoo"]).load(context.load_options)
     checkpoint = meta["checkpoint"]
     source = {**model.source, "checkpoint": checkpoint["path"], "sha256": checkpoint["sha256"]}
-    return LoadedModel(module, {**model.describe(), "source": source, "training": None})
+    figures = meta["model"]["zoo"]["reported"]  # RobustBench's, in percent
+    reported = {
+        "clean_accuracy": figures["clean_acc"] / 100,
+        "robust_accuracy": figures["autoattack_acc"] / 100,
+    }
+    record = {**model.describe(), "source": source, "training": None, "reported": reported}
+    return LoadedModel(module, record)
 
 
 @register_spec
