@@ -184,7 +184,7 @@ def attacks() -> list[APGD]:
     ]
 
 
-@pytest.mark.parametrize("kill_after", [0, 2, 4])
+@pytest.mark.parametrize("kill_after", [1, 2, 4])  # at least one batch done: a restart would redo it
 def test_resume_after_a_kill_gives_the_same_numbers(setup, tmp_path: Path, kill_after: int) -> None:
     model, x, y = setup
     common = {"attack_options": None, "return_adversarial": True, "batch_size": 8}
@@ -196,7 +196,7 @@ def test_resume_after_a_kill_gives_the_same_numbers(setup, tmp_path: Path, kill_
         evaluate(model, x, y, 8 / 255, attack=[killer.wrap(a) for a in attacks()], state_path=state, **common)
     saved = json.loads(state.read_text())
     assert saved["clean"] is not None
-    assert len(saved["per_attack"]) + len(saved["batches_done"]) > 0 or kill_after == 0
+    assert len(saved["per_attack"]) + len(saved["batches_done"]) > 0
     resuming = KillAfter()
     resumed = evaluate(
         model, x, y, 8 / 255, attack=[resuming.wrap(a) for a in attacks()], state_path=state, **common

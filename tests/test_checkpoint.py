@@ -102,10 +102,16 @@ def test_wrapped_safetensors_prefix(tmp_path: Path) -> None:
 def test_missing_num_batches_tracked_is_accepted(tmp_path: Path) -> None:
     # checkpoints written before PyTorch 0.4.1 have no BatchNorm counters; torch fills them in
     source = trained_like()
+    for k, v in source.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            v.fill_(7)  # counters the loaded model must not get: the checkpoint lacks them
     state = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
     path = tmp_path / "old.pt"
     torch.save(state, path)
-    load_checkpoint(small_model(), path)
+    loaded = load_checkpoint(small_model(), path).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())  # every stored tensor was loaded
+    counters = [k for k in loaded if k.endswith("num_batches_tracked")]
+    assert counters and all(int(loaded[k]) == 0 for k in counters)  # torch's own, not the source's 7
 
 
 def mismatched_checkpoint(tmp_path: Path) -> Path:
