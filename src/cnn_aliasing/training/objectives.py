@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +23,28 @@ from cnn_aliasing.attacks.pgd import FGSM_RS_STEP
 from cnn_aliasing.registry import Registry, docstring_line
 from cnn_aliasing.runtime import evaluation_mode
 
-if TYPE_CHECKING:
-    from cnn_aliasing.training.recipes import Recipe
+
+class ObjectiveSettings(Protocol):
+    """What an objective reads of a recipe (:class:`~cnn_aliasing.training.recipes.Recipe` has it all; a
+    protocol here, so that objectives do not import the recipes that check their names)."""
+
+    @property
+    def objective(self) -> str: ...
+    @property
+    def eps(self) -> float: ...
+    @property
+    def attack_steps(self) -> int: ...
+    @property
+    def trades_beta(self) -> float: ...
+    @property
+    def noise_std(self) -> float: ...
+    def step_size(self, default_ratio: float) -> float: ...
+
 
 LossAndLogits = tuple[torch.Tensor, torch.Tensor]
-ObjectiveFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator, "Recipe"], LossAndLogits]
+ObjectiveFn = Callable[
+    [nn.Module, torch.Tensor, torch.Tensor, torch.Generator, ObjectiveSettings], LossAndLogits
+]
 PGD_STEP_RATIO = 0.25  # 2/255 at eps 8/255 (Madry et al., Rice et al., TRADES)
 
 
@@ -68,14 +85,18 @@ def get_objective(name: str) -> Objective:
     return OBJECTIVES.get(name)
 
 
-def attack_step(recipe: Recipe) -> float:
+def attack_step(recipe: ObjectiveSettings) -> float:
     """The attack step the recipe's objective uses (``attack_step`` or its default multiple of eps)."""
     return recipe.step_size(get_objective(recipe.objective).step_ratio)
 
 
 @register_objective("standard", robust=False)
 def standard(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, recipe: Recipe
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    recipe: ObjectiveSettings,
 ) -> LossAndLogits:
     """Cross-entropy on the clean images."""
     logits = model(images)
@@ -84,7 +105,11 @@ def standard(
 
 @register_objective("gaussian-noise", robust=False)
 def gaussian_noise(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, recipe: Recipe
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    recipe: ObjectiveSettings,
 ) -> LossAndLogits:
     """Cross-entropy on images with Gaussian noise of std noise_std added (clamped to [0, 1]): a negative
     control that shifts the frequencies a model relies on without adversarial training."""
@@ -99,7 +124,7 @@ def _adversarial_ce(
     images: torch.Tensor,
     labels: torch.Tensor,
     generator: torch.Generator,
-    recipe: Recipe,
+    recipe: ObjectiveSettings,
     steps: int,
     random_start: bool = True,
 ) -> LossAndLogits:
@@ -113,7 +138,11 @@ def _adversarial_ce(
 
 @register_objective("pgd-at", robust=True, step_ratio=PGD_STEP_RATIO)
 def pgd_at(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, recipe: Recipe
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    recipe: ObjectiveSettings,
 ) -> LossAndLogits:
     """PGD-AT (Madry et al. 2018): cross-entropy on PGD examples (attack_steps steps, random start)."""
     return _adversarial_ce(model, images, labels, generator, recipe, recipe.attack_steps)
@@ -121,7 +150,11 @@ def pgd_at(
 
 @register_objective("fgsm-rs", robust=True, step_ratio=FGSM_RS_STEP)
 def fgsm_rs(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, recipe: Recipe
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    recipe: ObjectiveSettings,
 ) -> LossAndLogits:
     """FGSM-RS (Wong et al. 2020): cross-entropy on one step of 1.25 eps from a uniform random start."""
     return _adversarial_ce(model, images, labels, generator, recipe, 1)
@@ -129,7 +162,11 @@ def fgsm_rs(
 
 @register_objective("fgsm", robust=True, step_ratio=1.0)
 def fgsm(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, recipe: Recipe
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    recipe: ObjectiveSettings,
 ) -> LossAndLogits:
     """Plain FGSM training (Goodfellow et al. 2015): cross-entropy on one step of eps from the clean image.
 
@@ -151,7 +188,11 @@ def _kl_to(clean_probs: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], 
 
 @register_objective("trades", robust=True, step_ratio=PGD_STEP_RATIO)
 def trades(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, recipe: Recipe
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    recipe: ObjectiveSettings,
 ) -> LossAndLogits:
     """TRADES (Zhang et al. 2019): CE(clean) + beta * KL(clean || adversarial), the KL maximised by PGD.
 
