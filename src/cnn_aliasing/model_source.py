@@ -170,9 +170,14 @@ class Library:
             raise CnnAliasingError(f"{top} cannot be imported: {type(error).__name__}: {error}") from None
 
 
+def _close_matches(name: str, names: Sequence[str]) -> str | None:
+    """``close matches: a, b`` (up to 5 of ``names``), or None when none is close."""
+    close = difflib.get_close_matches(name, names, n=5)
+    return f"close matches: {', '.join(close)}" if close else None
+
+
 def _unknown_name(library: str, name: str, names: Sequence[str]) -> UnknownNameError:
-    close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
-    hint = f"close matches: {', '.join(close)}" if close else f"none of its {len(names)} names is close"
+    hint = _close_matches(name, names) or f"none of its {len(names)} names is close"
     return UnknownNameError(f"unknown {library} model {name!r}; {hint}")
 
 
@@ -270,9 +275,8 @@ def _user_factory(ref: ExternalRef) -> Callable[..., Any]:
     where = ref.module
     for part in ref.attr.split("."):
         if not hasattr(target, part):
-            public = [n for n in dir(target) if not n.startswith("_")]
-            close = difflib.get_close_matches(part, public, n=5)
-            hint = f"; close matches: {', '.join(close)}" if close else ""
+            close = _close_matches(part, [n for n in dir(target) if not n.startswith("_")])
+            hint = f"; {close}" if close else ""
             raise CnnAliasingError(f"{where!r} has no attribute {part!r} (from --model {ref}){hint}")
         target, where = getattr(target, part), f"{where}.{part}"
     if not callable(target):

@@ -147,7 +147,8 @@ def check_radius(eps: float, norm: str, image_shape: tuple[int, ...] | None = No
 
 
 # ---------------------------------------------------------------------------------------------- the state
-def _bits(mask: torch.Tensor) -> str:
+def flag_string(mask: torch.Tensor) -> str:
+    """Per-point flags as a string of 0 and 1 (how state and study files store them)."""
     return "".join("1" if v else "0" for v in mask.tolist())
 
 
@@ -181,8 +182,8 @@ class _State:
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
             "config": self.config,
-            "clean": None if self.clean is None else _bits(self.clean),
-            "robust": None if self.robust is None else _bits(self.robust),
+            "clean": None if self.clean is None else flag_string(self.clean),
+            "robust": None if self.robust is None else flag_string(self.robust),
             "margins": None if self.margins is None else self.margins.tolist(),  # float64: exact in JSON
             "per_attack": self.per_attack,
             "attack_seconds": self.attack_seconds,

@@ -263,14 +263,10 @@ def _parse_per_image(raw: dict[str, Any], aliasing: AliasingReport, path: Path) 
         if attacked is not None:
             raise ResultsError(f"{path}: per_image is given but aliasing.per_image is missing")
         return None
+    per_op = {op: np.asarray(v, dtype=np.float64) for op, v in aliasing.per_image.items()}
     if attacked is None:
-        empty = np.zeros(0)
-        return PerImageResult(
-            {op: np.asarray(v, dtype=np.float64) for op, v in aliasing.per_image.items()},
-            empty.astype(bool),
-            empty.astype(bool),
-            empty,
-        )
+        none = np.zeros(0, dtype=bool)
+        return PerImageResult(per_op, none, none, np.zeros(0))
     n_measured, n_attacked = (_get(attacked, k, path, "per_image.") for k in ("n_measured", "n_attacked"))
     if n_measured != aliasing.n_images:
         raise ResultsError(
@@ -293,7 +289,7 @@ def _parse_per_image(raw: dict[str, Any], aliasing: AliasingReport, path: Path) 
     except (TypeError, ValueError):
         raise ResultsError(f"{path}: per_image.margin must hold numbers (null for NaN)") from None
     return PerImageResult(
-        {op: np.asarray(v, dtype=np.float64) for op, v in aliasing.per_image.items()},
+        per_op,
         _flags(attacked, "clean", n_attacked, path),
         _flags(attacked, "robust", n_attacked, path),
         margins,

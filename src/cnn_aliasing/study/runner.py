@@ -36,7 +36,7 @@ import torch
 
 from cnn_aliasing import data, distributed, training, zoo
 from cnn_aliasing.attacks import robust_accuracy
-from cnn_aliasing.attacks.robust import RobustAccuracy, StateMismatchError
+from cnn_aliasing.attacks.robust import RobustAccuracy, StateMismatchError, flag_string
 from cnn_aliasing.errors import CnnAliasingError, DistributedError
 from cnn_aliasing.evaluation import clean_accuracy
 from cnn_aliasing.identity import data_sha256, model_identity
@@ -187,15 +187,11 @@ def per_image_record(result: RobustAccuracy, n_measured: int) -> dict[str, Any]:
     clean and robust as strings of 0 and 1, and the margins to :data:`MARGIN_DIGITS` significant digits."""
     if result.clean_points is None or result.robust_points is None or result.margins is None:
         raise StudyModelError("the attack returned no per-image results")
-
-    def bits(flags: torch.Tensor) -> str:
-        return "".join("1" if f else "0" for f in flags.tolist())
-
     return {
         "n_measured": n_measured,
         "n_attacked": result.n_images,
-        "clean": bits(result.clean_points),
-        "robust": bits(result.robust_points),
+        "clean": flag_string(result.clean_points),
+        "robust": flag_string(result.robust_points),
         "margin": [float(f"{m:.{MARGIN_DIGITS}g}") for m in result.margins.tolist()],
     }
 
