@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from cnn_aliasing import measure
+from cnn_aliasing.aliasing_report import AliasingReport, ChannelSample, MetricSummary, OpAliasing
 from cnn_aliasing.errors import CnnAliasingError, ReportFormatError
-from cnn_aliasing.measure import AliasingReport, ChannelSample, MetricSummary, OpAliasing
 from cnn_aliasing.provenance import write_json_atomic
 
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnn_aliasing import measure
+from cnn_aliasing.aliasing_report import AliasingReport
 from cnn_aliasing.errors import CnnAliasingError, ReportFormatError
-from cnn_aliasing.measure import AliasingReport
 from test_probe import am_by_hand
 
 N_IMAGES = 8

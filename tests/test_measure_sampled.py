@@ -5,7 +5,6 @@ binomial acceptance band, mean on the exact AM)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from pathlib import Path
@@ -17,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnn_aliasing import measure
+from cnn_aliasing import accumulator, measure
+from cnn_aliasing.aliasing_report import AliasingReport
 from cnn_aliasing.downsamplers import StridedCall
 from cnn_aliasing.errors import CnnAliasingError
-from cnn_aliasing.measure import AliasingReport, t_critical
 from cnn_aliasing.models import create_model
+from cnn_aliasing.quantiles import t_critical
 from cnn_aliasing.training import get_recipe, track
 from test_cli import cifar_dir, measure_args, run_cli  # noqa: F401 (cifar_dir is a fixture)
 from test_probe import EXPECTED, am_by_hand, full_outputs, make_net
@@ -190,13 +190,12 @@ def test_sampled_channels_get_the_exact_per_channel_values(
 def test_pointwise_mix_and_restricted_conv_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     """A sampled 1x1 convolution is measured from its input's spectra for large samples, from the
     restricted stride-1 output for small ones: both give the same values for the same channels."""
-    measure_module = importlib.import_module("cnn_aliasing.measure")  # the package exports the function
     torch.manual_seed(3)
     net = Wrap(nn.Conv2d(8, 32, 1, stride=2), 8).double().eval()
     images = torch.rand(4, 3, 16, 16, dtype=torch.float64)
     results = []
     for ratio in (1, 10**6):  # mix only when k >= 8 / 1; always mix
-        monkeypatch.setattr(measure_module, "POINTWISE_MIX_RATIO", ratio)
+        monkeypatch.setattr(accumulator, "POINTWISE_MIX_RATIO", ratio)
         results.append(measure(net, [images], per_channel=True, progress=False, sample_channels=4).ops[0])
     assert results[0].sampled == results[1].sampled
     per_channel = [r.metrics["aliasing"].per_channel for r in results]

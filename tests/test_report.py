@@ -12,8 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnn_aliasing import cli
-from cnn_aliasing.measure import measure
+from cnn_aliasing import cli, measure
 from cnn_aliasing.provenance import write_json_atomic
 from cnn_aliasing.report import ResultsError, build_report, load_results
 from cnn_aliasing.report.html import render_html

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from cnn_aliasing.errors import CnnAliasingError
 
@@ -78,18 +77,33 @@ def _git_state(folder: Path) -> dict[str, Any]:
     return {"commit": head.stdout.strip(), "dirty": dirty}
 
 
-def run_metadata() -> dict[str, Any]:
-    """JSON-ready provenance: versions, platform, git commit and dirty flag of this checkout, UTC time."""
+def code_metadata() -> dict[str, Any]:
+    """JSON-ready provenance of this code alone, without loading torch: package, version, git commit and
+    dirty flag of this checkout, UTC time (what the report records of itself)."""
     return {
         "package": DISTRIBUTION,
         "version": _package_version(),
+        "git": _git_state(_PACKAGE_DIR),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_metadata() -> dict[str, Any]:
+    """JSON-ready provenance of a run: :func:`code_metadata` with the versions of torch, CUDA, numpy and
+    python and the platform."""
+    import torch  # here, not at the top: reading result files and building the report need no torch
+
+    code = code_metadata()
+    return {
+        "package": code["package"],
+        "version": code["version"],
         "torch": str(torch.__version__),
         "cuda": torch.version.cuda,
         "numpy": np.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "git": _git_state(_PACKAGE_DIR),
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git": code["git"],
+        "timestamp": code["timestamp"],
     }
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from cnn_aliasing import data, distributed, spectral
+from cnn_aliasing.aliasing_report import AliasingReport
 from cnn_aliasing.cli.options import (
     add_input_arguments,
     load_inputs,
@@ -16,7 +17,7 @@ from cnn_aliasing.cli.options import (
 )
 from cnn_aliasing.cli.registry import Subcommand, register_subcommand
 from cnn_aliasing.errors import CnnAliasingError
-from cnn_aliasing.measure import AliasingReport, measure
+from cnn_aliasing.measurement import measure
 from cnn_aliasing.probe import find_downsamplers
 from cnn_aliasing.provenance import write_csv_atomic, write_json_atomic
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnn_aliasing.provenance import atomic_file, run_metadata, write_json_atomic
+from cnn_aliasing.provenance import atomic_file, code_metadata, write_json_atomic
 from cnn_aliasing.report.figures import make_figures
 from cnn_aliasing.report.html import render_html
 from cnn_aliasing.report.results import ResultsError, StudyResults, load_results, table_rows, write_tables
@@ -51,7 +51,7 @@ def make_report(results_dir: str | Path, *, out: str | Path | None = None, progr
     write_json_atomic(results.root / "statistics.json", stats.to_dict())
     figures = make_figures(results, results.root / "figures", progress=progress)
     html_path = Path(out) if out is not None else results.root / "report.html"
-    page = render_html(results, stats, figures, rows, html_path.parent, run_metadata())
+    page = render_html(results, stats, figures, rows, html_path.parent, code_metadata())
     with atomic_file(html_path) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return Report(html_path, results, stats)

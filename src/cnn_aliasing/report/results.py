@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from cnn_aliasing.aliasing_report import AM, AliasingReport, OpAliasing
 from cnn_aliasing.errors import CnnAliasingError, ReportFormatError
-from cnn_aliasing.measure import AM, AliasingReport, OpAliasing
 from cnn_aliasing.provenance import JsonFileError, read_json_object, write_csv_atomic, write_json_atomic
 from cnn_aliasing.result_status import DONE
 

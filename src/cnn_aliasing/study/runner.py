@@ -35,12 +35,13 @@ from typing import Any, Literal, get_args
 import torch
 
 from cnn_aliasing import data, distributed, training, zoo
+from cnn_aliasing.aliasing_report import AliasingReport
 from cnn_aliasing.attacks import robust_accuracy
 from cnn_aliasing.attacks.robust import RobustAccuracy, StateMismatchError, flag_string
 from cnn_aliasing.errors import CnnAliasingError, DistributedError
 from cnn_aliasing.evaluation import clean_accuracy
 from cnn_aliasing.identity import data_sha256, model_identity
-from cnn_aliasing.measure import AliasingReport, measure
+from cnn_aliasing.measurement import measure
 from cnn_aliasing.plausibility import checkpoint_doubt
 from cnn_aliasing.provenance import JsonFileError, read_json_object, run_metadata, write_json_atomic
 from cnn_aliasing.result_status import DONE, FAILED, PENDING, ResultStatus

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from cnn_aliasing.attacks import robust_accuracy
-from cnn_aliasing.measure import measure
+from cnn_aliasing.measurement import measure
 from cnn_aliasing.runtime import evaluation_mode
 from cnn_aliasing.training.recipes import Recipe
 
