@@ -65,13 +65,12 @@ FULL_SIZE = {
 
 
 @pytest.mark.parametrize("name", list(FULL_SIZE))
-def test_keys_parameter_count_and_forward_shape(name: str) -> None:
+def test_keys_and_parameter_count(name: str) -> None:
+    """(Forward, backward and anti-aliasing of every registered model: test_model_contracts.py.)"""
     keys, count = FULL_SIZE[name]
-    model = create_model(name).eval()
+    model = create_model(name)
     assert list(model.state_dict()) == keys
     assert n_params(model) == count
-    with torch.no_grad():
-        assert model(torch.rand(1, 3, 32, 32)).shape == (1, 10)
 
 
 def test_dm_wrn_other_depth_and_width() -> None:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from cnn_aliasing.antialias import FLCPool
 from cnn_aliasing.errors import ModelArgumentError, ModelInputError, UnknownNameError
 from cnn_aliasing.models import (
     NORMALIZATION_PRESETS,
     create_model,
     list_models,
     model_descriptions,
+    preact_resnet18,
     register_model,
 )
 
@@ -132,10 +135,9 @@ def reference_wrn(x: torch.Tensor, sd: dict[str, torch.Tensor], blocks_per_group
 # --- registry --------------------------------------------------------------------------------------
 
 
-def test_registry_lists_both_models_sorted_with_descriptions() -> None:
+def test_registry_lists_every_model_sorted_with_descriptions() -> None:
     names = list_models()
-    assert {"preact_resnet18", "wrn_28_10"} <= set(names)
-    assert names == sorted(names)
+    assert names == ["dm_preact_resnet18", "dm_wrn_28_10", "preact_resnet18", "resnet18", "wrn_28_10"]
     descriptions = model_descriptions()
     assert list(descriptions) == names
     assert all(d and "\n" not in d for d in descriptions.values())
@@ -149,6 +151,25 @@ def test_unknown_model_lists_valid_names() -> None:
 def test_unknown_argument_lists_valid_arguments() -> None:
     with pytest.raises(UnknownNameError, match=r"'widht'.*valid arguments: .*width"):
         create_model("preact_resnet18", widht=8)
+
+
+def test_the_registry_gives_every_factory_downsample() -> None:
+    parameter = inspect.signature(preact_resnet18).parameters["downsample"]
+    assert (parameter.default, parameter.kind) == ("strided", inspect.Parameter.KEYWORD_ONLY)
+    with pytest.raises(
+        UnknownNameError, match=r"valid arguments: num_classes, width, .*, normalize, downsample$"
+    ):
+        create_model("preact_resnet18", widht=8)
+    called = preact_resnet18(width=4, downsample="flc")  # the public factory itself takes it too
+    assert sum(isinstance(m, FLCPool) for m in called.modules()) == 6  # 3 strided convs, 3 shortcuts
+    assert not any(isinstance(m, FLCPool) for m in create_model("resnet18", width=4).modules())
+
+    def takes_downsample(downsample: str = "strided") -> torch.nn.Module:
+        return torch.nn.Identity()
+
+    with pytest.raises(ValueError, match="takes downsample itself; the registry adds it"):
+        register_model(takes_downsample)
+    assert "takes_downsample" not in list_models()
 
 
 def test_duplicate_registration_raises() -> None:

@@ -16,6 +16,7 @@ from cnn_aliasing.antialias.layers import (
     kept_frequencies,
     strided_output_size,
 )
+from cnn_aliasing.antialias.slots import AntialiasSlot
 from cnn_aliasing.antialias.swap import (
     METHODS,
     STRIDED,
@@ -28,12 +29,14 @@ from cnn_aliasing.antialias.swap import (
     get_method,
     list_methods,
     register_method,
+    with_downsampling,
 )
 
 __all__ = [
     "METHODS",
     "STRIDED",
     "ASAPPool",
+    "AntialiasSlot",
     "AntialiasWarning",
     "AntialiasedConv2d",
     "AntialiasedPool",
@@ -51,4 +54,5 @@ __all__ = [
     "list_methods",
     "register_method",
     "strided_output_size",
+    "with_downsampling",
 ]

@@ -8,10 +8,10 @@
   "same" padding, so shapes stay those of the strided model (also for padding-0 convolutions reading an
   asymmetrically padded input, as in the DeepMind-style models).
 - ``blurpool``: a strided k x k convolution (k > 1) becomes the stride-1 convolution with BlurPool after
-  it; where the convolution's parent declares a slot for it (``antialias_slots = {"conv1":
-  "conv1_antialias"}``, an ``nn.Identity`` called after the activation that follows the convolution, as
-  the registered architectures do) BlurPool goes into that slot, i.e. after the activation as in Zhang
-  (2019). A strided 1x1 convolution without padding (a shortcut) gets BlurPool *before* it.
+  it; where the convolution's parent declares a slot for it (an :class:`~cnn_aliasing.antialias.slots
+  .AntialiasSlot` called after the activation that follows the convolution, as the registered
+  architectures do) BlurPool goes into that slot, i.e. after the activation as in Zhang (2019). A
+  strided 1x1 convolution without padding (a shortcut) gets BlurPool *before* it.
 - every method: a strided max-, average- or LP-pool becomes its stride-1 version followed by the
   method's down-sampler (for BlurPool: Zhang's MaxBlurPool).
 
@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from cnn_aliasing.antialias.layers import ASAPPool, BlurPool, FLCPool, Pair, _pair
+from cnn_aliasing.antialias.slots import slot_after
 from cnn_aliasing.errors import CnnAliasingError
 
 STRIDED = "strided"
@@ -111,6 +112,17 @@ def get_method(name: str) -> Method:
 def downsample_choices() -> list[str]:
     """The values of a ``downsample`` argument: ``"strided"`` (the model as it is) and every method."""
     return [STRIDED, *METHODS]
+
+
+def with_downsampling(model: nn.Module, downsample: str, **options: Any) -> nn.Module:
+    """``model`` itself for ``"strided"``; else ``model`` with its down-sampling swapped in place for the
+    anti-aliasing method ``downsample`` (see :func:`antialias`). A bad value is a ValueError listing the
+    valid ones (``create_model`` reports it naming the model)."""
+    if downsample == STRIDED:
+        return model
+    if downsample not in downsample_choices():
+        raise ValueError(f"downsample={downsample!r} is unknown; valid: {', '.join(downsample_choices())}")
+    return antialias(model, downsample, inplace=True, **options)
 
 
 def _same_padding(conv: nn.Conv2d) -> Pair:
@@ -233,7 +245,7 @@ def _stride_one_conv(conv: nn.Conv2d) -> nn.Conv2d:
 
 
 def _swap_conv(
-    conv: nn.Conv2d, method: Method, options: Mapping[str, Any], slot: nn.Module | None
+    conv: nn.Conv2d, method: Method, options: Mapping[str, Any], has_slot: bool
 ) -> tuple[nn.Module, nn.Module | None]:
     """The replacement of a strided conv, and what goes into the parent's slot (None: nothing)."""
     factor = _pair(conv.stride, "stride")
@@ -243,7 +255,7 @@ def _swap_conv(
         padding = _same_padding(conv) if method.name != "blurpool" else _conv_padding(conv)
         return AntialiasedConv2d(conv, before=layer, padding=padding), None
     layer = method.make(factor, Geometry(), options)
-    if slot is not None:
+    if has_slot:
         return _stride_one_conv(conv), layer
     return AntialiasedConv2d(conv, after=layer), None
 
@@ -296,14 +308,14 @@ class _CustomSwap:
 
 
 def _plan_custom(
-    conv: nn.Conv2d, factor: Pair, method: Method, options: Mapping[str, Any], slot: nn.Module | None
+    conv: nn.Conv2d, factor: Pair, method: Method, options: Mapping[str, Any], has_slot: bool
 ) -> _CustomSwap:
     """Where the method puts its down-sampler for this conv: as :func:`_swap_conv` does for a plain one."""
     if method.before_conv(conv):
         geometry = Geometry(conv.kernel_size, _conv_padding(conv), conv.dilation)  # type: ignore[arg-type]
         padding = _same_padding(conv) if method.name != "blurpool" else None
         return _CustomSwap(method.make(factor, geometry, options), True, padding, False)
-    return _CustomSwap(method.make(factor, Geometry(), options), False, None, slot is not None)
+    return _CustomSwap(method.make(factor, Geometry(), options), False, None, has_slot)
 
 
 Call = tuple[tuple[Any, ...], dict[str, Any], Any]
@@ -415,10 +427,8 @@ def _swap_custom_convs(
             skipped.append(f"{labels}: its forward has {len(ops)} down-sampling op(s), not one conv2d")
             continue
         parent, child = _parent(target, name)
-        slot_name = getattr(parent, "antialias_slots", {}).get(child)
-        slot = getattr(parent, slot_name, None) if slot_name else None
-        slot = slot if isinstance(slot, nn.Identity) else None
-        plan = _plan_custom(conv, ops[0].factor, method, options, slot)
+        slot_name = slot_after(parent, child)
+        plan = _plan_custom(conv, ops[0].factor, method, options, slot_name is not None)
         problem = _custom_conv_problem(conv, ops[0].factor, calls.get(name), plan)
         if problem is not None:
             skipped.append(f"{labels}: {problem}")
@@ -485,11 +495,8 @@ def antialias(
             continue
         parent, child = _parent(target, op.name)
         if _is_plain(module, nn.Conv2d):
-            slots = getattr(parent, "antialias_slots", {})
-            slot_name = slots.get(child)
-            slot = getattr(parent, slot_name, None) if slot_name else None
-            slot = slot if isinstance(slot, nn.Identity) else None
-            replacement, slotted = _swap_conv(module, chosen, settings, slot)
+            slot_name = slot_after(parent, child)
+            replacement, slotted = _swap_conv(module, chosen, settings, slot_name is not None)
             setattr(parent, child, replacement)
             if slotted is not None:
                 setattr(parent, slot_name, slotted)  # type: ignore[arg-type]

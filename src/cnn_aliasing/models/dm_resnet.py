@@ -12,14 +12,13 @@ at the even positions.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnn_aliasing.antialias import AntialiasSlot
 from cnn_aliasing.errors import UnknownNameError
-from cnn_aliasing.models.antialiasing import STRIDED, with_downsampling
 from cnn_aliasing.models.normalization import NormalizeSpec, make_normalizer, pool_to_features
 from cnn_aliasing.models.registry import register_model
 
@@ -50,11 +49,8 @@ class DMWideBlock(nn.Module):
     """Pre-activation WRN block; ``shortcut`` (1x1, strided) exists when the channel count changes.
 
     conv_0 reads the padded pre-activation; the shortcut conv reads the (unpadded) pre-activation, the
-    identity shortcut the raw input. ``conv_0_antialias`` (an identity) is where ``antialias(...,
-    "blurpool")`` puts BlurPool.
+    identity shortcut the raw input. ``conv_0_antialias`` is conv_0's :class:`AntialiasSlot`.
     """
-
-    antialias_slots: ClassVar[dict[str, str]] = {"conv_0": "conv_0_antialias"}
 
     def __init__(self, in_planes: int, out_planes: int, stride: int, activation: str) -> None:
         super().__init__()
@@ -65,7 +61,7 @@ class DMWideBlock(nn.Module):
         self.conv_0 = nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=0, bias=False)
         self.batchnorm_1 = nn.BatchNorm2d(out_planes)
         self.relu_1 = make_activation(activation)
-        self.conv_0_antialias: nn.Module = nn.Identity()
+        self.conv_0_antialias: nn.Module = AntialiasSlot("conv_0")
         self.conv_1 = nn.Conv2d(out_planes, out_planes, kernel_size=3, stride=1, padding=1, bias=False)
         self.shortcut: nn.Conv2d | None = None
         if in_planes != out_planes:
@@ -141,10 +137,8 @@ class DMWideResNet(nn.Module):
 class DMPreActBlock(nn.Module):
     """Pre-activation block; ``shortcut`` is a 3x3 conv (on the padded raw input) when shape changes.
 
-    ``conv_2d_1_antialias`` (an identity) is where ``antialias(..., "blurpool")`` puts BlurPool.
+    ``conv_2d_1_antialias`` is conv_2d_1's :class:`AntialiasSlot`.
     """
-
-    antialias_slots: ClassVar[dict[str, str]] = {"conv_2d_1": "conv_2d_1_antialias"}
 
     def __init__(self, in_planes: int, out_planes: int, stride: int, activation: str) -> None:
         super().__init__()
@@ -155,7 +149,7 @@ class DMPreActBlock(nn.Module):
         self.conv_2d_1 = nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=0, bias=False)
         self.batchnorm_1 = nn.BatchNorm2d(out_planes)
         self.relu_1 = make_activation(activation)
-        self.conv_2d_1_antialias: nn.Module = nn.Identity()
+        self.conv_2d_1_antialias: nn.Module = AntialiasSlot("conv_2d_1")
         self.conv_2d_2 = nn.Conv2d(out_planes, out_planes, kernel_size=3, stride=1, padding=1, bias=False)
         self.shortcut: nn.Conv2d | None = None
         if stride != 1 or in_planes != out_planes:
@@ -219,26 +213,14 @@ def dm_wrn_28_10(
     width: int = 10,
     activation: str = "silu",
     normalize: NormalizeSpec = "cifar10",
-    downsample: str = STRIDED,
 ) -> nn.Module:
-    """DeepMind-style Wide ResNet (RobustBench DMWideResNet keys), WRN-28-10 by default.
-
-    ``downsample``: ``"strided"`` (as published), ``"flc"``, ``"asap"`` or ``"blurpool"``.
-    """
-    return with_downsampling(DMWideResNet(depth, width, num_classes, activation, normalize), downsample)
+    """DeepMind-style Wide ResNet (RobustBench DMWideResNet keys), WRN-28-10 by default."""
+    return DMWideResNet(depth, width, num_classes, activation, normalize)
 
 
 @register_model
 def dm_preact_resnet18(
-    num_classes: int = 10,
-    width: int = 64,
-    activation: str = "silu",
-    normalize: NormalizeSpec = "cifar10",
-    downsample: str = STRIDED,
+    num_classes: int = 10, width: int = 64, activation: str = "silu", normalize: NormalizeSpec = "cifar10"
 ) -> nn.Module:
-    """DeepMind-style PreAct ResNet-18 (RobustBench DMPreActResNet keys); width scales all channels.
-
-    ``downsample``: ``"strided"`` (as published), ``"flc"``, ``"asap"`` or ``"blurpool"``.
-    """
-    model = DMPreActResNet((2, 2, 2, 2), num_classes, width, activation, normalize)
-    return with_downsampling(model, downsample)
+    """DeepMind-style PreAct ResNet-18 (RobustBench DMPreActResNet keys); width scales all channels."""
+    return DMPreActResNet((2, 2, 2, 2), num_classes, width, activation, normalize)

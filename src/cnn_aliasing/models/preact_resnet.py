@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnn_aliasing.models.antialiasing import STRIDED, with_downsampling
+from cnn_aliasing.antialias import AntialiasSlot
 from cnn_aliasing.models.normalization import NormalizeSpec, make_normalizer, pool_to_features
 from cnn_aliasing.models.registry import register_model
 
@@ -20,10 +19,8 @@ class PreActBlock(nn.Module):
     The shortcut is the identity, or a strided 1x1 conv (``shortcut.0``) when the stride or channel count
     changes. That conv reads the raw input ``x`` (RobustBench ``PreActBlock``) or, with
     ``shortcut_from_preact=True``, the pre-activated ``relu(bn1(x))`` (RobustBench ``PreActBlockV2``).
-    ``conv1_antialias`` (an identity, no parameters) is where ``antialias(..., "blurpool")`` puts BlurPool.
+    ``conv1_antialias`` is conv1's :class:`AntialiasSlot`.
     """
-
-    antialias_slots: ClassVar[dict[str, str]] = {"conv1": "conv1_antialias"}
 
     def __init__(
         self, in_planes: int, planes: int, stride: int = 1, shortcut_from_preact: bool = False
@@ -33,7 +30,7 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
-        self.conv1_antialias: nn.Module = nn.Identity()
+        self.conv1_antialias: nn.Module = AntialiasSlot("conv1")
         self.shortcut_from_preact = shortcut_from_preact
         self.shortcut: nn.Sequential | None = None
         if stride != 1 or in_planes != planes:
@@ -102,11 +99,6 @@ def preact_resnet18(
     bn_before_fc: bool = False,
     shortcut_from_preact: bool = False,
     normalize: NormalizeSpec = None,
-    downsample: str = STRIDED,
 ) -> nn.Module:
-    """PreAct ResNet-18 with RobustBench keys; width scales all channels (64 = full size).
-
-    ``downsample``: ``"strided"`` (as published), ``"flc"``, ``"asap"`` or ``"blurpool"``.
-    """
-    model = PreActResNet((2, 2, 2, 2), num_classes, width, bn_before_fc, shortcut_from_preact, normalize)
-    return with_downsampling(model, downsample)
+    """PreAct ResNet-18 with RobustBench keys; width scales all channels (64 = full size)."""
+    return PreActResNet((2, 2, 2, 2), num_classes, width, bn_before_fc, shortcut_from_preact, normalize)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnn_aliasing.models.antialiasing import STRIDED, with_downsampling
+from cnn_aliasing.antialias import AntialiasSlot
 from cnn_aliasing.models.normalization import NormalizeSpec, make_normalizer, pool_to_features
 from cnn_aliasing.models.registry import register_model
 
@@ -18,17 +17,15 @@ class ResNetBlock(nn.Module):
     """Basic block: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``.
 
     ``shortcut`` is empty (the identity) or a strided 1x1 conv and BatchNorm (``shortcut.0``,
-    ``shortcut.1``) when the stride or channel count changes. ``conv1_antialias`` (an identity) is where
-    ``antialias(..., "blurpool")`` puts BlurPool.
+    ``shortcut.1``) when the stride or channel count changes. ``conv1_antialias`` is conv1's
+    :class:`AntialiasSlot`.
     """
-
-    antialias_slots: ClassVar[dict[str, str]] = {"conv1": "conv1_antialias"}
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv1_antialias: nn.Module = nn.Identity()
+        self.conv1_antialias: nn.Module = AntialiasSlot("conv1")
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Sequential()
@@ -81,11 +78,6 @@ class ResNet(nn.Module):
 
 
 @register_model
-def resnet18(
-    num_classes: int = 10, width: int = 64, normalize: NormalizeSpec = None, downsample: str = STRIDED
-) -> nn.Module:
-    """ResNet-18 (post-activation) with RobustBench keys; width scales all channels (64 = full size).
-
-    ``downsample``: ``"strided"`` (as published), ``"flc"``, ``"asap"`` or ``"blurpool"``.
-    """
-    return with_downsampling(ResNet((2, 2, 2, 2), num_classes, width, normalize), downsample)
+def resnet18(num_classes: int = 10, width: int = 64, normalize: NormalizeSpec = None) -> nn.Module:
+    """ResNet-18 (post-activation) with RobustBench keys; width scales all channels (64 = full size)."""
+    return ResNet((2, 2, 2, 2), num_classes, width, normalize)

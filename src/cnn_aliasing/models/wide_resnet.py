@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnn_aliasing.models.antialiasing import STRIDED, with_downsampling
+from cnn_aliasing.antialias import AntialiasSlot
 from cnn_aliasing.models.normalization import NormalizeSpec, make_normalizer, pool_to_features
 from cnn_aliasing.models.registry import register_model
 
@@ -18,11 +17,9 @@ class BasicBlock(nn.Module):
     """Pre-activation WRN block; ``convShortcut`` (1x1, strided) exists when the channel count changes.
 
     As in RobustBench, a block that changes channels feeds ``relu1(bn1(x))`` to both conv1 and the
-    shortcut conv; a block that keeps them adds the raw ``x``. ``conv1_antialias`` (an identity) is where
-    ``antialias(..., "blurpool")`` puts BlurPool.
+    shortcut conv; a block that keeps them adds the raw ``x``. ``conv1_antialias`` is conv1's
+    :class:`AntialiasSlot`.
     """
-
-    antialias_slots: ClassVar[dict[str, str]] = {"conv1": "conv1_antialias"}
 
     def __init__(self, in_planes: int, out_planes: int, stride: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -31,7 +28,7 @@ class BasicBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_planes)
         self.relu2 = nn.ReLU()
-        self.conv1_antialias: nn.Module = nn.Identity()
+        self.conv1_antialias: nn.Module = AntialiasSlot("conv1")
         self.conv2 = nn.Conv2d(out_planes, out_planes, kernel_size=3, stride=1, padding=1, bias=False)
         self.dropout = dropout
         self.convShortcut: nn.Conv2d | None = None
@@ -137,11 +134,6 @@ def wrn_28_10(
     dropout: float = 0.0,
     bias_last: bool = True,
     normalize: NormalizeSpec = None,
-    downsample: str = STRIDED,
 ) -> nn.Module:
-    """Wide ResNet with RobustBench keys, WRN-28-10 by default (depth, widen_factor adjustable).
-
-    ``downsample``: ``"strided"`` (as published), ``"flc"``, ``"asap"`` or ``"blurpool"``.
-    """
-    model = WideResNet(depth, num_classes, widen_factor, sub_block1, dropout, bias_last, normalize)
-    return with_downsampling(model, downsample)
+    """Wide ResNet with RobustBench keys, WRN-28-10 by default (depth, widen_factor adjustable)."""
+    return WideResNet(depth, num_classes, widen_factor, sub_block1, dropout, bias_last, normalize)
