@@ -18,6 +18,7 @@ from cnn_aliasing.report import ResultsError, build_report, load_results
 from cnn_aliasing.report.html import render_html
 from cnn_aliasing.report.results import table_rows
 from cnn_aliasing.report.statistics import compute_statistics
+from cnn_aliasing.study.config import ReportConfig
 from test_report_fixtures import FAILED, MODELS, OPS, SPECTRUM_MODEL, TRAINED, WRN, WRN_OPS, make_results
 
 SECTIONS = ["answer", "question", "models", "statistics", "figures", "table", "provenance"]
@@ -179,6 +180,14 @@ def test_a_model_without_its_file_is_listed_as_not_finished(tmp_path: Path) -> N
 def test_highlight_comes_from_the_config(tmp_path: Path) -> None:
     root = make_results(tmp_path, config={"report": {"highlight": ["robust-a"]}})
     assert load_results(root).highlight == ["robust-a"]
+
+
+def test_a_study_json_without_report_settings_gets_the_study_configs_defaults(tmp_path: Path) -> None:
+    """The report's defaults are the ones the study's config fills in (one place: report_settings.py)."""
+    settings = load_results(make_results(tmp_path, config={"name": "synthetic"})).settings
+    study = ReportConfig()
+    assert (settings.n_resamples, settings.seed) == (study.n_resamples, study.seed) == (2000, 0)
+    assert settings.highlight is None and study.highlight == ()
 
 
 # ------------------------------------------------------------------------------------------- html

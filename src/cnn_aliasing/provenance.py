@@ -190,20 +190,21 @@ class JsonFileError(CnnAliasingError):
     """A JSON file is missing, unreadable, not JSON, or not an object at the top level."""
 
 
-def read_json_object(path: StrPath) -> dict[str, Any]:
-    """The JSON object in ``path``; a :class:`JsonFileError` names the file and what is wrong with it."""
+def read_json_object(path: StrPath, *, error: type[CnnAliasingError] = JsonFileError) -> dict[str, Any]:
+    """The JSON object in ``path``; an ``error`` (by default a :class:`JsonFileError`; a caller's own class
+    where it has one) names the file and what is wrong with it."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise JsonFileError(f"{path}: no such file") from None
-    except OSError as error:
-        raise JsonFileError(f"{path}: cannot read it ({error.strerror or error})") from None
+        raise error(f"{path}: no such file") from None
+    except OSError as problem:
+        raise error(f"{path}: cannot read it ({problem.strerror or problem})") from None
     try:
         data = json.loads(text)
-    except ValueError as error:
-        raise JsonFileError(f"{path}: not valid JSON ({error})") from None
+    except ValueError as problem:
+        raise error(f"{path}: not valid JSON ({problem})") from None
     if not isinstance(data, dict):
-        raise JsonFileError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
+        raise error(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
     return data
 
 

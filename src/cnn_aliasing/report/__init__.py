@@ -14,13 +14,7 @@ from cnn_aliasing.provenance import atomic_file, code_metadata, write_json_atomi
 from cnn_aliasing.report.figures import make_figures
 from cnn_aliasing.report.html import render_html
 from cnn_aliasing.report.results import ResultsError, StudyResults, load_results, table_rows, write_tables
-from cnn_aliasing.report.statistics import (
-    DEFAULT_RESAMPLES,
-    DEFAULT_SEED,
-    StudyStatistics,
-    compute_statistics,
-)
-from cnn_aliasing.validation import is_int
+from cnn_aliasing.report.statistics import StudyStatistics, compute_statistics
 
 __all__ = ["Report", "ResultsError", "build_report", "load_results", "make_report"]
 
@@ -39,13 +33,8 @@ def make_report(results_dir: str | Path, *, out: str | Path | None = None, progr
     ``statistics.json``); ``out`` is the page's path (default ``results_dir/report.html``). The
     bootstrap's resamples and seed come from the config's ``report.n_resamples`` and ``report.seed``."""
     results = load_results(results_dir)
-    settings = results.report_config
-    where = f"{results.root / 'study.json'}: report"
-    stats = compute_statistics(
-        results,
-        n_resamples=is_int(1)(settings.get("n_resamples", DEFAULT_RESAMPLES), f"{where}.n_resamples"),
-        seed=is_int(0)(settings.get("seed", DEFAULT_SEED), f"{where}.seed"),
-    )
+    settings = results.settings
+    stats = compute_statistics(results, n_resamples=settings.n_resamples, seed=settings.seed)
     rows = table_rows(results)
     write_tables(results, rows)
     write_json_atomic(results.root / "statistics.json", stats.to_dict())

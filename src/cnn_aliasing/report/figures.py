@@ -27,8 +27,6 @@ from tqdm.auto import tqdm
 from cnn_aliasing.provenance import atomic_file
 from cnn_aliasing.report.results import ModelResult, SpectrumResult, StudyResults
 from cnn_aliasing.report.statistics import (
-    DEFAULT_RESAMPLES,
-    DEFAULT_SEED,
     permutation_test,
     within_model_correlations,
 )
@@ -273,12 +271,8 @@ def collinearity(results: StudyResults, out_dir: Path) -> list[Path]:
 def per_image_correlation(results: StudyResults, out_dir: Path) -> list[Path]:
     """Within each model, rho between an image's AM and its logit margin, with its bootstrap interval: one
     column per op, one marker per model (robust blue, standard red)."""
-    settings = results.report_config
-    within = within_model_correlations(
-        results,
-        n_resamples=int(settings.get("n_resamples", DEFAULT_RESAMPLES)),
-        seed=int(settings.get("seed", DEFAULT_SEED)),
-    )
+    settings = results.settings
+    within = within_model_correlations(results, n_resamples=settings.n_resamples, seed=settings.seed)
     ops = [op for op, found in within.items() if found]
     if not ops:
         return []

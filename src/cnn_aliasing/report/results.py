@@ -14,7 +14,8 @@ import numpy as np
 
 from cnn_aliasing.aliasing_report import AM, AliasingReport, OpAliasing
 from cnn_aliasing.errors import CnnAliasingError, ReportFormatError
-from cnn_aliasing.provenance import JsonFileError, read_json_object, write_csv_atomic, write_json_atomic
+from cnn_aliasing.provenance import read_json_object, write_csv_atomic, write_json_atomic
+from cnn_aliasing.report_settings import ReportSettings
 from cnn_aliasing.result_status import DONE
 
 #: With at most this many finished models every point of a scatter plot is named.
@@ -23,13 +24,6 @@ LABEL_ALL_UP_TO = 8
 
 class ResultsError(CnnAliasingError):
     """A result file is missing, is not JSON, or lacks a key the report needs."""
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return read_json_object(path)
-    except JsonFileError as error:
-        raise ResultsError(str(error)) from None
 
 
 def _get(obj: dict[str, Any], key: str, path: Path, where: str = "") -> Any:
@@ -179,18 +173,20 @@ class StudyResults:
         return list(names)
 
     @property
-    def report_config(self) -> dict[str, Any]:
-        """The ``report`` table of the study's config (empty when absent)."""
+    def settings(self) -> ReportSettings:
+        """The ``report`` table of the study's config (absent: the defaults); a bad value is an error naming
+        study.json and the key."""
         section = self.config.get("report")
-        return section if isinstance(section, dict) else {}
+        table = section if isinstance(section, dict) else {}
+        return ReportSettings.from_table(table, f"{self.root / 'study.json'}: report")
 
     @property
     def highlight(self) -> list[str]:
         """The models whose points are named in figures: ``report.highlight`` of the config, else every
         finished model when there are at most :data:`LABEL_ALL_UP_TO` of them, else none."""
-        chosen = self.report_config.get("highlight")
+        chosen = self.settings.highlight
         if chosen is not None:
-            return [str(name) for name in chosen]
+            return list(chosen)
         done = self.done_models
         return [m.name for m in done] if len(done) <= LABEL_ALL_UP_TO else []
 
@@ -298,7 +294,7 @@ def _parse_per_image(raw: dict[str, Any], aliasing: AliasingReport, path: Path) 
 
 def load_model_result(path: Path, file: str) -> ModelResult:
     """One ``models/<slug>.json``; ``file`` is its path relative to the results folder."""
-    raw = _read_json(path)
+    raw = read_json_object(path, error=ResultsError)
     status = str(_get(raw, "status", path))
     model = ModelResult(
         name=str(_get(raw, "name", path)),
@@ -346,7 +342,7 @@ def _complex(raw: dict[str, Any], key: str, path: Path) -> np.ndarray:
 
 def load_spectrum(path: Path, file: str) -> SpectrumResult:
     """One ``spectra/<slug>.json``; ``file`` is its path relative to the results folder."""
-    raw = _read_json(path)
+    raw = read_json_object(path, error=ResultsError)
     factor = _get(raw, "factor", path)
     return SpectrumResult(
         file=file,
@@ -383,7 +379,7 @@ def load_results(results_dir: str | Path) -> StudyResults:
     if not root.is_dir():
         raise ResultsError(f"{root}: not a folder (expected a study's results folder holding study.json)")
     study_path = root / "study.json"
-    study = _read_json(study_path)
+    study = read_json_object(study_path, error=ResultsError)
     models = []
     for i, entry in enumerate(_get(study, "models", study_path)):
         _get(entry, "name", study_path, f"models[{i}].")

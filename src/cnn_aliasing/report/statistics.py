@@ -26,10 +26,9 @@ from cnn_aliasing.report.families import family_warning
 from cnn_aliasing.report.matched import MatchedPairs, matched_pairs
 from cnn_aliasing.report.multiplicity import holm
 from cnn_aliasing.report.results import AM, ModelResult, OpResult, StudyResults
+from cnn_aliasing.report_settings import DEFAULT_RESAMPLES, DEFAULT_SEED
 
-DEFAULT_RESAMPLES = 2000
 DEFAULT_LEVEL = 0.95
-DEFAULT_SEED = 0
 #: A Holm-adjusted p-value below this is "clear".
 ALPHA = 0.05
 #: A bootstrap interval needs its statistic defined in at least this share of the resamples.

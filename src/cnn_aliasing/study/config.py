@@ -19,6 +19,7 @@ from cnn_aliasing import data, spectral, zoo
 from cnn_aliasing.attacks import NORMS, check_radius, resolve_attacks
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.provenance import read_toml
+from cnn_aliasing.report_settings import DEFAULT_RESAMPLES, DEFAULT_SEED
 from cnn_aliasing.study.specs import ModelSpec, parse_model_spec
 from cnn_aliasing.study.toml_fields import (
     from_table,
@@ -110,8 +111,8 @@ class ReportConfig:
     resamples and seed. Read by :mod:`cnn_aliasing.report` from ``study.json``."""
 
     highlight: tuple[str, ...] = field(default=(), metadata=reads(is_str_list))
-    n_resamples: int = field(default=2000, metadata=reads(is_int(1)))
-    seed: int = field(default=0, metadata=reads(is_int(0)))
+    n_resamples: int = field(default=DEFAULT_RESAMPLES, metadata=reads(is_int(1)))
+    seed: int = field(default=DEFAULT_SEED, metadata=reads(is_int(0)))
 
 
 def device_setting(value: Any, where: str) -> str | None:
