@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.spectral import MAX_FACTOR
+from cnn_aliasing.validation import is_int_pair
 
 Params = dict[str, Any]
 
@@ -559,14 +559,7 @@ def is_known_module(module: nn.Module) -> bool:
 
 def _declared_factor(module: DeclaredDownsampler) -> tuple[int, int]:
     """A declared down-sampler's ``downsampling_factor`` as a pair, checked to be ints >= 1."""
-    factor = module.downsampling_factor
-    pair = (factor, factor) if isinstance(factor, int) else tuple(factor)
-    if len(pair) != 2 or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in pair):
-        raise CnnAliasingError(
-            f"{type(module).__name__}.downsampling_factor must be an int or a pair of ints >= 1, "
-            f"got {factor!r}"
-        )
-    return pair
+    return is_int_pair(1)(module.downsampling_factor, f"{type(module).__name__}.downsampling_factor")
 
 
 def module_may_downsample(module: nn.Module) -> bool:

@@ -89,6 +89,16 @@ def on_device(model: nn.Module, device: torch.device, *, channels_last: bool = F
             model.to(home)
 
 
+def check_maps(x: torch.Tensor, what: str) -> None:
+    """Raise unless ``x`` is a real floating-point tensor of maps (..., H, W) with H, W > 0; the error
+    names ``what`` (the argument or the function given it)."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-1] == 0 or x.shape[-2] == 0:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise CnnAliasingError(f"{what}: expected a tensor of shape (..., H, W) with H, W > 0, got {shape}")
+    if x.is_complex() or not x.is_floating_point():
+        raise CnnAliasingError(f"{what}: expected real floating-point maps, got dtype {x.dtype}")
+
+
 def check_unit_range(images: torch.Tensor, *, batch: int | None = None) -> None:
     """Raise unless every value lies in [0, 1] (models take such images and normalise inside).
 

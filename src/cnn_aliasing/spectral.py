@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.runtime import check_maps
+from cnn_aliasing.validation import is_int_pair
 
 MAX_FACTOR = 32
 """The largest factor measured on each axis: 32 covers patch embeddings (ViT 16x16, Swin/ConvNeXt 4x4, 32x32).
@@ -42,10 +44,7 @@ class Nyquist(str, enum.Enum):
 
 def as_factor(factor: int | Sequence[int]) -> tuple[int, int]:
     """Normalise a down-sampling factor given as ``s`` or ``(s, t)`` and check it lies in 1..MAX_FACTOR."""
-    pair = (factor, factor) if isinstance(factor, int) else tuple(factor)
-    if len(pair) != 2 or not all(isinstance(f, int) and 1 <= f <= MAX_FACTOR for f in pair):
-        raise CnnAliasingError(f"factor must be an int or a pair of ints in 1..{MAX_FACTOR}, got {factor!r}")
-    return pair
+    return is_int_pair(1, MAX_FACTOR)(factor, "factor")
 
 
 def as_nyquist(nyquist: str | Nyquist) -> Nyquist:
@@ -322,10 +321,7 @@ def per_map_metrics(
     nyquist: str | Nyquist = "zero",
 ) -> dict[str, torch.Tensor]:
     """Several per-map metrics of a full-resolution output x (..., H, W) from one FFT, each of shape (...)."""
-    if x.dim() < 2 or x.shape[-1] == 0 or x.shape[-2] == 0:
-        raise CnnAliasingError(f"expected a tensor of shape (..., H, W) with H, W > 0, got {tuple(x.shape)}")
-    if x.is_complex() or not x.is_floating_point():
-        raise CnnAliasingError(f"expected a real floating-point tensor, got dtype {x.dtype}")
+    check_maps(x, "x")
     names = check_metric_names(metrics)
     f = as_factor(factor)
     convention = as_nyquist(nyquist)

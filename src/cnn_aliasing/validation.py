@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cnn_aliasing.errors import CnnAliasingError
@@ -62,6 +62,21 @@ def is_int(minimum: int) -> Check:
         if not is_whole(value) or value < minimum:
             raise invalid(where, f"an integer >= {minimum}", value)
         return int(value)
+
+    return check
+
+
+def is_int_pair(minimum: int, maximum: int | None = None) -> Callable[[Any, str], tuple[int, int]]:
+    """An integer or a pair of integers (booleans are not integers here), each >= ``minimum`` and, given a
+    ``maximum``, <= it; returned as a pair (``2`` gives ``(2, 2)``): a factor, stride or size on two axes."""
+    wanted = f"an int or a pair of ints {f'>= {minimum}' if maximum is None else f'in {minimum}..{maximum}'}"
+
+    def check(value: Any, where: str) -> tuple[int, int]:
+        pair = (value, value) if is_whole(value) else tuple(value) if isinstance(value, Sequence) else ()
+        high = math.inf if maximum is None else maximum
+        if len(pair) != 2 or not all(is_whole(v) and minimum <= v <= high for v in pair):
+            raise invalid(where, wanted, value)
+        return int(pair[0]), int(pair[1])
 
     return check
 

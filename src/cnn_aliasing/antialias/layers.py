@@ -32,27 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.runtime import check_maps
+from cnn_aliasing.validation import is_int_pair
 
 MAX_BLUR_SIZE = 7
 
 Pair = tuple[int, int]
-
-
-def _pair(value: int | Sequence[int], what: str, minimum: int = 1) -> Pair:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in pair
-    ):
-        raise CnnAliasingError(f"{what} must be an int or a pair of ints >= {minimum}, got {value!r}")
-    return pair
-
-
-def _check_maps(x: torch.Tensor, what: str) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-1] == 0 or x.shape[-2] == 0:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise CnnAliasingError(f"{what}: expected a tensor of shape (..., H, W) with H, W > 0, got {shape}")
-    if x.is_complex() or not x.is_floating_point():
-        raise CnnAliasingError(f"{what}: expected real floating-point maps, got dtype {x.dtype}")
 
 
 def strided_output_size(
@@ -94,7 +79,7 @@ def _spectral_pool(
     full_resolution: bool,
     what: str,
 ) -> torch.Tensor:
-    _check_maps(x, what)
+    check_maps(x, what)
     dtype = x.dtype
     maps = x.float() if dtype in (torch.float16, torch.bfloat16) else x
     if pad_to_odd:
@@ -136,8 +121,8 @@ def flc_pool(
     ``full_resolution=True`` returns the same band on the (s n) x (t m) grid, whose [..., ::s, ::t] slice
     is the output (see the module docstring).
     """
-    f = _pair(factor, "factor")
-    size = None if output_size is None else _pair(output_size, "output_size")
+    f = is_int_pair(1)(factor, "factor")
+    size = None if output_size is None else is_int_pair(1)(output_size, "output_size")
     return _spectral_pool(
         x, f, size, window=False, pad_to_odd=False, full_resolution=full_resolution, what="flc_pool"
     )
@@ -154,8 +139,8 @@ def asap_pool(
     """ASAP pooling: as :func:`flc_pool` with sqrt(hamming(H) hamming(W)^T) applied to the centred spectrum
     before the crop. ``pad_to_odd`` zero-pads each even side by one (bottom, right) first, so that the
     window is symmetric about DC; the output size is that of the unpadded maps."""
-    f = _pair(factor, "factor")
-    size = None if output_size is None else _pair(output_size, "output_size")
+    f = is_int_pair(1)(factor, "factor")
+    size = None if output_size is None else is_int_pair(1)(output_size, "output_size")
     if size is None:
         size = (strided_output_size(x.shape[-2], f[0]), strided_output_size(x.shape[-1], f[1]))
     return _spectral_pool(
@@ -177,10 +162,10 @@ class _SpectralPool(nn.Module):
         dilation: int | Sequence[int] = 1,
     ) -> None:
         super().__init__()
-        self.factor = _pair(factor, "factor")
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.padding = _pair(padding, "padding", minimum=0)
-        self.dilation = _pair(dilation, "dilation")
+        self.factor = is_int_pair(1)(factor, "factor")
+        self.kernel_size = is_int_pair(1)(kernel_size, "kernel_size")
+        self.padding = is_int_pair(0)(padding, "padding")
+        self.dilation = is_int_pair(1)(dilation, "dilation")
 
     @property
     def downsampling_factor(self) -> Pair:
@@ -261,8 +246,8 @@ def blur_pool(x: torch.Tensor, filter_size: int = 3, stride: int | Sequence[int]
     """BlurPool of the maps x (..., H, W): reflect padding ((k-1)//2 before, k//2 after), the normalised
     binomial k x k filter applied to every map (a depthwise convolution), then the stride: output
     ceil(H/s) x ceil(W/t). ``stride=1`` is the blur at full resolution."""
-    _check_maps(x, "blur_pool")
-    s = _pair(stride, "stride")
+    check_maps(x, "blur_pool")
+    s = is_int_pair(1)(stride, "stride")
     taps = torch.tensor(binomial_taps(filter_size), dtype=torch.float64).to(device=x.device, dtype=x.dtype)
     lead, (h, w) = x.shape[:-2], x.shape[-2:]
     channels = x.shape[-3] if x.dim() >= 3 else 1
@@ -293,7 +278,7 @@ class BlurPool(nn.Module):
         super().__init__()
         binomial_taps(filter_size)  # checks the size
         self.filter_size = filter_size
-        self.stride = _pair(stride, "stride")
+        self.stride = is_int_pair(1)(stride, "stride")
 
     @property
     def downsampling_factor(self) -> Pair:

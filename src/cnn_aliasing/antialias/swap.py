@@ -40,9 +40,10 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from cnn_aliasing.antialias.layers import ASAPPool, BlurPool, FLCPool, Pair, _pair
+from cnn_aliasing.antialias.layers import ASAPPool, BlurPool, FLCPool, Pair
 from cnn_aliasing.antialias.slots import slot_after
 from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.validation import is_int_pair
 
 STRIDED = "strided"
 
@@ -195,10 +196,10 @@ class AntialiasedConv2d(nn.Conv2d):
         super().__init__(
             conv.in_channels,
             conv.out_channels,
-            _pair(conv.kernel_size, "kernel_size"),
+            is_int_pair(1)(conv.kernel_size, "kernel_size"),
             stride=1,
             padding=padding if padding is not None else _conv_padding(conv),
-            dilation=_pair(conv.dilation, "dilation"),
+            dilation=is_int_pair(1)(conv.dilation, "dilation"),
             groups=conv.groups,
             bias=conv.bias is not None,
             padding_mode=conv.padding_mode,
@@ -248,7 +249,7 @@ def _swap_conv(
     conv: nn.Conv2d, method: Method, options: Mapping[str, Any], has_slot: bool
 ) -> tuple[nn.Module, nn.Module | None]:
     """The replacement of a strided conv, and what goes into the parent's slot (None: nothing)."""
-    factor = _pair(conv.stride, "stride")
+    factor = is_int_pair(1)(conv.stride, "stride")
     if method.before_conv(conv):
         geometry = Geometry(conv.kernel_size, _conv_padding(conv), conv.dilation)  # type: ignore[arg-type]
         layer = method.make(factor, geometry, options)
@@ -356,7 +357,7 @@ def _shape(value: Any) -> tuple[int, ...] | None:
 def _custom_conv_problem(conv: nn.Conv2d, factor: Pair, call: Call | None, plan: _CustomSwap) -> str | None:
     """Why this Conv2d subclass with its own forward cannot be swapped by ``plan`` (None: it can)."""
     s, t = factor
-    if _pair(conv.stride, "stride") != factor:
+    if is_int_pair(1)(conv.stride, "stride") != factor:
         return f"its forward down-samples by {s}x{t}, not by its stride {tuple(conv.stride)}"
     if call is None:
         return "it was not called on the example input"
@@ -404,7 +405,7 @@ def _custom_conv_owner(modules: Mapping[str, nn.Module], name: str) -> tuple[str
 
 
 def _swap_pool(pool: nn.Module, method: Method, options: Mapping[str, Any]) -> nn.Module:
-    factor = _pair(pool.stride if pool.stride is not None else pool.kernel_size, "stride")  # type: ignore[arg-type]
+    factor = is_int_pair(1)(pool.stride if pool.stride is not None else pool.kernel_size, "stride")
     pool.stride = 1  # type: ignore[assignment]  # the pool of the copy being swapped
     return AntialiasedPool(pool, method.make(factor, Geometry(), options))
 
