@@ -238,7 +238,7 @@ def test_models_lists_architectures_and_the_zoo(capsys: pytest.CaptureFixture[st
         "checkpoint",
     ]
     rows = {row.split()[0]: row.split() for row in table[2:]}
-    assert list(rows) == list(zoo.ZOO)
+    assert list(rows) == [entry.name for entry in zoo.select()]
     assert rows["Carmon2019Unlabeled"] == [
         "Carmon2019Unlabeled",
         "wrn_28_10",

@@ -45,6 +45,7 @@ def _public_registries() -> list[tuple[Registry[object], str]]:
     from cnn_aliasing.training.objectives import OBJECTIVES
     from cnn_aliasing.training.recipes import RECIPES
     from cnn_aliasing.training.schedules import SCHEDULES
+    from cnn_aliasing.zoo import ZOO
 
     return [
         (ATTACKS, "attack"),
@@ -54,6 +55,7 @@ def _public_registries() -> list[tuple[Registry[object], str]]:
         (RECIPES, "recipe"),
         (SCHEDULES, "schedule"),
         (SUBCOMMANDS, "subcommand"),
+        (ZOO, "zoo model"),
     ]
 
 

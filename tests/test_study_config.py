@@ -142,7 +142,7 @@ def test_no_attack_section_or_enabled_false_means_no_attack() -> None:
         ({"models": []}, "[[models]] must list at least one model"),
         (
             {"models": [{"zoo": "Nope"}]},
-            "[[models]] #1: zoo: unknown zoo model 'Nope'; valid zoo models: Standard",
+            "[[models]] #1: zoo: unknown zoo model 'Nope'; valid zoo models: Addepalli2021Towards_RN18, ",
         ),
         ({"models": [{"zoo_tags": ["wrn"]}]}, "zoo_tags: unknown zoo tag 'wrn'; valid tags:"),
         ({"models": [{**CKPT, "arch": "vgg"}]}, "arch: unknown architecture 'vgg'; valid architectures: "),
@@ -241,7 +241,7 @@ def test_zoo_on_disk_takes_the_checkpoints_present_filtered_by_tags(tmp_path: Pa
         path.write_bytes(b"")
     config = parse({"model_dir": str(tmp_path), "models": [{"zoo_on_disk": True}]})
     assert [m.name for m in expand_models(config.models, config.model_dir)] == [
-        e.name for e in zoo.ZOO.values() if e.name in ("Standard", "Carmon2019Unlabeled", "Wong2020Fast")
+        e.name for e in zoo.select() if e.name in ("Standard", "Carmon2019Unlabeled", "Wong2020Fast")
     ]
     robust_wrn = parse({"models": [{"zoo_on_disk": True, "tags": ["robust", "wrn-28-10"]}]})
     assert [m.name for m in expand_models(robust_wrn.models, tmp_path)] == ["Carmon2019Unlabeled"]

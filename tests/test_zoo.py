@@ -65,7 +65,7 @@ def test_every_entry_builds_its_architecture_with_the_reference_parameter_count(
 
 
 def test_entries_hold_consistent_facts() -> None:
-    entries = list(zoo.ZOO.values())
+    entries = zoo.select()
     assert len({e.gdrive_id for e in entries}) == len(entries)
     for e in entries:
         assert 0 <= e.autoattack_acc < e.clean_acc <= 100
@@ -94,7 +94,13 @@ def test_select_by_tags() -> None:
         "Gowal2021Improving_R18_ddpm_100m",
     ]
     assert len(zoo.select("preact-resnet-18")) == 6 and len(zoo.select("resnet-18")) == 3
-    assert zoo.select() == list(zoo.ZOO.values())
+    every = [entry.name for entry in zoo.select()]  # the data's order, grouped by architecture
+    assert (
+        every[:3] == ["Standard", "Carmon2019Unlabeled", "Sehwag2020Hydra"]
+        and sorted(every) == zoo.ZOO.names()
+    )
+    assert [e.name for e in zoo.select("Resnet-18")] == [e.name for e in zoo.TAGS.get("resnet-18")]
+    assert zoo.TAGS.describe()["resnet-18"] == "3 zoo models"
     assert {"robust", "standard", "wrn-28-10", "preact-resnet-18", "resnet-18", "dm_wrn_28_10"} <= set(
         zoo.zoo_tags()
     )
@@ -103,8 +109,8 @@ def test_select_by_tags() -> None:
 def test_unknown_names_and_tags_list_the_valid_ones() -> None:
     with pytest.raises(UnknownNameError, match=r"'Carmon2019'.*Carmon2019Unlabeled"):
         zoo.zoo_entry("Carmon2019")
-    with pytest.raises(UnknownNameError, match=r"'wrn-34-10'.*valid tags: .*wrn-28-10"):
-        zoo.select("robust", "wrn-34-10")
+    with pytest.raises(UnknownNameError, match=r"^unknown zoo tag 'WRN-34-10'; valid tags: .*wrn-28-10"):
+        zoo.select("robust", "WRN-34-10")  # named as given
 
 
 # ----------------------------------------------------------------------------------- loading from a folder

@@ -265,9 +265,10 @@ def model_source(args: argparse.Namespace) -> ModelSource:
         return ArchSource(args.model, model_args, args.checkpoint)
     if external is not None:
         return ExternalSource(args.model, model_args, pretrained, args.checkpoint)
+    zoo_models = ", ".join(entry.name for entry in zoo.select())
     raise UnknownNameError(
         f"unknown model {args.model!r}; valid architectures: {', '.join(models.list_models())}; "
-        f"zoo models: {', '.join(zoo.ZOO)}; or timm:NAME, torchvision:NAME, package.module:factory"
+        f"zoo models: {zoo_models}; or timm:NAME, torchvision:NAME, package.module:factory"
     )
 
 

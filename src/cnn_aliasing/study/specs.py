@@ -151,10 +151,10 @@ def _zoo_name(value: Any, where: str) -> str:
 
 def _zoo_tags(value: Any, where: str) -> tuple[str, ...]:
     tags = is_str_list(value, where)
-    valid = zoo.zoo_tags()
-    for tag in tags:
-        if tag.lower() not in valid:
-            raise CnnAliasingError(f"{where}: unknown zoo tag {tag!r}; valid tags: {', '.join(valid)}")
+    try:
+        zoo.select(*tags)
+    except UnknownNameError as error:
+        raise CnnAliasingError(f"{where}: {error}") from None
     return tags
 
 

@@ -15,13 +15,14 @@ from cnn_aliasing.zoo.loader import (
     load_weights,
     load_zoo_model,
 )
-from cnn_aliasing.zoo.registry import ZOO, select, zoo_entry, zoo_tags
+from cnn_aliasing.zoo.registry import TAGS, ZOO, select, zoo_entry, zoo_tags
 
 __all__ = [
     "DEFAULT_MODEL_DIR",
     "EPS",
     "ROBUST",
     "STANDARD",
+    "TAGS",
     "TRAININGS",
     "ZOO",
     "Downloader",
