@@ -32,8 +32,8 @@ from cnn_aliasing.attacks import (
 )
 from cnn_aliasing.attacks.autoattack import check_square
 from cnn_aliasing.attacks.base import per_example_norm
-from cnn_aliasing.attacks.robust import StateMismatchError
 from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.resume import StateMismatchError
 
 FAST = {"apgd-ce": {"n_iter": 10}, "apgd-t": {"n_iter": 10, "n_target_classes": 3}}
 

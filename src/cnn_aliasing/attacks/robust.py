@@ -19,9 +19,9 @@ rank 0 alone writes the state. The state records the finished batches by index, 
 number of ranks.
 
 Only the clean pass (one forward over the images, before any attack) is not saved batch by batch. The
-state records what it belongs to (the attack settings, the model's identity with the hash of its weights,
-and the hash of the images and labels), and a state of another model or other images is refused with
-:class:`StateMismatchError`.
+state and its files are :mod:`cnn_aliasing.attacks.cascade_state`; it records what it belongs to (the attack
+settings, the model's identity with the hash of its weights, and the hash of the images and labels), and a
+state of another model or other images is refused with :class:`cnn_aliasing.resume.StateMismatchError`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -52,15 +51,13 @@ from cnn_aliasing.attacks.base import (
     margin,
     with_batch_size,
 )
+from cnn_aliasing.attacks.cascade_state import CascadeState, CascadeStore
 from cnn_aliasing.data import to_float
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.identity import data_sha256, model_identity
-from cnn_aliasing.provenance import JsonFileError, atomic_file, read_json_object, write_json_atomic
+from cnn_aliasing.resume import StateMismatchError
 from cnn_aliasing.runtime import check_unit_range, model_device, on_device, safe_on_cpu
 from cnn_aliasing.validation import is_choice, is_int, is_number
-
-STATE_FORMAT = "cnn-aliasing robust-accuracy state"
-STATE_VERSION = 3  # 1 counted the finished batches of the attack in progress, 2 listed them, 3 adds margins
 
 
 @dataclass
@@ -146,155 +143,6 @@ def check_radius(eps: float, norm: str, image_shape: tuple[int, ...] | None = No
             )
 
 
-# ---------------------------------------------------------------------------------------------- the state
-def flag_string(mask: torch.Tensor) -> str:
-    """Per-point flags as a string of 0 and 1 (how state and study files store them)."""
-    return "".join("1" if v else "0" for v in mask.tolist())
-
-
-def _mask(bits: str) -> torch.Tensor:
-    return torch.tensor([c == "1" for c in bits], dtype=torch.bool)
-
-
-class StateMismatchError(CnnAliasingError):
-    """A robust-accuracy state file this run cannot continue: unreadable, or written for other settings,
-    another model or other images."""
-
-
-@dataclass
-class _State:
-    """Where an evaluation stands: clean and robust flags, margins (float64), finished attacks, and for the
-    attack in progress the points it attacks (robust when it began) and which of their batches are done."""
-
-    config: dict[str, Any]
-    clean: torch.Tensor | None = None
-    robust: torch.Tensor | None = None
-    margins: torch.Tensor | None = None
-    per_attack: list[tuple[str, float]] = field(default_factory=list)
-    attack_seconds: list[tuple[str, float]] = field(default_factory=list)
-    stage_points: torch.Tensor | None = None
-    batches_done: set[int] = field(default_factory=set)
-    stage_seconds: float = 0.0
-    elapsed: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": STATE_FORMAT,
-            "version": STATE_VERSION,
-            "config": self.config,
-            "clean": None if self.clean is None else flag_string(self.clean),
-            "robust": None if self.robust is None else flag_string(self.robust),
-            "margins": None if self.margins is None else self.margins.tolist(),  # float64: exact in JSON
-            "per_attack": self.per_attack,
-            "attack_seconds": self.attack_seconds,
-            "stage_points": None if self.stage_points is None else self.stage_points.tolist(),
-            "batches_done": sorted(self.batches_done),
-            "stage_seconds": self.stage_seconds,
-            "elapsed": self.elapsed,
-        }
-
-    @classmethod
-    def load(cls, path: Path, config: dict[str, Any]) -> _State:
-        try:
-            raw = read_json_object(path)
-            if raw.get("format") != STATE_FORMAT:
-                raise ValueError("not a robust-accuracy state file")
-            if raw.get("version") != STATE_VERSION:
-                raise ValueError(
-                    f"a state of version {raw.get('version')!r} (this version reads {STATE_VERSION}: states "
-                    "before 3 hold no margins); it is started afresh when deleted"
-                )
-            stored = raw["config"]
-            state = cls(
-                config=stored,
-                clean=None if raw["clean"] is None else _mask(raw["clean"]),
-                robust=None if raw["robust"] is None else _mask(raw["robust"]),
-                margins=_margins(raw["margins"]),
-                per_attack=[(n, a) for n, a in raw["per_attack"]],
-                attack_seconds=[(n, s) for n, s in raw["attack_seconds"]],
-                stage_points=None if raw["stage_points"] is None else torch.tensor(raw["stage_points"]),
-                batches_done=_batches_done(raw["batches_done"]),
-                stage_seconds=float(raw["stage_seconds"]),
-                elapsed=float(raw["elapsed"]),
-            )
-        except (JsonFileError, ValueError, KeyError, TypeError) as exc:
-            raise StateMismatchError(f"cannot resume from state file {path}: {exc!r}") from None
-        for key in sorted(set(stored) | set(config)):
-            if stored.get(key) != config.get(key):
-                raise StateMismatchError(
-                    f"state file {path} was written for {_difference(key, stored.get(key), config.get(key))};"
-                    " pass the same arguments (model, images, attack) or delete the state file"
-                )
-        return state
-
-
-def _margins(stored: Any) -> torch.Tensor | None:
-    """A state's margins (float64; NaN was written as null)."""
-    if stored is None:
-        return None
-    if not isinstance(stored, list):
-        raise ValueError(f"margins must be a list of numbers, got {_short(stored)}")
-    return torch.tensor([float("nan") if m is None else float(m) for m in stored], dtype=torch.float64)
-
-
-def _batches_done(stored: Any) -> set[int]:
-    """The finished batches of the attack in progress, as a state lists them."""
-    if not isinstance(stored, list):
-        raise ValueError(f"batches_done must be a list of batch indices, got {stored!r}")
-    return {int(b) for b in stored}
-
-
-def _short(value: object) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _difference(key: str, stored: object, wanted: object) -> str:
-    """``key=stored, this run has key=wanted``, naming only the entries that differ when both are dicts."""
-    if isinstance(stored, dict) and isinstance(wanted, dict):
-        differ = [k for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
-        return ", ".join(
-            f"{key}.{k}={_short(stored.get(k))}, this run has {key}.{k}={_short(wanted.get(k))}"
-            for k in differ
-        )
-    return f"{key}={_short(stored)}, this run has {key}={_short(wanted)}"
-
-
-class _Store:
-    """Writes the state (and, if asked, each batch's new adversarial examples) next to ``path``."""
-
-    def __init__(self, path: Path | None, keep_adversarial: bool) -> None:
-        self.path = path
-        self.adv_dir = None if path is None or not keep_adversarial else path.with_name(path.name + ".adv")
-
-    def save(self, state: _State) -> None:
-        if self.path is not None:
-            write_json_atomic(self.path, state.to_json())
-
-    def clear_adversarial(self) -> None:
-        if self.adv_dir is not None and self.adv_dir.is_dir():
-            for chunk in self.adv_dir.glob("*.safetensors"):
-                chunk.unlink()
-
-    def save_adversarial(self, stage: int, batch: int, index: torch.Tensor, images: torch.Tensor) -> None:
-        if self.adv_dir is None or index.numel() == 0:
-            return
-        with atomic_file(self.adv_dir / f"{stage:03d}-{batch:06d}.safetensors") as tmp:
-            save_file({"index": index.contiguous(), "images": images.contiguous()}, tmp)
-
-    def load_adversarial(self, into: torch.Tensor, state: _State) -> None:
-        """Fill ``into`` with the adversarial examples of the batches the state counts as done."""
-        if self.adv_dir is None or not self.adv_dir.is_dir():
-            return
-        finished = len(state.per_attack)
-        current = state.batches_done if state.stage_points is not None else set()
-        for chunk in sorted(self.adv_dir.glob("*.safetensors")):
-            stage, batch = (int(part) for part in chunk.stem.split("-"))
-            if stage < finished or (stage == finished and batch in current):
-                tensors = load_file(chunk)
-                into[tensors["index"]] = tensors["images"]
-
-
 # ---------------------------------------------------------------------------------------- the evaluation
 def _as_images(images: torch.Tensor) -> torch.Tensor:
     if images.dim() != 4:
@@ -371,7 +219,7 @@ def robust_accuracy(
         "return_adversarial": return_adversarial,
     }
     context = distributed.current() if across_ranks else distributed.SINGLE
-    store = _Store(path if context.is_main else None, return_adversarial)
+    store = CascadeStore(path if context.is_main else None, return_adversarial)
     opened = _open_state(store, config, flat) if context.is_main else None
     state, adversarial = _raise_error(distributed.broadcast_object(opened, ctx=context))
 
@@ -422,19 +270,20 @@ def robust_accuracy(
     )
 
 
-_Opened = tuple[_State, torch.Tensor | None]
+_Opened = tuple[CascadeState, torch.Tensor | None]
 
 
-def _open_state(store: _Store, config: dict[str, Any], flat: torch.Tensor) -> _Opened | StateMismatchError:
+def _open_state(
+    store: CascadeStore, config: dict[str, Any], flat: torch.Tensor
+) -> _Opened | StateMismatchError:
     """The state to start from (read from the state file if there is one, else new and written) with the
     adversarial images it has, or the error that refused the file (to be raised on every rank)."""
-    if store.path is not None and store.path.exists():
-        try:
-            state = _State.load(store.path, config)
-        except StateMismatchError as error:
-            return error
-    else:
-        state = _State(config)
+    try:
+        state = store.load(config)
+    except StateMismatchError as error:
+        return error
+    if state is None:
+        state = CascadeState(config)
         store.clear_adversarial()
         store.save(state)
     adversarial = None
@@ -481,7 +330,11 @@ class _Cascade:
         ]
 
     def run(
-        self, state: _State, store: _Store, adversarial: torch.Tensor | None, clock: Callable[[], float]
+        self,
+        state: CascadeState,
+        store: CascadeStore,
+        adversarial: torch.Tensor | None,
+        clock: Callable[[], float],
     ) -> None:
         if state.clean is None:
             state.clean, state.margins = self._clean_pass()

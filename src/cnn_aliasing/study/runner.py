@@ -37,7 +37,8 @@ import torch
 from cnn_aliasing import data, distributed, training, zoo
 from cnn_aliasing.aliasing_report import AliasingReport
 from cnn_aliasing.attacks import robust_accuracy
-from cnn_aliasing.attacks.robust import RobustAccuracy, StateMismatchError, flag_string
+from cnn_aliasing.attacks.cascade_state import flag_string
+from cnn_aliasing.attacks.robust import RobustAccuracy
 from cnn_aliasing.errors import CnnAliasingError, DistributedError
 from cnn_aliasing.evaluation import clean_accuracy
 from cnn_aliasing.identity import data_sha256, model_identity
@@ -45,6 +46,7 @@ from cnn_aliasing.measurement import measure
 from cnn_aliasing.plausibility import checkpoint_doubt
 from cnn_aliasing.provenance import JsonFileError, read_json_object, run_metadata, write_json_atomic
 from cnn_aliasing.result_status import DONE, FAILED, PENDING, ResultStatus
+from cnn_aliasing.resume import StateMismatchError
 from cnn_aliasing.runtime import evaluation_mode, resolve_device, run_model
 from cnn_aliasing.study.config import REPORTED, REPORTED_EPS, StudyConfig
 from cnn_aliasing.study.sharding import Shard

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,24 +32,18 @@ from tqdm.auto import tqdm
 from cnn_aliasing import distributed
 from cnn_aliasing.data import load_cifar10, to_float
 from cnn_aliasing.errors import CnnAliasingError
-from cnn_aliasing.identity import data_sha256
 from cnn_aliasing.models import create_model
-from cnn_aliasing.provenance import StrPath, run_metadata
+from cnn_aliasing.provenance import StrPath
 from cnn_aliasing.runtime import resolve_device, safe_on_cpu, use_channels_last
 from cnn_aliasing.training.augment import crop_flip, crop_flip_draws
-from cnn_aliasing.training.objectives import attack_step, get_objective
+from cnn_aliasing.training.objectives import get_objective
 from cnn_aliasing.training.recipes import Recipe
 from cnn_aliasing.training.run_folder import (
-    COMMIT,
-    SCHEMA,
-    SIDECAR,
-    STATE,
     WEIGHTS,
-    is_finished,
-    publish,
-    read_sidecar,
-    read_state,
-    weights_commit,
+    check_same_data,
+    continue_from,
+    new_sidecar,
+    resume_point,
     write_run,
     write_snapshot,
 )
@@ -260,125 +253,9 @@ def load_train_data(data_dir: StrPath, recipe: Recipe) -> tuple[torch.Tensor, to
     return images[keep], labels[keep]
 
 
-def _differing_fields(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    return sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
-
-
-def _check_same_recipe(out_dir: Path, stored: dict[str, Any], recipe: Recipe) -> None:
-    """An error if ``stored`` (a recipe dict found in ``out_dir``) is not ``recipe``."""
-    differ = _differing_fields(stored, recipe.to_dict())
-    if differ:
-        raise CnnAliasingError(
-            f"{out_dir} holds a run of another recipe ({stored.get('name')!r}; fields that "
-            f"differ: {', '.join(differ)}); choose another output folder, or restart it (resume=False, "
-            "--restart) to replace that run"
-        )
-
-
-def _existing_run(out_dir: Path, recipe: Recipe) -> dict[str, Any] | None:
-    """The sidecar already in ``out_dir`` if it is of ``recipe``; an error if it is of another recipe."""
-    if not (out_dir / SIDECAR).is_file():
-        return None
-    sidecar = read_sidecar(out_dir)
-    _check_same_recipe(out_dir, sidecar["recipe"], recipe)
-    return sidecar
-
-
-def _check_same_data(out_dir: Path, state: dict[str, Any], wanted: str) -> None:
-    """An error if the run in ``out_dir`` was trained on other images than ``wanted`` (their hash)."""
-    stored = state.get("data_sha256")
-    if stored is not None and stored != wanted:
-        raise CnnAliasingError(
-            f"{out_dir} holds a run trained on other images (data sha256 {stored[:12]}..., these are "
-            f"{wanted[:12]}...): the data folder changed; pass the data it was trained on, or restart it "
-            "(resume=False, --restart)"
-        )
-
-
-def _is_published(out_dir: Path, commit: str) -> bool:
-    """Whether the weights and the sidecar in ``out_dir`` are those of the state with token ``commit``."""
-    if weights_commit(out_dir) != commit or not (out_dir / SIDECAR).is_file():
-        return False
-    return read_sidecar(out_dir).get(COMMIT) == commit
-
-
-def _new_sidecar(
-    recipe: Recipe,
-    data_dir: StrPath,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    device: torch.device,
-    context: distributed.Context,
-    sync_batchnorm: bool,
-) -> dict[str, Any]:
-    objective = get_objective(recipe.objective)
-    return {
-        "schema": SCHEMA,
-        "recipe": recipe.to_dict(),
-        "model": {"name": recipe.arch, "args": recipe.to_dict()["arch_args"]},
-        "objective": recipe.objective,
-        "robust": objective.robust,
-        "attack": (
-            {"norm": "Linf", "eps": recipe.eps, "step": attack_step(recipe), "steps": recipe.attack_steps}
-            if objective.robust
-            else None
-        ),
-        "seed": recipe.seed,
-        "epochs": recipe.epochs,
-        "epochs_done": 0,
-        "complete": False,
-        "history": [],
-        "warnings": [],
-        "data": {
-            "dir": os.fspath(Path(data_dir).expanduser().resolve()),
-            "split": "train",
-            "n_train": len(images),
-            "sha256": data_sha256(images, labels),
-            "subset_seed": recipe.subset_seed if recipe.n_train is not None else None,
-            "eval_split": "test",
-            "eval_images": recipe.eval_images if recipe.eval_every else 0,
-        },
-        "device": str(device),
-        **context.meta(),
-        "sync_batchnorm": sync_batchnorm and context.world_size > 1,
-        "autocast_bf16": use_autocast(recipe, device),
-        "run": run_metadata(),
-    }
-
-
 def _tracked(recipe: Recipe, epoch: int) -> bool:
     """Whether the tracking runs after ``epoch`` (1-based): every ``eval_every`` epochs and the last."""
     return recipe.eval_every > 0 and (epoch % recipe.eval_every == 0 or epoch == recipe.epochs)
-
-
-def _resume_point(out_dir: Path, recipe: Recipe, resume: bool) -> tuple[dict[str, Any] | None, Any]:
-    """Rank 0's view of ``out_dir``, the same on every rank: ``(finished sidecar or None, resume state or
-    None)``; without ``resume`` the run there is deleted first. Only rank 0 reads and deletes (the run
-    folder need only exist on its node); the others receive what it found."""
-
-    def look() -> tuple[dict[str, Any] | None, Any]:
-        if resume:
-            existing = _existing_run(out_dir, recipe)
-            if existing is not None and is_finished(out_dir, existing):
-                return existing, None
-        else:
-            for name in (STATE, SIDECAR, WEIGHTS):
-                (out_dir / name).unlink(missing_ok=True)
-        state = read_state(out_dir) if resume else None
-        if state is not None and state["recipe"] is not None:
-            _check_same_recipe(out_dir, state["recipe"], recipe)
-        return None, state
-
-    found: Any = None
-    if distributed.is_main():
-        try:
-            found = look()
-        except CnnAliasingError as error:
-            found = error  # every rank raises it
-    found = distributed.broadcast_object(found)
-    if isinstance(found, CnnAliasingError):
-        raise found
-    return found
 
 
 def train(
@@ -412,12 +289,13 @@ def train(
     device = context.device(device)
     check_sync_batchnorm(sync_batchnorm, context, device)
     progress = progress and context.is_main
-    finished, state = _resume_point(out_dir, recipe, resume)
+    finished, state = resume_point(out_dir, recipe, resume)
     if finished is not None:
         return TrainResult(out_dir / WEIGHTS, finished)
     images, labels = load_train_data(data_dir, recipe)
     check_batches_fill_ranks(len(images), recipe.batch_size, context.world_size)
-    sidecar = _new_sidecar(recipe, data_dir, images, labels, device, context, sync_batchnorm)
+    autocast = use_autocast(recipe, device)
+    sidecar = new_sidecar(recipe, data_dir, images, labels, device, context, sync_batchnorm, autocast)
     eval_batch = None
     if recipe.eval_every and context.is_main:  # the tracking runs on rank 0
         eval_images, eval_labels = load_cifar10(data_dir, "test", n_images=recipe.eval_images, progress=False)
@@ -427,20 +305,12 @@ def train(
     torch.manual_seed(recipe.seed)
     model = create_model(recipe.arch, **recipe.arch_args)
     if state is not None:
-        _check_same_data(out_dir, state, sidecar["data"]["sha256"])
+        check_same_data(out_dir, state, sidecar["data"]["sha256"])
         model.load_state_dict(state["model"])
     trainer = Trainer(recipe, model, device, context=context, sync_batchnorm=sync_batchnorm)
     if state is not None:
         trainer.optimizer.load_state_dict(state["optimizer"])
-        sidecar.update(
-            epochs_done=state["epochs_done"],
-            complete=state["epochs_done"] == recipe.epochs,
-            history=state["history"],
-            warnings=state["warnings"],
-        )
-        sidecar[COMMIT] = state[COMMIT]
-        if context.is_main and not _is_published(out_dir, state[COMMIT]):  # killed between state and sidecar
-            publish(out_dir, state["model"], sidecar)
+        continue_from(out_dir, state, sidecar, repair=context.is_main)
     objective = get_objective(recipe.objective)
     epochs = tqdm(
         range(sidecar["epochs_done"], recipe.epochs),

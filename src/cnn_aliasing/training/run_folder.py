@@ -17,11 +17,17 @@ A recipe with ``snapshots`` also keeps the weights after each of those epochs in
 ``OUT/epoch-NNN.safetensors``, written before the epoch's state (so a kill in between repeats the epoch and
 rewrites the same file); the epoch's history row records the snapshot's commit token, which
 :func:`load_snapshot` checks.
+
+Resuming (:func:`resume_point`, on rank 0 only): a run of the same recipe already finished is returned as it
+is; otherwise the state is read, and a state or sidecar of another recipe, or (:func:`check_same_data`) a
+state of other training images, is refused by :func:`cnn_aliasing.resume.check_identity`;
+:func:`continue_from` brings a new sidecar (:func:`new_sidecar`) to where the state stands.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +35,22 @@ import safetensors
 import torch
 from torch import nn
 
-from cnn_aliasing.errors import CheckpointError
-from cnn_aliasing.identity import weights_sha256
+from cnn_aliasing import distributed
+from cnn_aliasing.errors import CheckpointError, CnnAliasingError
+from cnn_aliasing.identity import data_sha256, weights_sha256
 from cnn_aliasing.models import create_model, load_checkpoint
 from cnn_aliasing.models.checkpoint import cpu_state_dict, save_state_dict
-from cnn_aliasing.provenance import JsonFileError, StrPath, atomic_file, read_json_object, write_json_atomic
+from cnn_aliasing.provenance import (
+    JsonFileError,
+    StrPath,
+    atomic_file,
+    read_json_object,
+    run_metadata,
+    write_json_atomic,
+)
+from cnn_aliasing.resume import check_identity
+from cnn_aliasing.training.objectives import attack_step, get_objective
+from cnn_aliasing.training.recipes import Recipe
 
 WEIGHTS = "model.safetensors"
 SIDECAR = "model.json"
@@ -193,3 +210,135 @@ def read_state(out_dir: Path) -> dict[str, Any] | None:
     if state.get(COMMIT) is None:
         state[COMMIT] = commit_token(state["epochs_done"], state["model"])
     return state
+
+
+def new_sidecar(
+    recipe: Recipe,
+    data_dir: StrPath,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    context: distributed.Context,
+    sync_batchnorm: bool,
+    autocast_bf16: bool,
+) -> dict[str, Any]:
+    """The sidecar of a run of ``recipe`` on ``images`` that has trained no epoch yet."""
+    objective = get_objective(recipe.objective)
+    return {
+        "schema": SCHEMA,
+        "recipe": recipe.to_dict(),
+        "model": {"name": recipe.arch, "args": recipe.to_dict()["arch_args"]},
+        "objective": recipe.objective,
+        "robust": objective.robust,
+        "attack": (
+            {"norm": "Linf", "eps": recipe.eps, "step": attack_step(recipe), "steps": recipe.attack_steps}
+            if objective.robust
+            else None
+        ),
+        "seed": recipe.seed,
+        "epochs": recipe.epochs,
+        "epochs_done": 0,
+        "complete": False,
+        "history": [],
+        "warnings": [],
+        "data": {
+            "dir": os.fspath(Path(data_dir).expanduser().resolve()),
+            "split": "train",
+            "n_train": len(images),
+            "sha256": data_sha256(images, labels),
+            "subset_seed": recipe.subset_seed if recipe.n_train is not None else None,
+            "eval_split": "test",
+            "eval_images": recipe.eval_images if recipe.eval_every else 0,
+        },
+        "device": str(device),
+        **context.meta(),
+        "sync_batchnorm": sync_batchnorm and context.world_size > 1,
+        "autocast_bf16": autocast_bf16,
+        "run": run_metadata(),
+    }
+
+
+_RESTART = "resume=False, --restart"
+
+
+def _check_same_recipe(out_dir: Path, stored: dict[str, Any], recipe: Recipe) -> None:
+    """An error if ``stored`` (a recipe dict found in ``out_dir``) is not ``recipe``."""
+    check_identity(
+        f"the run in {out_dir}",
+        {"recipe": stored},
+        {"recipe": recipe.to_dict()},
+        f"choose another output folder, or restart it ({_RESTART}) to replace that run",
+    )
+
+
+def check_same_data(out_dir: Path, state: dict[str, Any], wanted: str) -> None:
+    """An error if the run in ``out_dir`` (its resume ``state``) was trained on other images than
+    ``wanted`` (their hash); states written before the hash was recorded pass."""
+    if state.get("data_sha256") is not None:
+        check_identity(
+            f"the run in {out_dir}",
+            {"data_sha256": state["data_sha256"]},
+            {"data_sha256": wanted},
+            f"it was trained on other images: pass the data it was trained on, or restart it ({_RESTART})",
+        )
+
+
+def _existing_run(out_dir: Path, recipe: Recipe) -> dict[str, Any] | None:
+    """The sidecar already in ``out_dir`` if it is of ``recipe``; an error if it is of another recipe."""
+    if not (out_dir / SIDECAR).is_file():
+        return None
+    sidecar = read_sidecar(out_dir)
+    _check_same_recipe(out_dir, sidecar["recipe"], recipe)
+    return sidecar
+
+
+def resume_point(out_dir: Path, recipe: Recipe, resume: bool) -> tuple[dict[str, Any] | None, Any]:
+    """Rank 0's view of ``out_dir``, the same on every rank: ``(finished sidecar or None, resume state or
+    None)``; without ``resume`` the run there is deleted first. Only rank 0 reads and deletes (the run
+    folder need only exist on its node); the others receive what it found."""
+
+    def look() -> tuple[dict[str, Any] | None, Any]:
+        if resume:
+            existing = _existing_run(out_dir, recipe)
+            if existing is not None and is_finished(out_dir, existing):
+                return existing, None
+        else:
+            for name in (STATE, SIDECAR, WEIGHTS):
+                (out_dir / name).unlink(missing_ok=True)
+        state = read_state(out_dir) if resume else None
+        if state is not None and state["recipe"] is not None:
+            _check_same_recipe(out_dir, state["recipe"], recipe)
+        return None, state
+
+    found: Any = None
+    if distributed.is_main():
+        try:
+            found = look()
+        except CnnAliasingError as error:
+            found = error  # every rank raises it
+    found = distributed.broadcast_object(found)
+    if isinstance(found, CnnAliasingError):
+        raise found
+    return found
+
+
+def _is_published(out_dir: Path, commit: str) -> bool:
+    """Whether the weights and the sidecar in ``out_dir`` are those of the state with token ``commit``."""
+    if weights_commit(out_dir) != commit or not (out_dir / SIDECAR).is_file():
+        return False
+    return read_sidecar(out_dir).get(COMMIT) == commit
+
+
+def continue_from(out_dir: Path, state: dict[str, Any], sidecar: dict[str, Any], *, repair: bool) -> None:
+    """Bring a new ``sidecar`` to where the resume ``state`` stands (epochs done, history, warnings, commit
+    token); with ``repair`` (rank 0) rewrite the weights and sidecar in ``out_dir`` if a kill between the
+    writes left them behind the state."""
+    sidecar.update(
+        epochs_done=state["epochs_done"],
+        complete=state["epochs_done"] == sidecar["epochs"],
+        history=state["history"],
+        warnings=state["warnings"],
+    )
+    sidecar[COMMIT] = state[COMMIT]
+    if repair and not _is_published(out_dir, state[COMMIT]):
+        publish(out_dir, state["model"], sidecar)
