@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from cnn_aliasing.errors import DistributedError, first_line
 
@@ -248,10 +247,3 @@ def barrier() -> None:
     """Wait until every rank gets here (bounded by the timeout); nothing in a single process."""
     if current().world_size > 1:
         _collective("barrier", dist.barrier)
-
-
-def image_progress(total: int | None, desc: str, show: bool, context: Context | None = None) -> tqdm:
-    """A progress bar counting images, shown when ``show`` and only on rank 0 of ``context`` (default the
-    active one), cleared when done."""
-    main = (context or current()).is_main
-    return tqdm(total=total, disable=not (show and main), unit="img", desc=desc, leave=False)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnn_aliasing.runtime import is_channels_last
 from cnn_aliasing.spectral import MAX_FACTOR
 from cnn_aliasing.validation import is_int_pair
 
@@ -163,9 +164,7 @@ def subsample(x: torch.Tensor, factor: tuple[int, int]) -> torch.Tensor:
     """x[..., ::s, ::t] as a dense tensor in x's memory format (the ops after it run faster on it)."""
     s, t = factor
     y = x[..., ::s, ::t]
-    channels_last = (
-        x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    )
+    channels_last = is_channels_last(x)
     return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 

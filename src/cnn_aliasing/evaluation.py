@@ -11,7 +11,7 @@ from torch import nn
 
 from cnn_aliasing import distributed
 from cnn_aliasing.errors import CnnAliasingError
-from cnn_aliasing.runtime import evaluation_mode, model_device, model_dtype, run_model
+from cnn_aliasing.runtime import evaluation_mode, model_device, model_dtype, progress_bar, run_model
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,9 @@ def clean_accuracy(
     correct = torch.zeros((), dtype=torch.int64, device=device)
     total = 0
     with (
-        distributed.image_progress(total_images, "clean accuracy", progress, context) as bar,
+        progress_bar(
+            show=progress, context=context, total=total_images, desc="clean accuracy", unit="img", leave=False
+        ) as bar,
         torch.inference_mode(),
         evaluation_mode(model),
     ):

@@ -36,10 +36,11 @@ from cnn_aliasing.probe import OpSelector, probing
 from cnn_aliasing.runtime import (
     check_finite_weights,
     check_unit_range,
+    device_for,
     evaluation_mode,
-    model_device,
     model_dtype,
     on_device,
+    progress_bar,
     run_model,
 )
 
@@ -128,13 +129,20 @@ def measure(
     """
     names = spectral.check_metric_names([AM, *(m for m in metrics if m != AM)])
     sampling = check_sampling(sample_channels, seed)
-    target = torch.device(device) if device is not None else model_device(model)
+    target = device_for(model, device)
     accumulator = Accumulator(names, spectral.as_nyquist(nyquist), sampling, target, per_image)
     context = distributed.current() if across_ranks else distributed.SINGLE
     n_images = 0
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(
-            distributed.image_progress(total_images, "measuring aliasing", progress, context)
+            progress_bar(
+                show=progress,
+                context=context,
+                total=total_images,
+                desc="measuring aliasing",
+                unit="img",
+                leave=False,
+            )
         )
         stack.enter_context(torch.no_grad())
         stack.enter_context(on_device(model, target))

@@ -1,8 +1,11 @@
-"""Running a model on images: its device and dtype, eval mode and device moves that are undone on exit,
-and input errors that name the input.
+"""How a job runs: the one policy for devices, memory format, CPU threads and progress bars, and running a
+model on images (eval mode and device moves undone on exit, input errors that name the input).
 
-Every job that runs a model (measuring, evaluating, attacking) uses these, so each leaves the model as it
-found it in the same way.
+Every job that runs a model (measuring, evaluating, attacking, training) uses these, so each resolves a
+device setting (:func:`resolve_device`, :func:`device_for`), decides channels_last
+(:func:`use_channels_last`, :func:`is_channels_last`), sets threads (:func:`set_threads`) and shows
+progress (:func:`progress_bar`: rank 0 only, silenced by ``progress=False``) in the same way, and leaves
+the model as it found it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from cnn_aliasing import distributed
 from cnn_aliasing.errors import CnnAliasingError, ModelInputError, first_line
 
 
@@ -36,6 +41,32 @@ def resolve_device(device: str | torch.device | None, *, option: str = "device")
     except (RuntimeError, AssertionError) as error:
         raise CnnAliasingError(f"{option} {device} cannot be used here: {first_line(error)}") from None
     return resolved
+
+
+def device_for(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    """The device a job runs ``model`` on: ``device`` checked by :func:`resolve_device`, or (None) the
+    device the model is on."""
+    return model_device(model) if device is None else resolve_device(device)
+
+
+def set_threads(threads: int | None) -> None:
+    """Let torch's CPU kernels use ``threads`` threads (None: leave torch's default, one per core)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def progress_bar(
+    iterable: Any = None,
+    *,
+    show: bool,
+    context: distributed.Context | None = None,
+    **options: Any,
+) -> tqdm:
+    """A tqdm bar over ``iterable`` (or counted with ``update``), shown when ``show`` (a job's ``progress``
+    argument, False under ``--quiet``) and only on rank 0 of ``context`` (default: the active process
+    group's); ``options`` go to tqdm (``total``, ``desc``, ``unit`` ...)."""
+    main = (context or distributed.current()).is_main
+    return tqdm(iterable, disable=not (show and main), **options)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -73,8 +104,7 @@ def on_device(model: nn.Module, device: torch.device, *, channels_last: bool = F
     by the caller stay valid.
     """
     home = model_device(model)
-    weights = [p for p in model.parameters() if p.dim() == 4]
-    was_channels_last = bool(weights) and weights[0].is_contiguous(memory_format=torch.channels_last)
+    was_channels_last = runs_channels_last(model)
     moved = home != device
     if moved:
         model.to(device)
@@ -163,13 +193,15 @@ def use_channels_last(requested: bool | None, device: torch.device) -> bool:
     return device.type == "cuda" if requested is None else requested
 
 
-def _runs_channels_last(model: nn.Module) -> bool:
-    weights = [p for p in model.parameters() if p.dim() == 4]
-    return (
-        bool(weights)
-        and not weights[0].is_contiguous()
-        and weights[0].is_contiguous(memory_format=torch.channels_last)
-    )
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a 4-d tensor laid out channels_last; one that fits both layouts (a single channel,
+    or 1 x 1 maps) counts as contiguous."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def runs_channels_last(model: nn.Module) -> bool:
+    """Whether the model's 4-d parameters (conv weights) are laid out channels_last: any of them is."""
+    return any(is_channels_last(p) for p in model.parameters())
 
 
 @contextlib.contextmanager
@@ -179,7 +211,7 @@ def safe_on_cpu(model: nn.Module, device: torch.device, *, channels_last: bool =
     oneDNN's channels_last convolution backward segfaults on some CPUs (see :func:`use_channels_last`);
     PyTorch's own kernels are slower there but safe. Anywhere else this does nothing.
     """
-    if device.type != "cpu" or not (channels_last or _runs_channels_last(model)):
+    if device.type != "cpu" or not (channels_last or runs_channels_last(model)):
         yield
         return
     enabled = torch.backends.mkldnn.enabled

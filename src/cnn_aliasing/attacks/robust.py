@@ -38,7 +38,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from cnn_aliasing import distributed
 from cnn_aliasing.attacks.autoattack import AttackPlan, check_model, check_square, resolve_attacks
@@ -56,7 +55,7 @@ from cnn_aliasing.data import to_float
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.identity import data_sha256, model_identity
 from cnn_aliasing.resume import StateMismatchError
-from cnn_aliasing.runtime import check_unit_range, model_device, on_device, safe_on_cpu
+from cnn_aliasing.runtime import check_unit_range, device_for, on_device, progress_bar, safe_on_cpu
 from cnn_aliasing.validation import is_choice, is_int, is_number
 
 
@@ -204,7 +203,7 @@ def robust_accuracy(
     labels = _check_arguments(flat, labels, eps, norm, batch_size)
     plan = resolve_attacks(attack, attack_options)
     threat = ThreatModel(norm, float(eps))  # type: ignore[arg-type]
-    target = torch.device(device) if device is not None else model_device(model)
+    target = device_for(model, device)
     path = None if state_path is None else Path(state_path)
     config = {
         "attacks": plan.names,
@@ -239,7 +238,7 @@ def robust_accuracy(
             seed,
             target,
             channels_last,
-            progress and context.is_main,
+            progress,
             context,
         )
         runner.run(state, store, adversarial, lambda: elapsed_before + time.perf_counter() - start)
@@ -351,11 +350,12 @@ class _Cascade:
                 state.batches_done, state.stage_seconds = set(), 0.0
             batches = self._batches(state.stage_points)
             pending = [b for b in range(len(batches)) if b not in state.batches_done]
-            bar = tqdm(
+            bar = progress_bar(
+                show=self.progress,
+                context=self.context,
                 total=len(batches),
                 initial=len(state.batches_done),
                 desc=attack.name,
-                disable=not self.progress,
             )
             with bar:
                 for mine in self._rounds(pending):
@@ -395,7 +395,7 @@ class _Cascade:
         mine = distributed.shard_batches(len(batches), self.context)
         scored = []
         with torch.inference_mode():
-            for b in tqdm(mine, desc="clean", disable=not self.progress):
+            for b in progress_bar(mine, show=self.progress, context=self.context, desc="clean"):
                 logits = self.model(_to(self.images[batches[b]], self.device, self.channels_last))
                 y = self.labels[batches[b]].to(self.device)
                 hit = (logits.argmax(dim=1) == y).cpu()

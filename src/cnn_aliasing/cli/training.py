@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from cnn_aliasing.attacks import parse_eps
 from cnn_aliasing.cli.options import (
     add_device_argument,
@@ -19,6 +17,7 @@ from cnn_aliasing.cli.options import (
 )
 from cnn_aliasing.cli.registry import Subcommand, register_subcommand
 from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.runtime import set_threads
 from cnn_aliasing.training import Recipe, attack_step, get_recipe, list_recipes, train
 
 ARCH_ARG_PREFIX = "arch_args."
@@ -129,8 +128,7 @@ class TrainCommand(Subcommand):
         if args.out.exists() and not args.out.is_dir():
             raise CnnAliasingError(f"--out {args.out} is a file; give a folder for the run")
         context, device = join_ranks(args.device)
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
+        set_threads(args.threads)
         result = train(
             recipe,
             args.data_dir,

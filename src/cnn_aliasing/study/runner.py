@@ -464,7 +464,7 @@ def run_study(
     calls it alike (see the module docstring).
     """
     start = time.perf_counter()
-    target = torch.device(device) if device is not None else resolve_device(config.device)
+    target = resolve_device(device if device is not None else config.device)
     context = distributed.init_from_env(target)
     target = context.device(target)
     progress = progress and context.is_main

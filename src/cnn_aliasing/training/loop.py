@@ -27,14 +27,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from cnn_aliasing import distributed
 from cnn_aliasing.data import load_cifar10, to_float
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.models import create_model
 from cnn_aliasing.provenance import StrPath
-from cnn_aliasing.runtime import resolve_device, safe_on_cpu, use_channels_last
+from cnn_aliasing.runtime import progress_bar, resolve_device, safe_on_cpu, use_channels_last
 from cnn_aliasing.training.augment import crop_flip, crop_flip_draws
 from cnn_aliasing.training.objectives import get_objective
 from cnn_aliasing.training.recipes import Recipe
@@ -196,9 +195,13 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = 0
         start = time.perf_counter()
-        progress = progress and context.is_main
-        bar = tqdm(
-            total=n, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="img", leave=False, disable=not progress
+        bar = progress_bar(
+            show=progress,
+            context=context,
+            total=n,
+            desc=f"epoch {epoch + 1}/{recipe.epochs}",
+            unit="img",
+            leave=False,
         )
         with bar:
             for i in range(steps):
@@ -212,7 +215,7 @@ class Trainer:
                 correct += batch_correct
                 seen += len(distributed.shard_range(idx.shape[0], context))
                 bar.update(idx.shape[0])
-                if progress and ((i + 1) % REFRESH_EVERY == 0 or i + 1 == steps):
+                if not bar.disable and ((i + 1) % REFRESH_EVERY == 0 or i + 1 == steps):
                     bar.set_postfix(
                         loss=f"{loss_sum.item() / seen:.3f}",
                         acc=f"{correct.item() / seen:.3f}",
@@ -288,7 +291,6 @@ def train(
     context = distributed.init_from_env(device)
     device = context.device(device)
     check_sync_batchnorm(sync_batchnorm, context, device)
-    progress = progress and context.is_main
     finished, state = resume_point(out_dir, recipe, resume)
     if finished is not None:
         return TrainResult(out_dir / WEIGHTS, finished)
@@ -312,13 +314,14 @@ def train(
         trainer.optimizer.load_state_dict(state["optimizer"])
         continue_from(out_dir, state, sidecar, repair=context.is_main)
     objective = get_objective(recipe.objective)
-    epochs = tqdm(
+    epochs = progress_bar(
         range(sidecar["epochs_done"], recipe.epochs),
+        show=progress,
+        context=context,
         desc=f"training {recipe.name}",
         unit="epoch",
         initial=sidecar["epochs_done"],
         total=recipe.epochs,
-        disable=not progress,
     )
     for epoch in epochs:
         row = trainer.run_epoch(epoch, images, labels, progress=progress)
