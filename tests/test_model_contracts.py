@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnn_aliasing import find_downsamplers
+from cnn_aliasing import find_downsamplers, models
 from cnn_aliasing.antialias import AntialiasSlot, antialias, get_method, list_methods
 from cnn_aliasing.models import (
     create_model,
@@ -247,10 +248,6 @@ def test_a_new_module_of_the_models_package_registers_its_model(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The package imports every module in its folder: a model is one module and nothing else."""
-    import sys
-
-    from cnn_aliasing import models
-
     (tmp_path / "planted_arch.py").write_text(
         "from torch import nn\n"
         "from cnn_aliasing.models.registry import register_model\n\n\n"
