@@ -38,8 +38,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from cnn_aliasing.attacks import ThreatModel, fgsm, parse_eps, robust_accuracy
+from cnn_aliasing.attacks import ThreatModel, fgsm, robust_accuracy
 from cnn_aliasing.data import load_cifar10
+from cnn_aliasing.eps import parse_eps
 from cnn_aliasing.models.normalization import make_normalizer
 from cnn_aliasing.provenance import run_metadata, write_json_atomic
 

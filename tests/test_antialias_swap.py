@@ -23,10 +23,10 @@ from cnn_aliasing.antialias import (
     antialias,
     list_methods,
 )
-from cnn_aliasing.errors import CnnAliasingError, ModelArgumentError
+from cnn_aliasing.errors import CnnAliasingError, ModelArgumentError, UnknownKeyError, UnknownNameError
 from cnn_aliasing.models import create_model
 
-METHODS = ["flc", "asap", "blurpool"]
+METHODS = ["asap", "blurpool", "flc"]
 LAYER = {"flc": FLCPool, "asap": ASAPPool, "blurpool": BlurPool}
 KIND = {"flc": "flc_pool", "asap": "asap_pool", "blurpool": "blur_pool"}
 
@@ -58,10 +58,17 @@ def image(size: tuple[int, int] = (32, 32), n: int = 2) -> torch.Tensor:
 
 def test_methods_registered() -> None:
     assert list_methods() == METHODS
-    with pytest.raises(CnnAliasingError, match="valid: flc, asap, blurpool"):
+    with pytest.raises(UnknownNameError) as unknown:
         antialias(Foreign(), "lowpass")
-    with pytest.raises(CnnAliasingError, match="valid options: filter_size"):
+    assert str(unknown.value) == (
+        "unknown anti-aliasing method 'lowpass'; valid anti-aliasing methods: asap, blurpool, flc"
+    )
+    with pytest.raises(UnknownKeyError) as option:
         antialias(Foreign(), "blurpool", size=3)
+    assert (
+        str(option.value)
+        == "anti-aliasing method 'blurpool': unknown option 'size'; valid options: filter_size"
+    )
     with pytest.raises(CnnAliasingError, match="filter_size"):
         antialias(Foreign(), "blurpool", filter_size=9)
 
@@ -123,7 +130,7 @@ def test_swapped_model_is_measured(method: str) -> None:
 
 
 def test_create_model_rejects_unknown_downsample() -> None:
-    with pytest.raises(ModelArgumentError, match="valid: strided, flc, asap, blurpool"):
+    with pytest.raises(ModelArgumentError, match="valid: strided, asap, blurpool, flc"):
         create_model("preact_resnet18", width=4, downsample="blur")
 
 
@@ -131,18 +138,20 @@ def test_recipe_downsample_field() -> None:
     from cnn_aliasing.training.recipes import get_recipe
 
     recipe = get_recipe("small-standard", downsample="flc")
-    assert recipe.arch_args["downsample"] == "flc"
+    assert recipe.arch_args == {"width": 16, "normalize": "cifar10"}  # the field alone holds downsample
+    assert recipe.model_args == {"width": 16, "normalize": "cifar10", "downsample": "flc"}
+    assert recipe.to_dict()["arch_args"] == recipe.model_args  # run folders record the model's arguments
     again = recipe.replace(downsample="blurpool")
-    assert again.arch_args["downsample"] == "blurpool" and again.downsample == "blurpool"
-    assert "downsample" not in recipe.replace(downsample="strided").arch_args
+    assert again.model_args["downsample"] == "blurpool" and again.downsample == "blurpool"
+    assert recipe.replace(downsample="strided").model_args == {"width": 16, "normalize": "cifar10"}
     assert type(recipe).from_dict(recipe.to_dict()) == recipe
     with pytest.raises(
-        CnnAliasingError, match="field downsample must be one of strided, flc, asap, blurpool, got"
+        CnnAliasingError, match="field downsample must be one of strided, asap, blurpool, flc, got"
     ):
         get_recipe("small-standard", downsample="max")
     with pytest.raises(CnnAliasingError, match="set only one"):
         get_recipe("small-standard", arch_args={"width": 4, "downsample": "asap"}, downsample="flc")
-    model = create_model(recipe.arch, **recipe.arch_args)
+    model = create_model(recipe.arch, **recipe.model_args)
     assert any(isinstance(m, FLCPool) for m in model.modules())
 
 

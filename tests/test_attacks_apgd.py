@@ -192,9 +192,9 @@ def test_zero_gradients_warn() -> None:
         (
             "apgd-ce",
             {"loss": "dlr"},
-            "attack 'apgd-ce' has no option 'loss'; valid options: n_iter, n_restarts",
+            "attack 'apgd-ce': unknown option 'loss'; valid options: n_iter, n_restarts",
         ),
-        ("apgd-t", {"steps": 5}, "attack 'apgd-t' has no option 'steps'; valid options: n_iter"),
+        ("apgd-t", {"steps": 5}, "attack 'apgd-t': unknown option 'steps'; valid options: n_iter"),
     ],
 )
 def test_bad_options_name_the_attack_option_and_value(name: str, options: dict, message: str) -> None:

@@ -133,8 +133,8 @@ def test_registered_attacks_keep_robust_points_clean(name: str) -> None:
         ("fgsm", {"step_size": -0.1}, "attack 'fgsm' option step_size must be a number > 0, got float -0.1"),
         ("fgsm", {"random_start": "yes"}, "option random_start must be true or false, got str 'yes'"),
         ("pgd", {"loss": "hinge"}, "option loss must be one of 'ce', 'dlr' or a callable, got str 'hinge'"),
-        ("fgsm", {"steps": 3}, "attack 'fgsm' has no option 'steps'; valid options: step_size, restarts"),
-        ("pgd", {"name": "x"}, "attack 'pgd' has no option 'name'; valid options: steps, step_size"),
+        ("fgsm", {"steps": 3}, "attack 'fgsm': unknown option 'steps'; valid options: step_size, restarts"),
+        ("pgd", {"name": "x"}, "attack 'pgd': unknown option 'name'; valid options: steps, step_size"),
     ],
 )
 def test_bad_options_name_the_attack_option_and_value(name: str, options: dict, message: str) -> None:

@@ -26,7 +26,6 @@ from cnn_aliasing.attacks import (
     ThreatModel,
     check_radius,
     list_attacks,
-    parse_eps,
     resolve_attacks,
     robust_accuracy,
 )
@@ -400,19 +399,6 @@ def test_channels_last_and_explicit_device_leave_the_model_as_found(setup) -> No
     result = evaluate(model, x, y, 4 / 255, device="cpu", channels_last=True)
     assert result.clean_accuracy == pytest.approx(34 / 40)
     assert model[0].weight.is_contiguous() and not model.training
-
-
-@pytest.mark.parametrize(
-    ("text", "value"), [("8/255", 8 / 255), ("0.5", 0.5), ("1 / 4", 0.25), (0.1, 0.1), ("0", 0)]
-)
-def test_parse_eps(text: str, value: float) -> None:
-    assert parse_eps(text) == pytest.approx(value)
-
-
-@pytest.mark.parametrize("text", ["-1/255", "eight", "1/0", ""])
-def test_parse_eps_refuses(text: str) -> None:
-    with pytest.raises(CnnAliasingError, match="eps"):
-        parse_eps(text)
 
 
 @pytest.mark.parametrize(

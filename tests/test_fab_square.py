@@ -338,15 +338,19 @@ def test_registered_names_and_options():
         ("square", {"p_init": "big"}, "option p_init must be a number in (0, 1], got str 'big'"),
         ("square", {"p_init": math.nan}, "option p_init must be a number in (0, 1], got float nan"),
         ("square", {"rescale_schedule": 1}, "option rescale_schedule must be true or false, got int 1"),
-        ("square", {"bogus": 1}, "attack 'square' has no option 'bogus'; valid options: n_queries, p_init"),
+        ("square", {"bogus": 1}, "attack 'square': unknown option 'bogus'; valid options: n_queries, p_init"),
         ("fab-t", {"n_iter": 0}, "attack 'fab-t' option n_iter must be an integer >= 1, got int 0"),
         ("fab-t", {"n_target_classes": True}, "option n_target_classes must be an integer >= 1, got bool"),
         ("fab", {"n_restarts": 0}, "attack 'fab' option n_restarts must be an integer >= 1, got int 0"),
         ("fab", {"alpha_max": -0.1}, "option alpha_max must be a number in [0, 1], got float -0.1"),
         ("fab", {"eta": 0}, "option eta must be a number > 0, got int 0"),
         ("fab", {"beta": 1.5}, "option beta must be a number in [0, 1], got float 1.5"),
-        ("fab", {"targeted": True}, "attack 'fab' has no option 'targeted'; valid options: n_target_classes"),
-        ("fab-t", {"bogus": 1}, "attack 'fab-t' has no option 'bogus'; valid options: n_target_classes"),
+        (
+            "fab",
+            {"targeted": True},
+            "attack 'fab': unknown option 'targeted'; valid options: n_target_classes",
+        ),
+        ("fab-t", {"bogus": 1}, "attack 'fab-t': unknown option 'bogus'; valid options: n_target_classes"),
     ],
 )
 def test_bad_options_are_errors_naming_attack_option_and_value(name, options, message):

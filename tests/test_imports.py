@@ -4,6 +4,9 @@ inside functions (lazy imports) and under ``TYPE_CHECKING`` alike, read from the
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cnn_aliasing
@@ -81,3 +84,42 @@ def test_no_module_of_the_package_imports_itself_through_others() -> None:
     graph = {name: imported(name, path, known) for name, path in known.items()}
     assert "cnn_aliasing.training.objectives" in graph["cnn_aliasing.training.recipes"]  # lazy ones count
     assert cycles(graph) == []
+
+
+# Importing the recipes runs recipes.py alone: the parent packages' __init__ modules are stood in for by
+# empty packages (the root's imports the measuring half, the probe among it; training's the loop), so what
+# is seen is what recipes.py itself imports. Then looking a recipe up checks it, which needs the registries.
+RECIPES_ALONE = """
+import importlib.util, sys
+from pathlib import Path
+for name, folder in (("cnn_aliasing", Path(PACKAGE)), ("cnn_aliasing.training", Path(PACKAGE) / "training")):
+    spec = importlib.util.spec_from_file_location(
+        name, folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
+    sys.modules[name] = importlib.util.module_from_spec(spec)  # not executed
+import cnn_aliasing.training.recipes as recipes
+def loaded():
+    return sorted({".".join(m.split(".")[:2]) for m in sys.modules if m.startswith("cnn_aliasing.")})
+print(loaded())
+print(recipes.list_recipes())
+recipes.get_recipe("pgd-at")
+print(loaded())
+"""
+REGISTRIES = ["cnn_aliasing.antialias", "cnn_aliasing.attacks", "cnn_aliasing.models", "cnn_aliasing.probe"]
+
+
+def test_importing_the_recipes_imports_no_registry_and_checks_nothing() -> None:
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    done = subprocess.run(
+        [sys.executable, "-c", f"PACKAGE = {str(PACKAGE)!r}\n{RECIPES_ALONE}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    on_import, names, on_lookup = done.stdout.splitlines()
+    assert not set(ast.literal_eval(on_import)) & set(REGISTRIES), on_import
+    assert "pgd-at" in ast.literal_eval(names)
+    assert {"cnn_aliasing.antialias", "cnn_aliasing.models"} <= set(ast.literal_eval(on_lookup))

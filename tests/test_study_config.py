@@ -114,7 +114,10 @@ def test_no_attack_section_or_enabled_false_means_no_attack() -> None:
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ({"modles": [CKPT]}, "s.toml: unknown key 'modles'; valid top-level keys: name, output, seed"),
+        (
+            {"modles": [CKPT]},
+            "s.toml: unknown top-level key 'modles'; valid top-level keys: name, output, seed",
+        ),
         (
             {"attack": {"epsilon": 1}, "models": [CKPT]},
             "s.toml: [attack]: unknown key 'epsilon'; valid keys: enabled",
@@ -125,10 +128,16 @@ def test_no_attack_section_or_enabled_false_means_no_attack() -> None:
         ),
         (
             {"attack": {"eps": "8/0"}, "models": [CKPT]},
-            "s.toml: [attack]: eps: eps must be a number or a fraction",
+            "s.toml: [attack] key eps must be a number >= 0 or a fraction such as \"8/255\", got str '8/0'",
         ),
-        ({"attack": {"eps": "-1/255"}, "models": [CKPT]}, "s.toml: [attack]: eps: eps must be >= 0"),
-        ({"attack": {"eps": True}, "models": [CKPT]}, "s.toml: [attack]: eps must be a number or a fraction"),
+        (
+            {"attack": {"eps": "-1/255"}, "models": [CKPT]},
+            "s.toml: [attack] key eps must be a number >= 0 or a fraction",
+        ),
+        (
+            {"attack": {"eps": True}, "models": [CKPT]},
+            "s.toml: [attack] key eps must be a number >= 0 or a fraction",
+        ),
         ({"models": [{"checkpoint": "w.pt", "arch": "preact_resnet18"}]}, "#1: the key 'robust' is required"),
         (
             {"models": [{"zoo": "Standard", "recipe": "x"}]},
@@ -142,23 +151,38 @@ def test_no_attack_section_or_enabled_false_means_no_attack() -> None:
         ({"models": []}, "[[models]] must list at least one model"),
         (
             {"models": [{"zoo": "Nope"}]},
-            "[[models]] #1: zoo: unknown zoo model 'Nope'; valid zoo models: Addepalli2021Towards_RN18, ",
+            "[[models]] #1 key zoo: unknown zoo model 'Nope'; valid zoo models: Addepalli2021Towards_RN18, ",
         ),
-        ({"models": [{"zoo_tags": ["wrn"]}]}, "zoo_tags: unknown zoo tag 'wrn'; valid tags:"),
-        ({"models": [{**CKPT, "arch": "vgg"}]}, "arch: unknown architecture 'vgg'; valid architectures: "),
-        ({"data": {"n_images": 0}, "models": [CKPT]}, "[data]: n_images must be an integer >= 1, got int 0"),
-        ({"data": {"split": "val"}, "models": [CKPT]}, "[data]: split must be one of 'train', 'test'"),
-        ({"aliasing": {"metrics": ["am"]}, "models": [CKPT]}, "[aliasing]: metrics: unknown metric(s) 'am'"),
+        ({"models": [{"zoo_tags": ["wrn"]}]}, "key zoo_tags: unknown zoo tag 'wrn'; valid tags:"),
+        (
+            {"models": [{**CKPT, "arch": "vgg"}]},
+            "key arch: unknown architecture 'vgg'; valid architectures: ",
+        ),
+        (
+            {"data": {"n_images": 0}, "models": [CKPT]},
+            "[data] key n_images must be an integer >= 1, got int 0",
+        ),
+        ({"data": {"split": "val"}, "models": [CKPT]}, "[data] key split must be one of 'train', 'test'"),
+        (
+            {"aliasing": {"metrics": ["am"]}, "models": [CKPT]},
+            "[aliasing] key metrics: unknown metric(s) 'am'",
+        ),
         ({"aliasing": {"nyquist": "x"}, "models": [CKPT]}, "nyquist must be one of 'zero', 'keep_negative'"),
         ({"attack": {"name": "pgdd"}, "models": [CKPT]}, "s.toml: [attack] unknown attack 'pgdd'"),
         ({"attack": {"n_images": 2000}, "models": [CKPT]}, "[attack] n_images = 2000 is more than [data]"),
         ({"spectrum": {"image": 1000}, "models": [CKPT]}, "[spectrum] image = 1000 is not among"),
         ({"attack": [1], "models": [CKPT]}, "s.toml: [attack] must be a table, got list"),
-        ({"report": {"n_resamples": 0}, "models": [CKPT]}, "[report]: n_resamples must be an integer >= 1"),
-        ({"report": {"highlight": "a"}, "models": [CKPT]}, "[report]: highlight"),
+        (
+            {"report": {"n_resamples": 0}, "models": [CKPT]},
+            "[report] key n_resamples must be an integer >= 1",
+        ),
+        (
+            {"report": {"highlight": "a"}, "models": [CKPT]},
+            "[report] key highlight must be a list of strings",
+        ),
         (
             {"device": "tpu9", "models": [CKPT]},
-            's.toml: device must be "auto" or a torch device name such as cpu, cuda or cuda:1, got str '
+            's.toml key device must be "auto" or a torch device name such as cpu, cuda or cuda:1, got str '
             "'tpu9'",
         ),
     ],
@@ -176,7 +200,8 @@ def test_errors_name_the_file_section_key_and_what_is_valid(raw: dict[str, Any],
         ),
         (
             {"options": {"fab-t": {"bogus": 1}}},
-            "s.toml: [attack] attack 'fab-t' has no option 'bogus'; valid options: n_target_classes, n_iter",
+            "s.toml: [attack] attack 'fab-t': unknown option 'bogus'; valid options: n_target_classes, "
+            "n_iter",
         ),
         (
             {"options": {"square": {"p_init": 2.0}}, "name": "apgd-ce"},  # options of an attack not run

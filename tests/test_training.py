@@ -100,7 +100,7 @@ def test_a_catalogue_starts_from_shared_fields_and_its_errors_name_the_file(tmp_
     for text, message in [
         ('[shared.s]\n[recipes.a]\nshared = "t"\n', "[recipes.a] shared must be one of s, got str 't'"),
         ("[recipes.a]\nepochs = 0\n", "recipe 'a' field epochs must be an integer >= 1, got int 0"),
-        ("[recipes.a]\nepoch = 3\n", "recipe: unknown field 'epoch'; valid fields: name,"),
+        ("[recipes.a]\nepoch = 3\n", "recipe 'a': unknown field 'epoch'; valid fields: name,"),
     ]:
         path.write_text(text)
         with pytest.raises(CnnAliasingError, match=f"^{re.escape(f'{path}: {message}')}"):
@@ -137,7 +137,7 @@ def test_overrides_and_their_errors() -> None:
             r"field n_train must be an integer >= 1, got int 0 \(or None: the whole train split\)",
         ),
         ("attack_step", 0.0, "field attack_step must be a number > 0"),
-        ("downsample", "x", "field downsample must be one of strided, flc, asap, blurpool"),
+        ("downsample", "x", "field downsample must be one of strided, asap, blurpool, flc"),
     ]:
         with pytest.raises(CnnAliasingError, match=needle):
             get_recipe("small-standard", **{field: value})

@@ -25,6 +25,11 @@ class UnknownNameError(CnnAliasingError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnknownKeyError(CnnAliasingError):
+    """A mapping of settings (recipe fields, attack options, a config table) has a key its schema does not
+    declare; the message names the unknown keys and lists the valid ones (see :mod:`cnn_aliasing.fields`)."""
+
+
 class CheckpointError(CnnAliasingError):
     """A checkpoint cannot be read, would run code, or does not match the model."""
 

@@ -42,7 +42,8 @@ from torch import nn
 
 from cnn_aliasing.antialias.layers import ASAPPool, BlurPool, FLCPool, Pair
 from cnn_aliasing.antialias.slots import slot_after
-from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.fields import check_keys
+from cnn_aliasing.registry import Registry
 from cnn_aliasing.validation import is_int_pair
 
 STRIDED = "strided"
@@ -77,42 +78,34 @@ class Method:
     options: Mapping[str, Any]
 
     def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(options) - set(self.options))
-        if unknown:
-            valid = ", ".join(self.options) or "none"
-            raise CnnAliasingError(
-                f"anti-aliasing method {self.name!r} takes no option {', '.join(map(repr, unknown))}; "
-                f"valid options: {valid}"
-            )
+        """The method's options with ``options`` applied; an unknown one is an UnknownKeyError."""
+        check_keys(options, list(self.options), f"anti-aliasing method {self.name!r}", "option")
         return {**self.options, **options}
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("anti-aliasing method", describe=lambda method: method.description)
 
 
 def register_method(method: Method) -> Method:
-    """Add a method to the registry (a name may be registered once)."""
-    if method.name in METHODS or method.name == STRIDED:
+    """Add a method to the registry (a name may be registered once; ``strided`` is taken)."""
+    if method.name == STRIDED:
         raise ValueError(f"an anti-aliasing method named {method.name!r} is already registered")
-    METHODS[method.name] = method
-    return method
+    return METHODS.register(method.name, method)
 
 
 def list_methods() -> list[str]:
-    """Names of the registered anti-aliasing methods."""
-    return list(METHODS)
+    """Names of the registered anti-aliasing methods, sorted."""
+    return METHODS.names()
 
 
 def get_method(name: str) -> Method:
-    """The registered method ``name``; an unknown name lists the valid ones."""
-    if name not in METHODS:
-        raise CnnAliasingError(f"unknown anti-aliasing method {name!r}; valid: {', '.join(METHODS)}")
-    return METHODS[name]
+    """The registered method ``name``; an unknown name is an UnknownNameError listing the valid ones."""
+    return METHODS.get(name)
 
 
 def downsample_choices() -> list[str]:
-    """The values of a ``downsample`` argument: ``"strided"`` (the model as it is) and every method."""
-    return [STRIDED, *METHODS]
+    """The values of a ``downsample`` argument: ``"strided"`` (the model as it is), then every method."""
+    return [STRIDED, *METHODS.names()]
 
 
 def with_downsampling(model: nn.Module, downsample: str, **options: Any) -> nn.Module:

@@ -18,11 +18,10 @@ from cnn_aliasing.attacks.base import (
     check_adversarial,
     create_attack,
     list_attacks,
-    option,
     register_attack,
 )
 from cnn_aliasing.attacks.pgd import FGSM, PGD, fgsm, pgd_perturb
-from cnn_aliasing.attacks.robust import RobustAccuracy, check_radius, parse_eps, robust_accuracy
+from cnn_aliasing.attacks.robust import RobustAccuracy, check_radius, robust_accuracy
 
 __all__ = [
     "APGD",
@@ -45,8 +44,6 @@ __all__ = [
     "create_attack",
     "fgsm",
     "list_attacks",
-    "option",
-    "parse_eps",
     "pgd_perturb",
     "register_attack",
     "resolve_attacks",

@@ -34,7 +34,6 @@ from cnn_aliasing.attacks.base import (
     BATCH_SIZE_OPTION,
     ThreatModel,
     check_options,
-    option,
     random_tensor,
     register_attack,
     rows_of_finished_points,
@@ -42,6 +41,7 @@ from cnn_aliasing.attacks.base import (
     targeted_dlr_loss,
 )
 from cnn_aliasing.attacks.base import dlr_loss as _dlr_loss
+from cnn_aliasing.fields import checked
 from cnn_aliasing.validation import is_bool, is_choice, is_int, is_number
 
 ApgdLoss = Literal["ce", "dlr", "dlr-targeted"]
@@ -76,12 +76,12 @@ class APGD:
     """
 
     loss: ApgdLoss = "ce"
-    n_iter: int = field(default=100, metadata=option(is_int(1)))
-    n_restarts: int = field(default=1, metadata=option(is_int(1)))
-    n_target_classes: int = field(default=9, metadata=option(is_int(1)))
-    eot_iter: int = field(default=1, metadata=option(is_int(1)))
-    rho: float = field(default=0.75, metadata=option(is_number(0.0, 1.0, open_low=True)))
-    reference: bool = field(default=False, metadata=option(is_bool))
+    n_iter: int = field(default=100, metadata=checked(is_int(1)))
+    n_restarts: int = field(default=1, metadata=checked(is_int(1)))
+    n_target_classes: int = field(default=9, metadata=checked(is_int(1)))
+    eot_iter: int = field(default=1, metadata=checked(is_int(1)))
+    rho: float = field(default=0.75, metadata=checked(is_number(0.0, 1.0, open_low=True)))
+    reference: bool = field(default=False, metadata=checked(is_bool))
     batch_size: int | None = field(default=None, metadata=BATCH_SIZE_OPTION)
     name: str = "apgd-ce"
 

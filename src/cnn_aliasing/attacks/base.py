@@ -10,9 +10,10 @@ in the reference's order of work) gets a CPU generator from the cascade instead 
 the device, as fra31/auto-attack does, so that a GPU run draws the reference's random numbers.
 
 A registered attack is a dataclass whose user-settable options are the fields declared with
-:func:`option` (each with its check); :func:`create_attack` refuses any other name and the dataclass's
-``__post_init__`` calls :func:`check_options`, so a bad option is a :class:`CnnAliasingError` naming the
-attack, the option, what is valid and the value given, however the attack is built.
+:func:`cnn_aliasing.fields.checked` (each with its check); :func:`create_attack` refuses any other name
+(an :class:`~cnn_aliasing.errors.UnknownKeyError`) and the dataclass's ``__post_init__`` calls
+:func:`check_options`, so a bad option is a :class:`CnnAliasingError` naming the attack, the option, what
+is valid and the value given, however the attack is built.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import nn
 
-from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
+from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.fields import check_fields, check_keys, checked, field_names
 from cnn_aliasing.registry import Registry, docstring_line
-from cnn_aliasing.validation import Check, is_choice, is_int, is_number, optional
+from cnn_aliasing.validation import is_choice, is_int, is_number, optional
 
 Norm = Literal["Linf", "L2"]
 NORMS: tuple[Norm, ...] = ("Linf", "L2")
@@ -60,20 +62,11 @@ class Attack(Protocol):
     ) -> torch.Tensor: ...
 
 
-def option(check: Check) -> dict[str, Check]:
-    """Metadata of an attack field that users set by name: ``field(default=100, metadata=option(is_int(1)))``.
-
-    ``create_attack`` accepts exactly these fields as options; :func:`check_options` checks their values.
-    """
-    return {"option": check}
-
-
 def check_options(attack: Any) -> None:
-    """Check every option field of the dataclass ``attack`` (see :func:`option`); call it from
-    ``__post_init__``. An error names the attack, the option, what is valid and the value given."""
-    for f in dataclasses.fields(attack):
-        if "option" in f.metadata:
-            f.metadata["option"](getattr(attack, f.name), f"attack {attack.name!r} option {f.name}")
+    """Check every option field of the dataclass ``attack`` (declared with
+    :func:`~cnn_aliasing.fields.checked`); call it from ``__post_init__``. An error names the attack, the
+    option, what is valid and the value given."""
+    check_fields(attack, f"attack {attack.name!r}", "option")
 
 
 @dataclass(frozen=True)
@@ -89,29 +82,20 @@ ATTACKS: Registry[_Registered] = Registry("attack", describe=lambda r: docstring
 
 def register_attack(name: str, cls: type, /, **fixed: Any) -> None:
     """Register the attack dataclass ``cls`` under ``name``, built with ``fixed`` arguments (e.g.
-    ``loss="ce"``) besides the user's options: the fields ``cls`` declares with :func:`option`."""
+    ``loss="ce"``) besides the user's options: the fields ``cls`` declares with ``checked(...)``."""
     ATTACKS.register(name, _Registered(cls, dict(fixed)))
 
 
 def attack_options(name: str) -> list[str]:
     """The options the registered attack ``name`` takes, in field order."""
     registered = _registered(name)
-    return [
-        f.name
-        for f in dataclasses.fields(registered.cls)
-        if "option" in f.metadata and f.name not in registered.fixed
-    ]
+    return [name for name in field_names(registered.cls) if name not in registered.fixed]
 
 
 def create_attack(name: str, /, **options: Any) -> Attack:
     """Build a registered attack with its options; an unknown name or option lists the valid ones."""
     registered = _registered(name)
-    valid = attack_options(name)
-    unknown = [key for key in options if key not in valid]
-    if unknown:
-        raise UnknownNameError(
-            f"attack {name!r} has no option {unknown[0]!r}; valid options: {', '.join(valid)}"
-        )
+    check_keys(options, attack_options(name), f"attack {name!r}", "option")
     return registered.cls(**registered.fixed, **options)
 
 
@@ -124,7 +108,7 @@ def list_attacks() -> list[str]:
     return ATTACKS.names()
 
 
-BATCH_SIZE_OPTION = option(optional(is_int(1), "the number of images the attack is given"))
+BATCH_SIZE_OPTION = checked(optional(is_int(1), "the number of images the attack is given"))
 """The ``batch_size`` option of attacks that may fill a forward pass with more rows than images (a point's
 targets, or the next iterations' candidates): the most rows a pass takes."""
 

@@ -24,12 +24,12 @@ from cnn_aliasing.attacks.base import (
     Norm,
     ThreatModel,
     check_options,
-    option,
     random_tensor,
     register_attack,
     rows_of_finished_points,
     target_groups,
 )
+from cnn_aliasing.fields import checked
 from cnn_aliasing.validation import is_bool, is_int, is_number
 
 _NOT_FOUND = 1e10  # distance recorded while no adversarial example has been found
@@ -102,13 +102,13 @@ class FAB:
     """
 
     targeted: bool = True
-    n_target_classes: int = field(default=9, metadata=option(is_int(1)))
-    n_iter: int = field(default=100, metadata=option(is_int(1)))
-    n_restarts: int = field(default=1, metadata=option(is_int(1)))
-    alpha_max: float = field(default=0.1, metadata=option(is_number(0.0, 1.0)))
-    eta: float = field(default=1.05, metadata=option(is_number(0.0, open_low=True)))
-    beta: float = field(default=0.9, metadata=option(is_number(0.0, 1.0)))
-    reference: bool = field(default=False, metadata=option(is_bool))
+    n_target_classes: int = field(default=9, metadata=checked(is_int(1)))
+    n_iter: int = field(default=100, metadata=checked(is_int(1)))
+    n_restarts: int = field(default=1, metadata=checked(is_int(1)))
+    alpha_max: float = field(default=0.1, metadata=checked(is_number(0.0, 1.0)))
+    eta: float = field(default=1.05, metadata=checked(is_number(0.0, open_low=True)))
+    beta: float = field(default=0.9, metadata=checked(is_number(0.0, 1.0)))
+    reference: bool = field(default=False, metadata=checked(is_bool))
     batch_size: int | None = field(default=None, metadata=BATCH_SIZE_OPTION)
     name: str = field(init=False)
 

@@ -20,11 +20,11 @@ from cnn_aliasing.attacks.base import (
     ThreatModel,
     check_options,
     dlr_loss,
-    option,
     project,
     random_tensor,
     register_attack,
 )
+from cnn_aliasing.fields import checked
 from cnn_aliasing.validation import invalid, is_bool, is_int, is_number
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -145,11 +145,11 @@ class PGD:
     """PGD as an attack: ``restarts`` runs, each on the points still robust; the step size defaults to
     2.5 eps / steps (Madry et al.)."""
 
-    steps: int = field(default=20, metadata=option(is_int(1)))
-    step_size: float | None = field(default=None, metadata=option(_is_step_size))
-    restarts: int = field(default=1, metadata=option(is_int(1)))
-    random_start: bool = field(default=True, metadata=option(is_bool))
-    loss: str | LossFn = field(default="ce", metadata=option(_is_loss))
+    steps: int = field(default=20, metadata=checked(is_int(1)))
+    step_size: float | None = field(default=None, metadata=checked(_is_step_size))
+    restarts: int = field(default=1, metadata=checked(is_int(1)))
+    random_start: bool = field(default=True, metadata=checked(is_bool))
+    loss: str | LossFn = field(default="ce", metadata=checked(_is_loss))
     name: str = "pgd"
 
     def __post_init__(self) -> None:
@@ -197,7 +197,7 @@ class FGSM(PGD):
     """FGSM as an attack: one step of eps, or of 1.25 eps after a uniform random start (FGSM-RS)."""
 
     steps: int = field(default=1, init=False)
-    random_start: bool = field(default=False, metadata=option(is_bool))
+    random_start: bool = field(default=False, metadata=checked(is_bool))
     name: str = "fgsm"
 
     def step_for(self, eps: float) -> float:

@@ -32,7 +32,6 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -106,17 +105,6 @@ class RobustAccuracy:
             "world_size": self.world_size,
             "backend": self.backend,
         }
-
-
-def parse_eps(text: str | float) -> float:
-    """An eps given as a number or a fraction such as ``"8/255"``; must be finite and >= 0."""
-    try:
-        value = float(Fraction(str(text).replace(" ", "")))
-    except (ValueError, ZeroDivisionError):
-        raise CnnAliasingError(f"eps must be a number or a fraction like 8/255, got {text!r}") from None
-    if value < 0:
-        raise CnnAliasingError(f"eps must be >= 0, got {text!r}")
-    return value
 
 
 def check_radius(eps: float, norm: str, image_shape: tuple[int, ...] | None = None) -> None:

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from cnn_aliasing.attacks.base import BATCH_SIZE_OPTION, ThreatModel, check_options, option, register_attack
+from cnn_aliasing.attacks.base import BATCH_SIZE_OPTION, ThreatModel, check_options, register_attack
 from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.fields import checked
 from cnn_aliasing.validation import is_bool, is_int, is_number, optional
 
 _P_STEPS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # p halves after each of these iterations
@@ -75,12 +76,12 @@ class Square:
     ``robust_accuracy`` sets its batch size).
     """
 
-    n_queries: int = field(default=5000, metadata=option(is_int(1)))
-    p_init: float = field(default=0.8, metadata=option(is_number(0.0, 1.0, open_low=True)))
-    n_restarts: int = field(default=1, metadata=option(is_int(1)))
-    rescale_schedule: bool = field(default=False, metadata=option(is_bool))
+    n_queries: int = field(default=5000, metadata=checked(is_int(1)))
+    p_init: float = field(default=0.8, metadata=checked(is_number(0.0, 1.0, open_low=True)))
+    n_restarts: int = field(default=1, metadata=checked(is_int(1)))
+    rescale_schedule: bool = field(default=False, metadata=checked(is_bool))
     lookahead: int | None = field(
-        default=None, metadata=option(optional(is_int(1), "per device, up to 4 on the CPU and 8 elsewhere"))
+        default=None, metadata=checked(optional(is_int(1), "per device, up to 4 on the CPU and 8 elsewhere"))
     )
     batch_size: int | None = field(default=None, metadata=BATCH_SIZE_OPTION)
     name: str = field(init=False, default="square")

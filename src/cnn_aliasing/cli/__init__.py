@@ -1,7 +1,7 @@
 """The ``cnn-aliasing`` command line: subcommands from a registry, one-line errors, JSON/CSV results.
 
 Each subcommand is a :class:`Subcommand` registered with :func:`register_subcommand` in a module of its
-own in this package, named after it (``measure``, ``evaluate``, ``models``, ...; ``train`` in ``training``);
+own in this package, named after it (``measure``, ``evaluate``, ``train``, ``models``, ...);
 every module here except the shared ones (:data:`SHARED_MODULES`) is imported on start, so a new
 subcommand is a new module and nothing else. :func:`main` builds the parser from the registry and
 dispatches by name. Errors a user can cause (:class:`CnnAliasingError`, ``OSError`` for files, and

@@ -15,6 +15,7 @@ from cnn_aliasing.cli.options import (
     prepare_output,
 )
 from cnn_aliasing.cli.registry import Subcommand, register_subcommand
+from cnn_aliasing.eps import parse_eps
 from cnn_aliasing.evaluation import AccuracyResult, clean_accuracy
 from cnn_aliasing.provenance import write_json_atomic
 
@@ -72,7 +73,7 @@ class EvaluateCommand(Subcommand):
         start = time.perf_counter()
         if args.out is not None:
             prepare_output(args.out, "--out")
-        eps = attacks.parse_eps(args.eps)
+        eps = parse_eps(args.eps)
         if args.attack is not None:  # refuse an unknown attack or a mistaken radius before any work
             attacks.check_radius(eps, args.norm)
             attacks.resolve_attacks(args.attack)

@@ -17,20 +17,13 @@ import torch
 
 from cnn_aliasing import data, spectral, zoo
 from cnn_aliasing.attacks import NORMS, check_radius, resolve_attacks
+from cnn_aliasing.eps import is_eps
 from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.fields import check_keys, checked, field_names, read_fields
 from cnn_aliasing.provenance import read_toml
 from cnn_aliasing.report_settings import DEFAULT_RESAMPLES, DEFAULT_SEED
 from cnn_aliasing.study.specs import ModelSpec, parse_model_spec
-from cnn_aliasing.study.toml_fields import (
-    from_table,
-    is_eps,
-    is_path,
-    is_str_list,
-    is_table,
-    reads,
-    table_keys,
-    to_json,
-)
+from cnn_aliasing.study.toml_fields import is_path, is_str_list, is_table, to_json
 from cnn_aliasing.validation import invalid, is_bool, is_choice, is_int, is_str
 
 SHIPPED_PACKAGE = "cnn_aliasing"
@@ -50,11 +43,11 @@ def _metrics(value: Any, where: str) -> tuple[str, ...]:
 class DataConfig:
     """``[data]``: the first ``n_images`` CIFAR-10 images of ``split``, for clean accuracy and aliasing."""
 
-    dir: Path = field(default=Path("data"), metadata=reads(is_path))
-    split: str = field(default="test", metadata=reads(is_choice(*data.SPLIT_FILES)))
-    n_images: int = field(default=1000, metadata=reads(is_int(1)))
-    batch_size: int = field(default=250, metadata=reads(is_int(1)))
-    download: bool = field(default=False, metadata=reads(is_bool))
+    dir: Path = field(default=Path("data"), metadata=checked(is_path))
+    split: str = field(default="test", metadata=checked(is_choice(*data.SPLIT_FILES)))
+    n_images: int = field(default=1000, metadata=checked(is_int(1)))
+    batch_size: int = field(default=250, metadata=checked(is_int(1)))
+    download: bool = field(default=False, metadata=checked(is_bool))
 
 
 MEASURED, REPORTED = "measured", "reported"  # where [attack] takes robust accuracy from
@@ -68,15 +61,15 @@ class AttackConfig:
     (Linf, 8/255, the full test set), so only clean accuracy and aliasing are measured.
     """
 
-    enabled: bool = field(default=True, metadata=reads(is_bool))
-    source: str = field(default=MEASURED, metadata=reads(is_choice(MEASURED, REPORTED)))
-    name: str = field(default="standard", metadata=reads(is_str))
-    eps: float = field(default=8 / 255, metadata=reads(is_eps))
-    norm: str = field(default="Linf", metadata=reads(is_choice(*NORMS)))
-    n_images: int = field(default=0, metadata=reads(is_int(0)))
-    batch_size: int = field(default=250, metadata=reads(is_int(1)))
-    seed: int | None = field(default=None, metadata=reads(is_int(0)))  # None: the study's seed
-    options: dict[str, Any] = field(default_factory=dict, metadata=reads(is_table))
+    enabled: bool = field(default=True, metadata=checked(is_bool))
+    source: str = field(default=MEASURED, metadata=checked(is_choice(MEASURED, REPORTED)))
+    name: str = field(default="standard", metadata=checked(is_str))
+    eps: float = field(default=8 / 255, metadata=checked(is_eps()))
+    norm: str = field(default="Linf", metadata=checked(is_choice(*NORMS)))
+    n_images: int = field(default=0, metadata=checked(is_int(0)))
+    batch_size: int = field(default=250, metadata=checked(is_int(1)))
+    seed: int | None = field(default=None, metadata=checked(is_int(0)))  # None: the study's seed
+    options: dict[str, Any] = field(default_factory=dict, metadata=checked(is_table))
 
 
 NO_ATTACK = AttackConfig(enabled=False)
@@ -88,21 +81,21 @@ class AliasingConfig:
     """``[aliasing]``: the Nyquist convention, scale-free variants beside AM, which ops, per-channel means."""
 
     nyquist: str = field(
-        default=spectral.Nyquist.ZERO.value, metadata=reads(is_choice(*(n.value for n in spectral.Nyquist)))
+        default=spectral.Nyquist.ZERO.value, metadata=checked(is_choice(*(n.value for n in spectral.Nyquist)))
     )
-    metrics: tuple[str, ...] = field(default=(), metadata=reads(_metrics))
-    include: tuple[str, ...] = field(default=(), metadata=reads(is_str_list))
-    exclude: tuple[str, ...] = field(default=(), metadata=reads(is_str_list))
-    per_channel: bool = field(default=False, metadata=reads(is_bool))
+    metrics: tuple[str, ...] = field(default=(), metadata=checked(_metrics))
+    include: tuple[str, ...] = field(default=(), metadata=checked(is_str_list))
+    exclude: tuple[str, ...] = field(default=(), metadata=checked(is_str_list))
+    per_channel: bool = field(default=False, metadata=checked(is_bool))
 
 
 @dataclass(frozen=True)
 class SpectrumConfig:
     """``[spectrum]``: which op (default: the first measured) and image give each model's spectrum figure."""
 
-    enabled: bool = field(default=True, metadata=reads(is_bool))
-    op: str | None = field(default=None, metadata=reads(is_str))
-    image: int = field(default=0, metadata=reads(is_int(0)))
+    enabled: bool = field(default=True, metadata=checked(is_bool))
+    op: str | None = field(default=None, metadata=checked(is_str))
+    image: int = field(default=0, metadata=checked(is_int(0)))
 
 
 @dataclass(frozen=True)
@@ -110,9 +103,9 @@ class ReportConfig:
     """``[report]``: models named in the figures (default: all when there are few) and the bootstrap's
     resamples and seed. Read by :mod:`cnn_aliasing.report` from ``study.json``."""
 
-    highlight: tuple[str, ...] = field(default=(), metadata=reads(is_str_list))
-    n_resamples: int = field(default=DEFAULT_RESAMPLES, metadata=reads(is_int(1)))
-    seed: int = field(default=DEFAULT_SEED, metadata=reads(is_int(0)))
+    highlight: tuple[str, ...] = field(default=(), metadata=checked(is_str_list))
+    n_resamples: int = field(default=DEFAULT_RESAMPLES, metadata=checked(is_int(1)))
+    seed: int = field(default=DEFAULT_SEED, metadata=checked(is_int(0)))
 
 
 def device_setting(value: Any, where: str) -> str | None:
@@ -135,11 +128,13 @@ def device_setting(value: Any, where: str) -> str | None:
 class StudyConfig:
     """A whole study: settings, sections, and the model specs in order."""
 
-    name: str = field(metadata=reads(is_str))
-    output: Path = field(metadata=reads(is_path))
-    seed: int = field(default=0, metadata=reads(is_int(0)))
-    device: str | None = field(default=None, metadata=reads(device_setting))  # None ("auto"): cuda, else cpu
-    model_dir: Path = field(default=zoo.DEFAULT_MODEL_DIR, metadata=reads(is_path))
+    name: str = field(metadata=checked(is_str))
+    output: Path = field(metadata=checked(is_path))
+    seed: int = field(default=0, metadata=checked(is_int(0)))
+    device: str | None = field(
+        default=None, metadata=checked(device_setting)
+    )  # None ("auto"): cuda, else cpu
+    model_dir: Path = field(default=zoo.DEFAULT_MODEL_DIR, metadata=checked(is_path))
     data: DataConfig = DataConfig()
     attack: AttackConfig = NO_ATTACK
     aliasing: AliasingConfig = AliasingConfig()
@@ -177,14 +172,9 @@ _SECTIONS = {
 
 def parse_config(raw: dict[str, Any], file: str, *, default_name: str) -> StudyConfig:
     """A study config from parsed TOML; ``file`` names the source in errors."""
-    valid = [*table_keys(StudyConfig), *_SECTIONS, "models"]
-    unknown = [key for key in raw if key not in valid]
-    if unknown:
-        raise CnnAliasingError(
-            f"{file}: unknown key {unknown[0]!r}; valid top-level keys: {', '.join(valid)}"
-        )
+    check_keys(raw, [*field_names(StudyConfig), *_SECTIONS, "models"], file, "top-level key")
     sections: dict[str, Any] = {
-        key: from_table(cls, raw[key], f"{file}: [{key}]") for key, cls in _SECTIONS.items() if key in raw
+        key: read_fields(cls, raw[key], f"{file}: [{key}]") for key, cls in _SECTIONS.items() if key in raw
     }
     if "attack" in raw and not sections["attack"].enabled:
         sections["attack"] = NO_ATTACK
@@ -192,10 +182,10 @@ def parse_config(raw: dict[str, Any], file: str, *, default_name: str) -> StudyC
     if not isinstance(models_raw, list) or not models_raw:
         raise CnnAliasingError(f"{file}: [[models]] must list at least one model")
     specs = tuple(parse_model_spec(m, f"{file}: [[models]] #{i}") for i, m in enumerate(models_raw, start=1))
-    top = {key: raw[key] for key in table_keys(StudyConfig) if key in raw}
+    top = {key: raw[key] for key in field_names(StudyConfig) if key in raw}
     top.setdefault("name", default_name)
     top.setdefault("output", f"runs/{top['name']}")
-    config = from_table(StudyConfig, top, file, **sections, models=specs)
+    config = read_fields(StudyConfig, top, file, **sections, models=specs)
     config = replace(
         config,
         model_dir=config.model_dir.absolute(),

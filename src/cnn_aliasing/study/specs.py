@@ -24,6 +24,7 @@ from torch import nn
 
 from cnn_aliasing import training, zoo
 from cnn_aliasing.errors import CnnAliasingError, UnknownNameError
+from cnn_aliasing.fields import checked, read_fields
 from cnn_aliasing.model_source import (
     ArchSource,
     ExternalSource,
@@ -33,7 +34,8 @@ from cnn_aliasing.model_source import (
     check_external,
 )
 from cnn_aliasing.registry import Registry
-from cnn_aliasing.study.toml_fields import from_table, is_bool, is_path, is_str, is_str_list, is_table, reads
+from cnn_aliasing.study.toml_fields import is_path, is_str_list, is_table
+from cnn_aliasing.validation import is_bool, is_str
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -138,7 +140,7 @@ def parse_model_spec(raw: Any, where: str) -> ModelSpec:
     if len(kinds) != 1:
         given = f"it has {' and '.join(kinds)}" if kinds else f"it has {', '.join(raw) or 'no keys'}"
         raise CnnAliasingError(f"{where} needs exactly one of the keys {', '.join(SPEC_KINDS)}; {given}")
-    return from_table(SPEC_KINDS.get(kinds[0]), raw, where)
+    return read_fields(SPEC_KINDS.get(kinds[0]), raw, where)
 
 
 def _zoo_name(value: Any, where: str) -> str:
@@ -197,8 +199,8 @@ class ZooSpec(ModelSpec):
     """``zoo = "Carmon2019Unlabeled"``: one zoo model (its checkpoint read from the study's model_dir)."""
 
     key: ClassVar[str] = "zoo"
-    zoo: str = field(metadata=reads(_zoo_name))
-    name: str | None = field(default=None, metadata=reads(is_str))
+    zoo: str = field(metadata=checked(_zoo_name))
+    name: str | None = field(default=None, metadata=checked(is_str))
 
     def expand(self, model_dir: Path) -> list[StudyModel]:
         return [_zoo_model(zoo.zoo_entry(self.zoo), self.name)]
@@ -210,7 +212,7 @@ class ZooTagsSpec(ModelSpec):
     """``zoo_tags = ["wrn-28-10"]``: every zoo model carrying all these tags."""
 
     key: ClassVar[str] = "zoo_tags"
-    zoo_tags: tuple[str, ...] = field(metadata=reads(_zoo_tags))
+    zoo_tags: tuple[str, ...] = field(metadata=checked(_zoo_tags))
 
     def expand(self, model_dir: Path) -> list[StudyModel]:
         entries = zoo.select(*self.zoo_tags)
@@ -225,8 +227,8 @@ class ZooOnDiskSpec(ModelSpec):
     """``zoo_on_disk = true``: every zoo model whose checkpoint is already in model_dir (``tags`` filter)."""
 
     key: ClassVar[str] = "zoo_on_disk"
-    zoo_on_disk: bool = field(metadata=reads(is_bool))
-    tags: tuple[str, ...] = field(default=(), metadata=reads(_zoo_tags))
+    zoo_on_disk: bool = field(metadata=checked(is_bool))
+    tags: tuple[str, ...] = field(default=(), metadata=checked(_zoo_tags))
 
     def expand(self, model_dir: Path) -> list[StudyModel]:
         if not self.zoo_on_disk:
@@ -252,11 +254,11 @@ class CheckpointSpec(ModelSpec):
     """``checkpoint = "w.pt"`` with ``arch``, ``args`` and ``robust``: weights of a registered arch."""
 
     key: ClassVar[str] = "checkpoint"
-    checkpoint: Path = field(metadata=reads(is_path))
-    arch: str = field(metadata=reads(_arch))
-    robust: bool = field(metadata=reads(is_bool))
-    args: dict[str, Any] = field(default_factory=dict, metadata=reads(is_table))
-    name: str | None = field(default=None, metadata=reads(is_str))
+    checkpoint: Path = field(metadata=checked(is_path))
+    arch: str = field(metadata=checked(_arch))
+    robust: bool = field(metadata=checked(is_bool))
+    args: dict[str, Any] = field(default_factory=dict, metadata=checked(is_table))
+    name: str | None = field(default=None, metadata=checked(is_str))
 
     def expand(self, model_dir: Path) -> list[StudyModel]:
         return [
@@ -311,9 +313,9 @@ class RecipeSpec(ModelSpec):
     ``NAME-eK``: the one run's weights after epoch K."""
 
     key: ClassVar[str] = "recipe"
-    recipe: str = field(metadata=reads(is_str))
-    overrides: dict[str, Any] = field(default_factory=dict, metadata=reads(is_table))
-    name: str | None = field(default=None, metadata=reads(is_str))
+    recipe: str = field(metadata=checked(is_str))
+    overrides: dict[str, Any] = field(default_factory=dict, metadata=checked(is_table))
+    name: str | None = field(default=None, metadata=checked(is_str))
 
     def expand(self, model_dir: Path) -> list[StudyModel]:
         recipe = training.get_recipe(self.recipe, **self.overrides)  # a bad name or override fails now
@@ -328,7 +330,7 @@ class RecipeSpec(ModelSpec):
                 name=name if "epoch" not in s else f"{name}-e{s['epoch']}",
                 source=s,
                 arch=recipe.arch,
-                arch_args=dict(recipe.arch_args),
+                arch_args=recipe.model_args,
                 robust=robust,
                 tags=_training_tags(robust, recipe.arch),
                 loader=_train_recipe,
@@ -360,11 +362,11 @@ class ExternalSpec(ModelSpec):
     ``pretrained``, ``robust``, ``name``: a model from timm, torchvision or the user's own factory."""
 
     key: ClassVar[str] = "external"
-    external: str = field(metadata=reads(_external))
-    args: dict[str, Any] = field(default_factory=dict, metadata=reads(is_table))
-    pretrained: bool = field(default=False, metadata=reads(is_bool))
-    robust: bool = field(default=False, metadata=reads(is_bool))
-    name: str | None = field(default=None, metadata=reads(is_str))
+    external: str = field(metadata=checked(_external))
+    args: dict[str, Any] = field(default_factory=dict, metadata=checked(is_table))
+    pretrained: bool = field(default=False, metadata=checked(is_bool))
+    robust: bool = field(default=False, metadata=checked(is_bool))
+    name: str | None = field(default=None, metadata=checked(is_str))
 
     def expand(self, model_dir: Path) -> list[StudyModel]:
         if self.pretrained and not check_external(self.external).library:

@@ -1,11 +1,7 @@
-"""Reading TOML tables into frozen dataclasses: each field declares its checker, unknown keys are errors.
-
-A field's ``metadata=reads(check)`` names a :data:`Check`: it takes the raw TOML value and a description of
-where it stands (file, section, key) and returns the converted value or raises
-:class:`CnnAliasingError`. Fields without a default are required. :func:`from_table` names the file, the
-section and the key of every error, and lists the valid keys when a key is unknown. The checks of plain
-values (strings, booleans, integers, numbers, choices) are :mod:`cnn_aliasing.validation`'s; this module
-adds those of TOML's paths, lists, tables and radii.
+"""The checks of TOML values a study config reads beside :mod:`cnn_aliasing.validation`'s plain ones: paths,
+lists of strings and tables; and :func:`to_json`, a config's dataclass tree as JSON-ready values. The
+sections themselves are dataclasses read by :func:`cnn_aliasing.fields.read_fields` (a field's
+``metadata=checked(check)`` declares the key).
 """
 
 from __future__ import annotations
@@ -14,46 +10,9 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from cnn_aliasing.attacks import parse_eps
-from cnn_aliasing.errors import CnnAliasingError
-from cnn_aliasing.validation import Check, invalid, is_str
-from cnn_aliasing.validation import is_bool as is_bool  # re-exported: the study's specs read it from here
-
-T = TypeVar("T")
-
-
-def reads(check: Check) -> dict[str, Check]:
-    """Metadata of a field read from TOML with ``check``: ``field(metadata=reads(is_int(1)))``."""
-    return {"check": check}
-
-
-def table_keys(cls: type) -> list[str]:
-    """The TOML keys a dataclass reads: its checked fields, in order."""
-    return [f.name for f in dataclasses.fields(cls) if "check" in f.metadata]
-
-
-def from_table(cls: type[T], raw: Any, where: str, **extra: Any) -> T:
-    """Build ``cls`` from the TOML table ``raw``; ``where`` is e.g. ``"quick.toml: [attack]"``.
-
-    ``extra`` fills fields that are not read from TOML (derived values).
-    """
-    if not isinstance(raw, Mapping):
-        raise invalid(where, "a table", raw)
-    valid = table_keys(cls)
-    unknown = [key for key in raw if key not in valid]
-    if unknown:
-        raise CnnAliasingError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(valid)}")
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]  # every table class is a dataclass
-        if "check" not in f.metadata:
-            continue
-        if f.name in raw:
-            values[f.name] = f.metadata["check"](raw[f.name], f"{where}: {f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise CnnAliasingError(f"{where}: the key {f.name!r} is required")
-    return cls(**values, **extra)
+from cnn_aliasing.validation import invalid, is_str
 
 
 def is_path(value: Any, where: str) -> Path:
@@ -73,16 +32,6 @@ def is_table(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise invalid(where, "a table", value)
     return dict(value)
-
-
-def is_eps(value: Any, where: str) -> float:
-    """A radius: a number or a fraction string such as "8/255"."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise invalid(where, 'a number or a fraction such as "8/255"', value)
-    try:
-        return parse_eps(value)
-    except CnnAliasingError as error:
-        raise CnnAliasingError(f"{where}: {error}") from None
 
 
 def to_json(value: Any) -> Any:

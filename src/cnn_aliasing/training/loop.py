@@ -305,7 +305,7 @@ def train(
     images, labels = images.to(device), labels.to(device)
 
     torch.manual_seed(recipe.seed)
-    model = create_model(recipe.arch, **recipe.arch_args)
+    model = create_model(recipe.arch, **recipe.model_args)
     if state is not None:
         check_same_data(out_dir, state, sidecar["data"]["sha256"])
         model.load_state_dict(state["model"])

@@ -2,9 +2,11 @@
 (the catalogue, data in ``recipes.toml`` beside this module).
 
 A recipe fixes the architecture, the data subset, the objective, the optimiser and its schedule, the
-augmentation, the per-epoch tracking and the speed switches. :func:`get_recipe` returns a named recipe
-with any field overridden; the values are checked when the recipe is built, so a bad value fails before
-any work starts.
+augmentation, the per-epoch tracking and the speed switches. The catalogue is data until a recipe is used:
+:func:`get_recipe` builds a named recipe with any field overridden, and building a :class:`Recipe` checks
+every field (:mod:`cnn_aliasing.fields`), so a bad value fails before any work starts. Importing this
+module checks nothing and imports none of the registries a recipe names (models, anti-aliasing methods,
+objectives, schedules).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from cnn_aliasing.eps import is_eps
 from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.fields import check_fields, check_keys, checked, field_names
 from cnn_aliasing.provenance import StrPath, read_toml
 from cnn_aliasing.registry import Registry
 from cnn_aliasing.validation import (
@@ -35,16 +39,13 @@ from cnn_aliasing.validation import (
 Autocast = Literal["auto", "bf16", "off"]
 AUTOCAST_CHOICES: tuple[Autocast, ...] = get_args(Autocast)
 EPS_8 = 8 / 255
-
-
-def checked(check: Check) -> dict[str, Check]:
-    """Metadata of a recipe field: the check its value must pass (see :mod:`cnn_aliasing.validation`)."""
-    return {"check": check}
+STRIDED = "strided"  # the downsample value that keeps the architecture's own down-sampling
 
 
 def _names_of(kind: str) -> list[str]:
-    """The valid names of a field that names a registered thing (imported when a recipe is checked:
-    the registries' modules import this one)."""
+    """The valid names of a field that names a registered thing (imported when a recipe is checked, never
+    when this module is: the objectives' and schedules' modules import this one, and a recipe is data until
+    it is used)."""
     from cnn_aliasing.antialias import downsample_choices
     from cnn_aliasing.models import list_models
     from cnn_aliasing.training.objectives import list_objectives
@@ -69,6 +70,13 @@ def _registered(kind: str) -> Check:
         return value
 
     return check
+
+
+def _is_text(value: Any, where: str) -> str:
+    """A string (maybe empty)."""
+    if not isinstance(value, str):
+        raise invalid(where, "a string", value)
+    return value
 
 
 def _is_milestones(value: Any, where: str) -> tuple[int, ...]:
@@ -107,11 +115,12 @@ class Recipe:
     :func:`cnn_aliasing.runtime.use_channels_last`); true or false forces it. ``eval_every`` 0 turns the
     per-epoch tracking off. ``n_train`` None trains on the whole train split, else on a fixed random subset
     drawn with ``subset_seed``. ``downsample`` (``strided``, ``flc``, ``asap``, ``blurpool``) swaps the
-    architecture's down-sampling (see :mod:`cnn_aliasing.antialias`); it is passed on in ``arch_args``.
+    architecture's down-sampling (see :mod:`cnn_aliasing.antialias`); the architecture gets it among its
+    arguments, :attr:`model_args` (``arch_args`` never holds it).
     """
 
     name: str = field(metadata=checked(is_str))
-    description: str = ""
+    description: str = field(default="", metadata=checked(_is_text))
     arch: str = field(default="preact_resnet18", metadata=checked(_registered("model")))
     arch_args: Mapping[str, Any] = field(
         default_factory=lambda: {"normalize": "cifar10"}, metadata=checked(_is_arguments)
@@ -130,9 +139,9 @@ class Recipe:
     warmup_epochs: float = field(default=0.0, metadata=checked(is_number(0)))
     crop_padding: int = field(default=4, metadata=checked(is_int(0)))
     flip: bool = field(default=True, metadata=checked(is_bool))
-    eps: float = field(default=EPS_8, metadata=checked(is_number(0)))
+    eps: float = field(default=EPS_8, metadata=checked(is_eps()))
     attack_step: float | None = field(
-        default=None, metadata=checked(optional(is_number(0, open_low=True), "the objective's default step"))
+        default=None, metadata=checked(optional(is_eps(positive=True), "the objective's default step"))
     )
     attack_steps: int = field(default=10, metadata=checked(is_int(1)))
     trades_beta: float = field(default=6.0, metadata=checked(is_number(0)))
@@ -142,7 +151,7 @@ class Recipe:
     eval_every: int = field(default=1, metadata=checked(is_int(0)))
     eval_images: int = field(default=256, metadata=checked(is_int(1)))
     eval_pgd_steps: int = field(default=10, metadata=checked(is_int(1)))
-    eval_pgd_step: float = field(default=2 / 255, metadata=checked(is_number(0)))
+    eval_pgd_step: float = field(default=2 / 255, metadata=checked(is_eps()))
     # per-epoch AM: measure(sample_channels=...)
     eval_sample_channels: int | float | None = field(
         default=None, metadata=checked(optional(_is_sample_channels, "measure every channel"))
@@ -159,21 +168,38 @@ class Recipe:
     noise_std: float = field(default=0.1, metadata=checked(is_number(0)))  # the gaussian-noise objective
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "arch_args", dict(self.arch_args))
-        if self.downsample != "strided" and "downsample" not in self.arch_args:
-            self.arch_args["downsample"] = self.downsample  # type: ignore[index]  # a dict, made just above
-        object.__setattr__(self, "milestones", tuple(self.milestones))
-        object.__setattr__(self, "snapshots", tuple(self.snapshots))
-        _validate(self)
+        where = f"recipe {self.name!r}"
+        check_fields(self, where, "field")
+        arch_args = dict(self.arch_args)
+        if arch_args.get("downsample", self.downsample) != self.downsample:
+            raise CnnAliasingError(
+                f"{where}: arch_args sets downsample={arch_args['downsample']!r} and the field "
+                f"downsample={self.downsample!r}; set only one"
+            )
+        arch_args.pop("downsample", None)  # the field holds it; model_args passes it on
+        object.__setattr__(self, "arch_args", arch_args)
+        if self.snapshots and self.snapshots[-1] > self.epochs:
+            raise invalid(
+                f"{where} field snapshots", f"epochs from 1 to epochs={self.epochs}", self.snapshots
+            )
+
+    @property
+    def model_args(self) -> dict[str, Any]:
+        """The architecture's arguments: ``arch_args`` and, unless it is ``strided``, ``downsample``."""
+        if self.downsample == STRIDED:
+            return dict(self.arch_args)
+        return {**self.arch_args, "downsample": self.downsample}
 
     def to_dict(self) -> dict[str, Any]:
-        """All fields, JSON-ready (tuples as lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """All fields, JSON-ready (tuples as lists); ``arch_args`` are the model's arguments
+        (:attr:`model_args`), as run folders record them."""
+        return json.loads(json.dumps({**dataclasses.asdict(self), "arch_args": self.model_args}))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
-        """The recipe :meth:`to_dict` wrote; unknown keys are an error naming them."""
-        _check_fields(data.keys(), "recipe")
+        """The recipe :meth:`to_dict` wrote (or any mapping of fields), checked; unknown keys are an error
+        naming them."""
+        check_keys(data, FIELDS, f"recipe {data.get('name')!r}", "field")
         return cls(**dict(data))
 
     def step_size(self, default_ratio: float) -> float:
@@ -181,51 +207,26 @@ class Recipe:
         return self.attack_step if self.attack_step is not None else default_ratio * self.eps
 
     def replace(self, **overrides: Any) -> Recipe:
-        """A copy with some fields changed (checked like :func:`get_recipe`'s overrides)."""
-        _check_fields(overrides.keys(), f"recipe {self.name!r}")
-        if "downsample" in overrides and "arch_args" not in overrides:
-            overrides["arch_args"] = {k: v for k, v in self.arch_args.items() if k != "downsample"}
+        """A copy with some fields changed, checked as :func:`get_recipe`'s overrides are."""
+        check_keys(overrides, FIELDS, f"recipe {self.name!r}", "field")
         return dataclasses.replace(self, **overrides)
 
 
-FIELDS = tuple(f.name for f in dataclasses.fields(Recipe))
+FIELDS = tuple(field_names(Recipe))
 
 
-def _check_fields(names: Any, what: str) -> None:
-    unknown = [n for n in names if n not in FIELDS]
-    if unknown:
-        raise CnnAliasingError(
-            f"{what}: unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-            f"valid fields: {', '.join(FIELDS)}"
-        )
-
-
-def _validate(recipe: Recipe) -> None:
-    """Check every field with the check it declares, then the one rule that spans two fields; an error
-    names the recipe, the field, what is valid and the value given."""
-    for f in dataclasses.fields(recipe):
-        if "check" in f.metadata:
-            f.metadata["check"](getattr(recipe, f.name), f"recipe {recipe.name!r} field {f.name}")
-    if recipe.snapshots and recipe.snapshots[-1] > recipe.epochs:
-        raise invalid(
-            f"recipe {recipe.name!r} field snapshots",
-            f"epochs from 1 to epochs={recipe.epochs}",
-            recipe.snapshots,
-        )
-    if recipe.arch_args.get("downsample", recipe.downsample) != recipe.downsample:
-        raise CnnAliasingError(
-            f"recipe {recipe.name!r}: arch_args sets downsample={recipe.arch_args['downsample']!r} and the "
-            f"field downsample={recipe.downsample!r}; set only one"
-        )
-
-
-# --------------------------------------------------------------------------------------------- registry
-RECIPES: Registry[Recipe] = Registry("recipe", describe=lambda r: r.description)
+# --------------------------------------------------------------------------------------------- catalogue
+RECIPES: Registry[Mapping[str, Any]] = Registry(
+    "recipe", describe=lambda fields: fields.get("description", "")
+)
+"""The named recipes as data: each one's fields as given (a catalogue table with its shared fields), made
+into a checked :class:`Recipe` when it is looked up."""
 
 
 def register_recipe(recipe: Recipe) -> Recipe:
     """Register ``recipe`` under ``recipe.name`` (a name may be registered once)."""
-    return RECIPES.register(recipe.name, recipe)
+    RECIPES.register(recipe.name, {f: getattr(recipe, f) for f in FIELDS})
+    return recipe
 
 
 def list_recipes() -> list[str]:
@@ -234,31 +235,40 @@ def list_recipes() -> list[str]:
 
 
 def get_recipe(name: str, **overrides: Any) -> Recipe:
-    """The registered recipe ``name`` with ``overrides`` (field name -> value) applied and checked."""
-    return RECIPES.get(name).replace(**overrides)
+    """The registered recipe ``name`` with ``overrides`` (field name -> value) applied, checked."""
+    return Recipe.from_dict({**RECIPES.get(name), **overrides})
 
 
-def read_catalogue(path: StrPath) -> list[Recipe]:
-    """The recipes of a catalogue file (the shipped one: ``recipes.toml`` beside this module): a table
-    ``[recipes.NAME]`` per recipe, which may start from the fields of ``[shared.KEY]`` with ``shared =
-    "KEY"``; each is checked as any recipe is."""
+def catalogue_fields(path: StrPath) -> dict[str, dict[str, Any]]:
+    """Each recipe's fields in a catalogue file, unchecked: a table ``[recipes.NAME]`` per recipe, which
+    may start from the fields of ``[shared.KEY]`` with ``shared = "KEY"``."""
     raw = read_toml(path)
-    shared, recipes = raw.get("shared", {}), []
+    shared, recipes = raw.get("shared", {}), {}
     for name, table in raw.get("recipes", {}).items():
         fields = dict(table)
         base = fields.pop("shared", None)
         if base is not None and base not in shared:
             raise invalid(f"{path}: [recipes.{name}] shared", f"one of {', '.join(shared)}", base)
+        recipes[name] = {**shared.get(base, {}), **fields, "name": name}
+    return recipes
+
+
+def read_catalogue(path: StrPath) -> list[Recipe]:
+    """The recipes of a catalogue file (see :func:`catalogue_fields`), each checked; an error names the
+    file."""
+    recipes = []
+    for fields in catalogue_fields(path).values():
         try:
-            recipes.append(Recipe.from_dict({**shared.get(base, {}), **fields, "name": name}))
+            recipes.append(Recipe.from_dict(fields))
         except CnnAliasingError as error:
             raise CnnAliasingError(f"{path}: {error}") from None
     return recipes
 
 
 def _register_shipped() -> None:
-    for recipe in read_catalogue(Path(str(resources.files(__package__) / "recipes.toml"))):
-        register_recipe(recipe)
+    """The shipped catalogue, as data: each recipe is checked when it is looked up."""
+    for name, fields in catalogue_fields(Path(str(resources.files(__package__) / "recipes.toml"))).items():
+        RECIPES.register(name, fields)
 
 
 _register_shipped()

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cnn_aliasing.attacks import parse_eps
 from cnn_aliasing.cli.options import (
     add_device_argument,
     join_ranks,
@@ -21,20 +20,14 @@ from cnn_aliasing.runtime import set_threads
 from cnn_aliasing.training import Recipe, attack_step, get_recipe, list_recipes, train
 
 ARCH_ARG_PREFIX = "arch_args."
-_FRACTION_FIELDS = ("eps", "attack_step", "eval_pgd_step")
 
 
 def parse_setting(text: str) -> tuple[str, Any]:
-    """``FIELD=VALUE`` (or ``arch_args.KEY=VALUE``) as ``(field, parsed value)``; eps-like fields also
-    take fractions such as 8/255."""
+    """``FIELD=VALUE`` (or ``arch_args.KEY=VALUE``) as ``(field, parsed value)``; the recipe checks the
+    value (eps-like fields take fractions such as 8/255 there)."""
     key, value = split_key_value(
         text, expected="FIELD=VALUE (e.g. epochs=3, eps=8/255, arch_args.width=32)", prefix=ARCH_ARG_PREFIX
     )
-    if key in _FRACTION_FIELDS and "/" in value:
-        try:
-            return key, parse_eps(value)
-        except CnnAliasingError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
     return key, parse_value(value)
 
 
