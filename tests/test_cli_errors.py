@@ -73,7 +73,7 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     ),
     "evaluate unknown attack": (
         ["evaluate", *MODEL, *DATA, "--attack", "apgd-xx"],
-        ("unknown attack 'apgd-xx'", "valid presets: standard", "fab-t"),
+        ("unknown attack 'apgd-xx'", "valid presets: apgd-ce, apgd-ce+apgd-t, rand, standard", "fab-t"),
     ),
     "evaluate eps 8/0": (
         ["evaluate", *MODEL, *DATA, "--attack", "fgsm", "--eps", "8/0"],

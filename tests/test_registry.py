@@ -39,6 +39,8 @@ def test_register_get_names_describe() -> None:
 
 
 def _public_registries() -> list[tuple[Registry[object], str]]:
+    from cnn_aliasing.antialias.swap import METHODS
+    from cnn_aliasing.attacks.autoattack import PRESETS
     from cnn_aliasing.attacks.base import ATTACKS
     from cnn_aliasing.models.registry import MODELS
     from cnn_aliasing.study.specs import SPEC_KINDS
@@ -48,7 +50,9 @@ def _public_registries() -> list[tuple[Registry[object], str]]:
     from cnn_aliasing.zoo import ZOO
 
     return [
+        (METHODS, "anti-aliasing method"),
         (ATTACKS, "attack"),
+        (PRESETS, "attack preset"),
         (MODELS, "model"),
         (SPEC_KINDS, "model spec kind"),
         (OBJECTIVES, "objective"),
@@ -75,6 +79,7 @@ def test_every_public_registry_lists_sorted_names_and_describes_each(
 
 
 def test_public_wrappers_use_their_registry() -> None:
+    from cnn_aliasing.antialias import list_methods
     from cnn_aliasing.attacks import list_attacks
     from cnn_aliasing.models import list_models
     from cnn_aliasing.training import list_recipes
@@ -84,4 +89,4 @@ def test_public_wrappers_use_their_registry() -> None:
     names = {r.kind: r.names() for r, _ in _public_registries()}
     assert list_attacks() == names["attack"] and list_models() == names["model"]
     assert list_recipes() == names["recipe"] and list_objectives() == names["objective"]
-    assert list_schedules() == names["schedule"]
+    assert list_schedules() == names["schedule"] and list_methods() == names["anti-aliasing method"]

@@ -217,7 +217,10 @@ def test_errors_name_the_file_section_key_and_what_is_valid(raw: dict[str, Any],
             "got int 5",
         ),
         ({"options": {"sqare": {"n_queries": 5}}}, "s.toml: [attack] attack options given for unknown sqare"),
-        ({"name": "pgd+"}, "s.toml: [attack] unknown attack ''; valid presets: standard"),
+        (
+            {"name": "pgd+"},
+            "s.toml: [attack] unknown attack ''; valid presets: apgd-ce, apgd-ce+apgd-t, rand, standard",
+        ),
     ],
 )
 def test_attack_options_are_checked_when_the_config_loads(attack: dict[str, Any], expected: str) -> None:

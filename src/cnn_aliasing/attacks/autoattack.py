@@ -30,6 +30,7 @@ from torch import nn
 
 from cnn_aliasing.attacks.base import Attack, create_attack, list_attacks, per_example_norm
 from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.registry import Registry
 from cnn_aliasing.validation import invalid
 
 
@@ -56,19 +57,27 @@ REFERENCE_ATTACKS = tuple(
     (name, {**options, "reference": True}) if name != "square" else (name, options)
     for name, options in STANDARD_ATTACKS
 )
-PRESETS: dict[str, Preset] = {
-    "standard": Preset(STANDARD_ATTACKS, "APGD-CE, APGD-T, FAB-T, Square (RobustBench's AutoAttack)"),
-    "standard-reference": Preset(
+PRESETS: Registry[Preset] = Registry("attack preset", describe=lambda preset: preset.description)
+"""Named cascades: ``resolve_attacks(name)`` runs a preset's attacks in order."""
+PRESETS.register(
+    "standard", Preset(STANDARD_ATTACKS, "APGD-CE, APGD-T, FAB-T, Square (RobustBench's AutoAttack)")
+)
+PRESETS.register(
+    "standard-reference",
+    Preset(
         REFERENCE_ATTACKS, "standard in the reference's order of work (slower; reproduces it point by point)"
     ),
-    "apgd-ce": Preset(STANDARD_ATTACKS[:1], "APGD-CE alone"),
-    "apgd-ce+apgd-t": Preset(STANDARD_ATTACKS[:2], "APGD-CE then APGD-T"),
-    "rand": Preset(
+)
+PRESETS.register("apgd-ce", Preset(STANDARD_ATTACKS[:1], "APGD-CE alone"))
+PRESETS.register("apgd-ce+apgd-t", Preset(STANDARD_ATTACKS[:2], "APGD-CE then APGD-T"))
+PRESETS.register(
+    "rand",
+    Preset(
         (("apgd-ce", {"n_iter": 100, "eot_iter": 20}), ("apgd-dlr", {"n_iter": 100, "eot_iter": 20})),
         "APGD-CE and APGD-DLR with 20 EoT iterations, for randomised models",
         randomized=True,
     ),
-}
+)
 TARGETED = {"apgd-t", "fab-t"}
 
 
@@ -97,8 +106,8 @@ def resolve_attacks(
     """
     by_attack = _options_by_attack(options)
     if isinstance(attack, str):
-        preset = PRESETS.get(attack)
-        if preset is not None:
+        if attack in PRESETS:
+            preset = PRESETS.get(attack)
             entries: list[tuple[str | Attack, Mapping[str, Any]]] = list(preset.attacks)
             randomized = preset.randomized
         else:
