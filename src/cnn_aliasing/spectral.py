@@ -185,26 +185,37 @@ def _small_spectra_fft(x: torch.Tensor, grid: _Grid, mix: Mix | None = None) -> 
     """Y and Z by FFTs: Y from the rFFT of y = x[..., ::s, ::t]; Z by an rFFT of x along W, the kept
     columns only, an FFT along H of those, and the kept rows. For large maps."""
     s, t = grid.factor
-    n, n0, row_nyquist = _kept_bins(grid.h, s)
-    m, m0, col_nyquist = _kept_bins(grid.w, t)
-    y_real = x[..., ::s, ::t]
+    n, n0, _ = _kept_bins(grid.h, s)
+    m, m0, _ = _kept_bins(grid.w, t)
+    y = grid_spectrum(x[..., ::s, ::t], grid)
     rows = torch.fft.rfft(x, dim=-1, norm="forward")
     if grid.half:
-        y = torch.fft.rfft2(y_real, norm="forward")
         columns = rows[..., : m // 2 + 1]
     else:
-        y = torch.fft.fft2(y_real, norm="forward")
         columns = torch.cat([rows[..., :m0], rows[..., 1 : m - m0 + 1].flip(-1).conj()], dim=-1)
     kept = torch.fft.fft(columns, dim=-2, norm="forward")
     z = torch.cat([kept[..., :n0, :], kept[..., grid.h - n + n0 :, :]], dim=-2)
     if mix is not None:
         y, z = (torch.view_as_complex(mix(torch.view_as_real(a))) for a in (y, z))
     if grid.half:
-        if row_nyquist:
-            z[..., n0, :] = 0
-        if col_nyquist:
-            z[..., m0] = 0
+        zero_nyquist(z, grid)
     return _SmallSpectra(y.real, y.imag, z.real, z.imag, grid.weights(x.device), x if mix is None else None)
+
+
+def grid_spectrum(y: torch.Tensor, grid: _Grid) -> torch.Tensor:
+    """Y: the spectrum of real maps y on the small grid (..., n, m), normalised by n m, as the columns the
+    grid forms (0..m/2 for the half grid, else all m)."""
+    return torch.fft.rfft2(y, norm="forward") if grid.half else torch.fft.fft2(y, norm="forward")
+
+
+def zero_nyquist(z: torch.Tensor, grid: _Grid) -> None:
+    """Set Z's new Nyquist row and column to zero in place (the zero convention), where they exist."""
+    n, n0, row_nyquist = _kept_bins(grid.h, grid.factor[0])
+    m, m0, col_nyquist = _kept_bins(grid.w, grid.factor[1])
+    if row_nyquist:
+        z[..., n0, :] = 0
+    if col_nyquist:
+        z[..., m0] = 0
 
 
 def _dft_matrix(

@@ -1,0 +1,397 @@
+"""The aliasing of a strided convolution from its input's spectra: its stride-1 output is never formed.
+
+For a 2-D convolution (cross-correlation) with stride (s, t) the full-resolution output x is the same
+convolution at stride 1, zero-padded at the end to (Hm, Wm), the multiples of (s, t). Its alias-free
+spectrum Z is X at the kept bins (see :mod:`cnn_aliasing.spectral`), and its actual spectrum Y is the
+spectrum of the op's real output, which the forward pass computes anyway. X is found by linearity:
+
+- Q is the zero-padded input cropped (or zero-extended) to (Hm, Wm). Its circular convolution x_c with
+  the kernel has, per bin, the spectrum ``K[o, c] * Q^[c]`` summed over the input channels c of output
+  channel o's group, where ``K[o, c, k, l] = sum_ij w[o, c, i, j] exp(2 pi i (k i dh / Hm + l j dw / Wm))``
+  is the kernel's response: a small product per kept bin instead of a convolution at every pixel.
+- x and x_c differ only where a window wraps around the end of Q, and where x is the zero-padding to a
+  multiple: in a band of the last rows (from ``r0``) and of the last columns (from ``c0``), each as wide
+  as the dilated kernel less one (plus the padding to the multiple). There the difference D = x - x_c is
+  a convolution of the difference of the two inputs (the true zero-padded one less the wrapped one),
+  computed on the bands alone, and its spectrum is added at the kept bins.
+
+So Z = K Q^ + D^ + bias (at DC), exactly, for any kernel, padding, dilation, groups and factor. The costs
+are FFTs of the input's channels, a product per kept bin, a convolution over two thin bands and the FFT
+of the small real output: for a stem (3 input channels) or a patchify conv this is a fraction of the
+stride-1 convolution and the FFT of its many output channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cnn_aliasing import spectral
+from cnn_aliasing.spectral import Nyquist
+
+_TWO_PI = 2 * torch.pi
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """The sizes of one strided convolution call: input (H, W), kernel, padding, dilation and factor."""
+
+    in_size: tuple[int, int]
+    kernel: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    factor: tuple[int, int]
+
+    @property
+    def reach(self) -> tuple[int, int]:
+        """How far a window reaches past its first row and column: (kh - 1) dh, (kw - 1) dw."""
+        return tuple((k - 1) * d for k, d in zip(self.kernel, self.dilation, strict=True))  # type: ignore[return-value]
+
+    @property
+    def full_size(self) -> tuple[int, int]:
+        """(Hf, Wf) of the stride-1 output: the padded input less the window's reach."""
+        return tuple(n + 2 * p - r for n, p, r in zip(self.in_size, self.padding, self.reach, strict=True))  # type: ignore[return-value]
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """(Hm, Wm): the full size padded to multiples of the factor."""
+        return tuple(n + (-n % f) for n, f in zip(self.full_size, self.factor, strict=True))  # type: ignore[return-value]
+
+    @property
+    def band_start(self) -> tuple[int, int]:
+        """(r0, c0): the first row and column where x and the circular convolution x_c may differ."""
+        return tuple(  # type: ignore[return-value]
+            max(0, min(f, m - r)) for f, m, r in zip(self.full_size, self.grid_size, self.reach, strict=True)
+        )
+
+    def supported(self) -> bool:
+        """Whether the full output is at least as large as the factor and the window's reach, on both axes
+        (the circular extension then wraps at most once)."""
+        return all(
+            f >= s and m > r
+            for f, s, m, r in zip(self.full_size, self.factor, self.grid_size, self.reach, strict=True)
+        )
+
+
+def _kept_frequencies(geometry: ConvGeometry, nyquist: Nyquist) -> tuple[list[int | None], list[int | None]]:
+    """For each small row and each small column formed, the frequency of X kept in Z (None: zero)."""
+    hm, wm = geometry.grid_size
+    grid = spectral._Grid(hm, wm, geometry.factor, nyquist)
+    return grid.rows(), grid.columns()
+
+
+def _twiddles(samples: Sequence[int], frequencies: Sequence[int | None], period: int, sign: int) -> torch.Tensor:
+    """Complex (len(samples), len(frequencies)) matrix exp(sign 2 pi i f n / period) in float64 (None: 0)."""
+    n = torch.tensor(list(samples), dtype=torch.float64)[:, None]
+    f = torch.tensor([0 if k is None else k for k in frequencies], dtype=torch.float64)[None, :]
+    angle = sign * _TWO_PI * n * f / period
+    matrix = torch.polar(torch.ones_like(angle), angle)
+    missing = [i for i, k in enumerate(frequencies) if k is None]
+    if missing:
+        matrix[:, missing] = 0
+    return matrix
+
+
+def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
+def _runs(items: Sequence[tuple[str, int]]) -> list[tuple[str, int, int]]:
+    """Consecutive items of one kind as (kind, first index, count): "direct" indices rising by one,
+    "mirror" indices falling by one, "zero" any."""
+    runs: list[tuple[str, int, int]] = []
+    for kind, index in items:
+        if runs:
+            last_kind, first, count = runs[-1]
+            step = {"direct": count, "mirror": -count, "zero": 0}[kind]
+            if last_kind == kind and (kind == "zero" or index == first + step):
+                runs[-1] = (kind, first, count + 1)
+                continue
+        runs.append((kind, index, 1))
+    return runs
+
+
+def _take(spectra: torch.Tensor, dim: int, frequencies: Sequence[int | None], size: int, half: bool) -> torch.Tensor:
+    """The DFT bins ``frequencies`` (None: a zero bin) along ``dim`` of ``spectra``, by slices. With
+    ``half``, ``spectra`` is an rFFT along ``dim`` of real maps of length ``size``: a frequency above
+    size / 2 is the conjugate of its mirror."""
+    items = [
+        ("zero", 0) if f is None else ("mirror", size - f) if half and f > size // 2 else ("direct", f)
+        for f in frequencies
+    ]
+    pieces = []
+    for kind, first, count in _runs(items):
+        if kind == "direct":
+            pieces.append(spectra.narrow(dim, first, count))
+        elif kind == "mirror":
+            pieces.append(spectra.narrow(dim, first - count + 1, count).flip(dim).conj())
+        else:
+            shape = list(spectra.shape)
+            shape[dim] = count
+            pieces.append(spectra.new_zeros(shape))
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)
+
+
+def _kept_spectrum(q: torch.Tensor, geometry: ConvGeometry, nyquist: Nyquist) -> torch.Tensor:
+    """Q^ at the kept bins, (..., n, L) complex, normalised by Hm Wm: an rFFT along W, the kept columns,
+    an FFT along H of those, the kept rows."""
+    rows, columns = _kept_frequencies(geometry, nyquist)
+    hm, wm = geometry.grid_size
+    along_w = _take(torch.fft.rfft(q, dim=-1, norm="forward"), -1, columns, wm, half=True)
+    return _take(torch.fft.fft(along_w, dim=-2, norm="forward"), -2, rows, hm, half=False)
+
+
+def _gather(x: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """x[..., rows, columns] where an index of -1 gives zeros (the shorter axis is gathered first)."""
+    valid = (rows >= 0)[:, None] & (columns >= 0)[None, :]
+    if rows.numel() <= columns.numel():
+        picked = x.index_select(-2, rows.clamp(min=0)).index_select(-1, columns.clamp(min=0))
+    else:
+        picked = x.index_select(-1, columns.clamp(min=0)).index_select(-2, rows.clamp(min=0))
+    return picked * valid.to(picked.dtype)
+
+
+def _input_index(positions: torch.Tensor, pad: int, size: int) -> torch.Tensor:
+    """For rows (or columns) of the zero-padded input, the input's row (-1: a zero of the padding)."""
+    source = positions - pad
+    return torch.where((source >= 0) & (source < size), source, torch.full_like(source, -1))
+
+
+def _band_difference(
+    x: torch.Tensor,
+    convolve: Callable[[torch.Tensor, bool], torch.Tensor],
+    geometry: ConvGeometry,
+    rows: range,
+    columns: range,
+) -> torch.Tensor:
+    """D = x - x_c on the given output rows and columns of the grid: the convolution (``convolve(inputs,
+    with_bias)``, valid, stride 1) of the true zero-padded input less the wrapped one (Q extended
+    circularly), and, where x is the zero-padding to a multiple, minus x_c."""
+    (hin, win), (ph, pw), (eh, ew), (hm, wm) = (
+        geometry.in_size,
+        geometry.padding,
+        geometry.reach,
+        geometry.grid_size,
+    )
+    device = x.device
+    r = torch.arange(rows.start, rows.stop + eh, device=device)
+    c = torch.arange(columns.start, columns.stop + ew, device=device)
+    true_input = _gather(x, _input_index(r, ph, hin), _input_index(c, pw, win))
+    wrapped_input = _gather(x, _input_index(r % hm, ph, hin), _input_index(c % wm, pw, win))
+    difference = convolve(true_input - wrapped_input, False)
+    hf, wf = geometry.full_size
+    outside = (r[: len(rows), None] >= hf) | (c[None, : len(columns)] >= wf)
+    if bool(outside.any()):
+        difference = torch.where(outside, -convolve(wrapped_input, True), difference)
+    return difference
+
+
+def _rows_band_spectrum(band: torch.Tensor, first_row: int, geometry: ConvGeometry, nyquist: Nyquist) -> torch.Tensor:
+    """The kept-bin DFT (normalised by Hm Wm) of a map holding ``band`` (a few whole rows) from row
+    ``first_row`` and zeros elsewhere: an rFFT along W, then a twiddle product along H. (..., n, L)."""
+    rows, columns = _kept_frequencies(geometry, nyquist)
+    hm, wm = geometry.grid_size
+    along_w = _take(torch.fft.rfft(band, dim=-1, norm="forward"), -1, columns, wm, half=True)  # (..., h, L)
+    twiddle = _twiddles(range(first_row, first_row + band.shape[-2]), rows, hm, -1) / hm
+    return twiddle.to(dtype=along_w.dtype, device=band.device).transpose(0, 1) @ along_w
+
+
+def _columns_band_spectrum(
+    band: torch.Tensor, first_column: int, geometry: ConvGeometry, nyquist: Nyquist
+) -> torch.Tensor:
+    """The same for a band of a few columns from ``first_column`` in rows 0 .. r0 - 1: an FFT along H
+    (zero-padded to Hm), the kept rows, then a twiddle product along W. (..., n, L)."""
+    rows, columns = _kept_frequencies(geometry, nyquist)
+    hm, wm = geometry.grid_size
+    along_h = torch.fft.fft(band, n=hm, dim=-2, norm="forward")
+    kept = _take(along_h, -2, rows, hm, half=False)
+    twiddle = _twiddles(range(first_column, first_column + band.shape[-1]), columns, wm, -1) / wm
+    return kept @ twiddle.to(dtype=kept.dtype, device=band.device)
+
+
+ELEMENTWISE_MIX_CHANNELS = 4
+"""Groups of at most this many input channels are mixed by a multiply-add per input channel; wider ones by
+batched real matrix products over the kept bins."""
+
+CHUNK_ELEMENTS = 1 << 19
+"""Images are processed in chunks whose kept spectra hold about this many complex values (4 MiB), so that
+the intermediate spectra stay in cache on the CPU."""
+
+
+@dataclass(frozen=True)
+class ConvCall:
+    """One strided convolution call: its input (B, C_in, H, W), weight, bias, geometry and groups."""
+
+    input: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    geometry: ConvGeometry
+    groups: int
+
+
+class ConvSpectra:
+    """The part of a convolution's spectral measurement that does not depend on the images: the kept
+    frequencies and the kernel's response at them, in the layout the mix wants. Build it once per op and
+    reuse it across batches (:meth:`fits` tells whether a call still matches it)."""
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        geometry: ConvGeometry,
+        groups: int,
+        nyquist: Nyquist,
+    ) -> None:
+        self.source = (weight, bias)
+        self.versions = (weight._version, None if bias is None else bias._version)
+        dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        self.weight = weight.detach().to(dtype)
+        self.bias = None if bias is None else bias.detach().to(dtype)
+        self.geometry = geometry
+        self.groups = groups
+        self.nyquist = nyquist
+        hm, wm = geometry.grid_size
+        self.grid = spectral._Grid(hm, wm, geometry.factor, nyquist)
+        self.rows, self.columns = self.grid.rows(), self.grid.columns()
+        self._response: torch.Tensor | None = None
+
+    def fits(self, call: ConvCall) -> bool:
+        """Whether ``call`` has this plan's weight and bias (unchanged since) and geometry."""
+        weight, bias = self.source
+        versions = (call.weight._version, None if call.bias is None else call.bias._version)
+        return (
+            call.weight is weight and call.bias is bias and versions == self.versions
+            and call.geometry == self.geometry and call.groups == self.groups
+        )
+
+    def select(self, index: torch.Tensor) -> ConvSpectra | None:
+        """The plan of the output channels ``index`` alone, or None where groups of several input channels
+        would no longer be equal (a grouped convolution mixed by matrix products)."""
+        per_group = self.weight.shape[1]
+        if self.groups != 1 and per_group > ELEMENTWISE_MIX_CHANNELS:
+            return None
+        plan = ConvSpectra.__new__(ConvSpectra)
+        plan.__dict__.update(self.__dict__)
+        plan.weight = self.weight.index_select(0, index)
+        plan.bias = None if self.bias is None else self.bias.index_select(0, index)
+        plan._response = None
+        plan._sources = self._input_channels().index_select(0, index)
+        return plan
+
+    def _input_channels(self) -> torch.Tensor:
+        """For each output channel, the first input channel of its group."""
+        sources = getattr(self, "_sources", None)
+        if sources is not None:
+            return sources
+        c_out, per_group = self.weight.shape[:2]
+        return torch.arange(c_out, device=self.weight.device) // (c_out // self.groups) * per_group
+
+    @property
+    def _elementwise(self) -> bool:
+        return self.weight.shape[1] <= ELEMENTWISE_MIX_CHANNELS
+
+    def response(self) -> torch.Tensor:
+        """K at the kept bins: (C_out, I, n, L) complex for the multiply-add mix; for the matrix mix, the
+        real and imaginary parts stacked per group as (G, n L, 2 C_out / G, I)."""
+        if self._response is None:
+            self._response = self._kernel_response()
+        return self._response
+
+    def _kernel_response(self) -> torch.Tensor:
+        """K as one real matrix product: the weights (C_out I, kh kw) against the cos and sin of every tap
+        at every kept bin (complex products are slow on the CPU)."""
+        (kh, kw), (dh, dw), (hm, wm) = self.geometry.kernel, self.geometry.dilation, self.geometry.grid_size
+        c_out, per_group = self.weight.shape[:2]
+        n, l = len(self.rows), len(self.columns)
+        along_h = _twiddles([i * dh for i in range(kh)], self.rows, hm, +1)  # (kh, n)
+        along_w = _twiddles([j * dw for j in range(kw)], self.columns, wm, +1)  # (kw, L)
+        taps = (along_h[:, None, :, None] * along_w[None, :, None, :]).reshape(kh * kw, n * l)
+        matrix = torch.cat([taps.real, taps.imag], dim=1).to(dtype=self.weight.dtype, device=self.weight.device)
+        # bins first: (re | im, n L) x (C_out I), so that each bin's matrix is a contiguous block
+        parts = (matrix.transpose(0, 1) @ self.weight.reshape(-1, kh * kw).transpose(0, 1)).reshape(2, n * l, -1)
+        if self._elementwise:
+            complex_parts = torch.complex(parts[0], parts[1]).transpose(0, 1)  # (C_out I, n L)
+            return complex_parts.reshape(c_out, per_group, n, l).contiguous()
+        groups, out_per_group = self.groups, c_out // self.groups
+        stacked = parts.reshape(2, n * l, groups, out_per_group * per_group).permute(2, 1, 0, 3)
+        return stacked.reshape(groups, n * l, 2 * out_per_group, per_group).contiguous()
+
+    def per_map_metrics(self, call: ConvCall, output: torch.Tensor, metrics: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The metrics (each (B, C_out)) of every map of the call's full-resolution output, from its input
+        and its real ``output`` (B, C_out, Hm / s, Wm / t), of this plan's output channels."""
+        x = spectral._at_least_float32(call.input.detach()).to(self.weight.dtype)
+        output = output.detach().to(self.weight.dtype)
+        c_out = self.weight.shape[0]
+        n, l = len(self.rows), len(self.columns)
+        step = max(1, CHUNK_ELEMENTS // max(1, c_out * n * l))
+        if not self._elementwise:
+            step = x.shape[0]  # the matrix mix reads K once a chunk: all images at once
+        results: dict[str, list[torch.Tensor]] = {name: [] for name in metrics}
+        for first in range(0, x.shape[0], step):
+            chunk = slice(first, first + step)
+            spectra = self.small_spectra(x[chunk], output[chunk])
+            for name in metrics:
+                results[name].append(spectral.PER_MAP_METRICS[name](spectra).reshape(-1, c_out))
+        return {name: torch.cat(parts) for name, parts in results.items()}
+
+    def small_spectra(self, x: torch.Tensor, output: torch.Tensor) -> spectral._SmallSpectra:
+        """Y (from the real output) and Z (from the input) of the maps of these images, (B C_out, n, L)."""
+        g = self.geometry
+        (hin, win), (ph, pw), (hm, wm) = g.in_size, g.padding, g.grid_size
+        pads = (pw, wm - win - pw, ph, hm - hin - ph)
+        q = F.pad(x, pads) if any(pads) else x
+        spectra = _kept_spectrum(q, g, self.nyquist)
+        z = self._mix(spectra)
+        if self.bias is not None:
+            z[:, :, 0, 0] += self.bias
+        r0, c0 = g.band_start
+        if r0 < hm:
+            band = _band_difference(x, self._convolve, g, range(r0, hm), range(wm))
+            z += _rows_band_spectrum(band, r0, g, self.nyquist)
+        if c0 < wm and r0 > 0:
+            band = _band_difference(x, self._convolve, g, range(r0), range(c0, wm))
+            z += _columns_band_spectrum(band, c0, g, self.nyquist)
+        y = spectral.grid_spectrum(output, self.grid)
+        y, z = y.reshape(-1, *y.shape[-2:]), z.reshape(-1, *z.shape[-2:])
+        if self.grid.half:
+            spectral.zero_nyquist(z, self.grid)
+        return spectral._SmallSpectra(y.real, y.imag, z.real, z.imag, self.grid.weights(x.device), None)
+
+    def _convolve(self, inputs: torch.Tensor, with_bias: bool) -> torch.Tensor:
+        """The convolution at stride 1 without padding of this plan's output channels over ``inputs``
+        (all input channels): for the selected channels of a grouped convolution, each filter with its own
+        group's input channels, as one group per channel."""
+        bias = self.bias if with_bias else None
+        groups = self.groups
+        if getattr(self, "_sources", None) is not None and groups != 1:
+            per_group = self.weight.shape[1]
+            offsets = torch.arange(per_group, device=inputs.device)
+            gathered = (self._input_channels()[:, None] + offsets).reshape(-1)
+            inputs, groups = inputs.index_select(1, gathered), self.weight.shape[0]
+        return F.conv2d(inputs, self.weight, bias, 1, 0, self.geometry.dilation, groups)
+
+    def _mix(self, spectra: torch.Tensor) -> torch.Tensor:
+        """Z of the circular convolution: sum_c K[o, c] Q^[b, c] per bin, (B, C_out, n, L) contiguous."""
+        c_out, per_group = self.weight.shape[:2]
+        batch, _, n, l = spectra.shape
+        if self.geometry.kernel == (1, 1) and not self._elementwise and self.groups == 1:
+            parts = torch.view_as_real(spectra).reshape(batch, per_group, n * l * 2)
+            return torch.view_as_complex((self.weight.flatten(1) @ parts).reshape(batch, c_out, n, l, 2))
+        response = self.response()
+        if self._elementwise:
+            first = self._input_channels()
+            mixed = response[:, 0] * spectra.index_select(1, first)
+            for c in range(1, per_group):
+                mixed += response[:, c] * spectra.index_select(1, first + c)
+            return mixed
+        groups, out_per_group = self.groups, c_out // self.groups
+        q = torch.view_as_real(spectra).reshape(batch, groups, per_group, n * l, 2)
+        q = q.permute(1, 3, 2, 4, 0).reshape(groups, n * l, per_group, 2 * batch)  # (G, nl, I, [re | im] x B)
+        p = torch.matmul(response, q)  # (G, nl, 2 O/G, 2 B): rows [Kr; Ki], columns [Qr | Qi]
+        real = p[:, :, :out_per_group, :batch] - p[:, :, out_per_group:, batch:]
+        imag = p[:, :, :out_per_group, batch:] + p[:, :, out_per_group:, :batch]
+        mixed = torch.complex(real, imag)  # (G, nl, O/G, B)
+        return mixed.permute(3, 0, 2, 1).reshape(batch, c_out, n, l).contiguous()
