@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnn_aliasing import accumulator, measure
+from cnn_aliasing import conv_spectra, measure
 from cnn_aliasing.aliasing_report import AliasingReport
 from cnn_aliasing.downsamplers import StridedCall
 from cnn_aliasing.errors import CnnAliasingError
@@ -187,15 +187,16 @@ def test_sampled_channels_get_the_exact_per_channel_values(
     assert result.metrics["aliasing"].per_channel == pytest.approx(exact_channels, rel=1e-9)
 
 
-def test_pointwise_mix_and_restricted_conv_agree(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A sampled 1x1 convolution is measured from its input's spectra for large samples, from the
-    restricted stride-1 output for small ones: both give the same values for the same channels."""
+@pytest.mark.parametrize("groups", [1, 8])
+def test_spectral_and_stride_one_routes_agree(monkeypatch: pytest.MonkeyPatch, groups: int) -> None:
+    """A sampled convolution is measured from its input's spectra or from the restricted stride-1 output,
+    whichever is estimated cheaper: both give the same values for the same channels."""
     torch.manual_seed(3)
-    net = Wrap(nn.Conv2d(8, 32, 1, stride=2), 8).double().eval()
+    net = Wrap(nn.Conv2d(8, 32, 3, stride=2, padding=1, groups=groups), 8).double().eval()
     images = torch.rand(4, 3, 16, 16, dtype=torch.float64)
     results = []
-    for ratio in (1, 10**6):  # mix only when k >= 8 / 1; always mix
-        monkeypatch.setattr(accumulator, "POINTWISE_MIX_RATIO", ratio)
+    for margin in (0.0, 1e9):  # never the spectral route; always
+        monkeypatch.setattr(conv_spectra, "ROUTE_MARGIN", margin)
         results.append(measure(net, [images], per_channel=True, progress=False, sample_channels=4).ops[0])
     assert results[0].sampled == results[1].sampled
     per_channel = [r.metrics["aliasing"].per_channel for r in results]

@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cnn_aliasing import spectral
 from cnn_aliasing.errors import CnnAliasingError
@@ -199,38 +198,6 @@ def test_bad_input_is_named(x, factor, nyquist, message):
 def test_unknown_metric_lists_valid_ones():
     with pytest.raises(CnnAliasingError, match="valid: aliasing"):
         spectral.per_map_metrics(torch.zeros(4, 4), 2, ("nope",))
-
-
-@pytest.mark.parametrize("nyquist", ["zero", "keep_negative"])
-@pytest.mark.parametrize(
-    ("h", "w", "factor", "groups", "with_bias"),
-    [
-        (8, 8, 2, 1, True),
-        (12, 9, 3, 2, True),
-        (7, 10, 2, 4, False),  # odd size: zero-padded, so only without a bias
-        (40, 36, 2, 1, True),  # above DFT_MAX_SIZE: the FFT path
-    ],
-)
-def test_pointwise_metrics_equal_metrics_of_the_formed_1x1_conv(h, w, factor, groups, with_bias, nyquist):
-    gen = torch.Generator().manual_seed(h + w)
-    x = torch.randn(3, 8, h, w, generator=gen, dtype=torch.float64)
-    weight = torch.randn(12, 8 // groups, generator=gen, dtype=torch.float64)
-    bias = torch.randn(12, generator=gen, dtype=torch.float64) if with_bias else None
-    full = F.conv2d(x, weight[:, :, None, None], bias, groups=groups)
-    names = spectral.POINTWISE_METRICS
-    expected = spectral.per_map_metrics(full, factor, names, nyquist=nyquist)
-    got = spectral.pointwise_per_map_metrics(x, weight, bias, factor, names, groups=groups, nyquist=nyquist)
-    for name in names:
-        assert got[name].shape == (3, 12)
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-10, atol=1e-12)
-
-
-def test_pointwise_metrics_refuse_what_they_cannot_give():
-    x = torch.randn(1, 2, 7, 8)
-    with pytest.raises(CnnAliasingError, match="multiples"):
-        spectral.pointwise_per_map_metrics(x, torch.ones(3, 2), torch.ones(3), 2)
-    with pytest.raises(CnnAliasingError, match="pointwise metrics"):
-        spectral.pointwise_per_map_metrics(x, torch.ones(3, 2), None, 2, ("alias_energy_fraction",))
 
 
 @pytest.mark.parametrize("nyquist", ["zero", "keep_negative"])

@@ -12,6 +12,7 @@ import torch
 from cnn_aliasing import distributed, spectral
 from cnn_aliasing.aliasing_report import AM, AliasingReport, ChannelSample, OpAliasing
 from cnn_aliasing.channel_sampling import ChannelSampling
+from cnn_aliasing.conv_spectra import ConvSpectra, spectral_route_pays
 from cnn_aliasing.downsamplers import StridedCall
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.moments import RunningMoments, merge_moments
@@ -53,12 +54,6 @@ class OpState:
         if sample is not None and sample.channels < layout.channels:
             index = torch.tensor(sample.indices, dtype=torch.int64, device=device)
         return cls(layout, moments, nonfinite, index)
-
-
-POINTWISE_MIX_RATIO = 2
-"""A channel-sampled strided 1x1 convolution is measured from its input's spectra (which cost the same
-whatever the sample) when it samples at least 1/POINTWISE_MIX_RATIO of its input channels, else from the
-stride-1 output of the sampled channels alone (cheaper for small samples)."""
 
 
 class PerImage:
@@ -133,6 +128,7 @@ class Accumulator:
         self.ops: dict[str, OpState] = {}
         self.per_image = PerImage(device) if per_image else None
         self.gathered: dict[str, list[float]] | None = None  # all ranks' per-image AM (combine_ranks)
+        self.conv_plans: dict[str, ConvSpectra] = {}  # per convolution measured from its input's spectra
 
     def begin_batch(self, n_images: int) -> None:
         """A batch of ``n_images`` images is about to run."""
@@ -218,26 +214,35 @@ class Accumulator:
             )
 
     def _per_map(self, op: OpCall, call: StridedCall, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """Per-map metrics (..., channels) of the channels ``index`` (None: all): from the input's spectra
-        for a 1x1 convolution, else from the stride-1 output (of those channels alone where the kind can
-        form it so)."""
-        linear = call.pointwise
-        if linear is not None and all(m in spectral.POINTWISE_METRICS for m in self.metrics):
-            if index is not None:
-                mix_pays = index.numel() * POINTWISE_MIX_RATIO >= linear.weight.shape[1]
-                linear = linear.select(index) if mix_pays else None
-            if linear is not None:
-                return spectral.pointwise_per_map_metrics(
-                    linear.input.detach(),
-                    linear.weight.detach(),
-                    None if linear.bias is None else linear.bias.detach(),
-                    op.factor,
-                    self.metrics,
-                    groups=linear.groups,
-                    nyquist=self.nyquist,
-                )
+        """Per-map metrics (images, channels) of the channels ``index`` (None: all): for a convolution from
+        its input's spectra and its real output where that is the cheaper route, else from the stride-1
+        output (of those channels alone where the kind can form it so)."""
+        plan = self._conv_plan(op.name, call, index)
+        if plan is not None and call.conv is not None:
+            output = call.real_output()
+            output = output if index is None else output.index_select(1, index)
+            return plan.per_map_metrics(call.conv, output, self.metrics)
         maps = call.measured() if index is None else call.measured_channels(index)
         return spectral.per_map_metrics(maps.detach(), op.factor, self.metrics, nyquist=self.nyquist)
+
+    def _conv_plan(self, name: str, call: StridedCall, index: torch.Tensor | None) -> ConvSpectra | None:
+        """The op's :class:`ConvSpectra` (kept across batches while its weights are unchanged), or None
+        where the stride-1 route is taken: not a convolution, a metric that needs the maps themselves, or
+        the cheaper route."""
+        conv = call.conv
+        if conv is None or not set(self.metrics) <= set(spectral.SMALL_GRID_METRICS):
+            return None
+        plan = self.conv_plans.get(name)
+        if plan is None or not plan.fits(conv):
+            channels = conv.weight.shape[0] if index is None else index.numel()
+            if not spectral_route_pays(conv, channels):
+                return None
+            plan = ConvSpectra(conv.weight, conv.bias, conv.geometry, conv.groups, self.nyquist)
+            plan = plan if index is None else plan.select(index)
+            if plan is None:
+                return None
+            self.conv_plans[name] = plan
+        return plan
 
     def report(self, n_images: int, per_channel: bool) -> AliasingReport:
         ops = [

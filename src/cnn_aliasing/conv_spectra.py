@@ -23,6 +23,7 @@ stride-1 convolution and the FFT of its many output channels.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -83,7 +84,9 @@ def _kept_frequencies(geometry: ConvGeometry, nyquist: Nyquist) -> tuple[list[in
     return grid.rows(), grid.columns()
 
 
-def _twiddles(samples: Sequence[int], frequencies: Sequence[int | None], period: int, sign: int) -> torch.Tensor:
+def _twiddles(
+    samples: Sequence[int], frequencies: Sequence[int | None], period: int, sign: int
+) -> torch.Tensor:
     """Complex (len(samples), len(frequencies)) matrix exp(sign 2 pi i f n / period) in float64 (None: 0)."""
     n = torch.tensor(list(samples), dtype=torch.float64)[:, None]
     f = torch.tensor([0 if k is None else k for k in frequencies], dtype=torch.float64)[None, :]
@@ -114,7 +117,9 @@ def _runs(items: Sequence[tuple[str, int]]) -> list[tuple[str, int, int]]:
     return runs
 
 
-def _take(spectra: torch.Tensor, dim: int, frequencies: Sequence[int | None], size: int, half: bool) -> torch.Tensor:
+def _take(
+    spectra: torch.Tensor, dim: int, frequencies: Sequence[int | None], size: int, half: bool
+) -> torch.Tensor:
     """The DFT bins ``frequencies`` (None: a zero bin) along ``dim`` of ``spectra``, by slices. With
     ``half``, ``spectra`` is an rFFT along ``dim`` of real maps of length ``size``: a frequency above
     size / 2 is the conjugate of its mirror."""
@@ -189,7 +194,9 @@ def _band_difference(
     return difference
 
 
-def _rows_band_spectrum(band: torch.Tensor, first_row: int, geometry: ConvGeometry, nyquist: Nyquist) -> torch.Tensor:
+def _rows_band_spectrum(
+    band: torch.Tensor, first_row: int, geometry: ConvGeometry, nyquist: Nyquist
+) -> torch.Tensor:
     """The kept-bin DFT (normalised by Hm Wm) of a map holding ``band`` (a few whole rows) from row
     ``first_row`` and zeros elsewhere: an rFFT along W, then a twiddle product along H. (..., n, L)."""
     rows, columns = _kept_frequencies(geometry, nyquist)
@@ -257,35 +264,39 @@ class ConvSpectra:
         self.grid = spectral._Grid(hm, wm, geometry.factor, nyquist)
         self.rows, self.columns = self.grid.rows(), self.grid.columns()
         self._response: torch.Tensor | None = None
+        self.input_index: torch.Tensor | None = None  # the input channels read (None: all)
 
     def fits(self, call: ConvCall) -> bool:
         """Whether ``call`` has this plan's weight and bias (unchanged since) and geometry."""
         weight, bias = self.source
         versions = (call.weight._version, None if call.bias is None else call.bias._version)
         return (
-            call.weight is weight and call.bias is bias and versions == self.versions
-            and call.geometry == self.geometry and call.groups == self.groups
+            call.weight is weight
+            and call.bias is bias
+            and versions == self.versions
+            and call.geometry == self.geometry
+            and call.groups == self.groups
         )
 
     def select(self, index: torch.Tensor) -> ConvSpectra | None:
-        """The plan of the output channels ``index`` alone, or None where groups of several input channels
-        would no longer be equal (a grouped convolution mixed by matrix products)."""
-        per_group = self.weight.shape[1]
+        """The plan of the output channels ``index`` alone, or None for a grouped convolution mixed by
+        matrix products (its selected channels would no longer form equal groups). The selected channels of
+        a grouped convolution read only their groups' input channels: a convolution with one group each."""
+        c_out, per_group = self.weight.shape[:2]
         if self.groups != 1 and per_group > ELEMENTWISE_MIX_CHANNELS:
             return None
-        plan = ConvSpectra.__new__(ConvSpectra)
-        plan.__dict__.update(self.__dict__)
+        plan = copy.copy(self)
         plan.weight = self.weight.index_select(0, index)
         plan.bias = None if self.bias is None else self.bias.index_select(0, index)
         plan._response = None
-        plan._sources = self._input_channels().index_select(0, index)
+        if self.groups != 1:
+            first = index // (c_out // self.groups) * per_group
+            plan.input_index = (first[:, None] + torch.arange(per_group, device=index.device)).reshape(-1)
+            plan.groups = index.numel()
         return plan
 
     def _input_channels(self) -> torch.Tensor:
         """For each output channel, the first input channel of its group."""
-        sources = getattr(self, "_sources", None)
-        if sources is not None:
-            return sources
         c_out, per_group = self.weight.shape[:2]
         return torch.arange(c_out, device=self.weight.device) // (c_out // self.groups) * per_group
 
@@ -309,9 +320,13 @@ class ConvSpectra:
         along_h = _twiddles([i * dh for i in range(kh)], self.rows, hm, +1)  # (kh, n)
         along_w = _twiddles([j * dw for j in range(kw)], self.columns, wm, +1)  # (kw, L)
         taps = (along_h[:, None, :, None] * along_w[None, :, None, :]).reshape(kh * kw, n * l)
-        matrix = torch.cat([taps.real, taps.imag], dim=1).to(dtype=self.weight.dtype, device=self.weight.device)
+        matrix = torch.cat([taps.real, taps.imag], dim=1).to(
+            dtype=self.weight.dtype, device=self.weight.device
+        )
         # bins first: (re | im, n L) x (C_out I), so that each bin's matrix is a contiguous block
-        parts = (matrix.transpose(0, 1) @ self.weight.reshape(-1, kh * kw).transpose(0, 1)).reshape(2, n * l, -1)
+        parts = (matrix.transpose(0, 1) @ self.weight.reshape(-1, kh * kw).transpose(0, 1)).reshape(
+            2, n * l, -1
+        )
         if self._elementwise:
             complex_parts = torch.complex(parts[0], parts[1]).transpose(0, 1)  # (C_out I, n L)
             return complex_parts.reshape(c_out, per_group, n, l).contiguous()
@@ -319,10 +334,15 @@ class ConvSpectra:
         stacked = parts.reshape(2, n * l, groups, out_per_group * per_group).permute(2, 1, 0, 3)
         return stacked.reshape(groups, n * l, 2 * out_per_group, per_group).contiguous()
 
-    def per_map_metrics(self, call: ConvCall, output: torch.Tensor, metrics: Sequence[str]) -> dict[str, torch.Tensor]:
+    def per_map_metrics(
+        self, call: ConvCall, output: torch.Tensor, metrics: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
         """The metrics (each (B, C_out)) of every map of the call's full-resolution output, from its input
         and its real ``output`` (B, C_out, Hm / s, Wm / t), of this plan's output channels."""
-        x = spectral._at_least_float32(call.input.detach()).to(self.weight.dtype)
+        x = call.input.detach()
+        if self.input_index is not None:
+            x = x.index_select(1, self.input_index)
+        x = x.to(self.weight.dtype)
         output = output.detach().to(self.weight.dtype)
         c_out = self.weight.shape[0]
         n, l = len(self.rows), len(self.columns)
@@ -361,17 +381,9 @@ class ConvSpectra:
         return spectral._SmallSpectra(y.real, y.imag, z.real, z.imag, self.grid.weights(x.device), None)
 
     def _convolve(self, inputs: torch.Tensor, with_bias: bool) -> torch.Tensor:
-        """The convolution at stride 1 without padding of this plan's output channels over ``inputs``
-        (all input channels): for the selected channels of a grouped convolution, each filter with its own
-        group's input channels, as one group per channel."""
+        """This plan's convolution at stride 1 without padding over ``inputs`` (its input channels)."""
         bias = self.bias if with_bias else None
-        groups = self.groups
-        if getattr(self, "_sources", None) is not None and groups != 1:
-            per_group = self.weight.shape[1]
-            offsets = torch.arange(per_group, device=inputs.device)
-            gathered = (self._input_channels()[:, None] + offsets).reshape(-1)
-            inputs, groups = inputs.index_select(1, gathered), self.weight.shape[0]
-        return F.conv2d(inputs, self.weight, bias, 1, 0, self.geometry.dilation, groups)
+        return F.conv2d(inputs, self.weight, bias, 1, 0, self.geometry.dilation, self.groups)
 
     def _mix(self, spectra: torch.Tensor) -> torch.Tensor:
         """Z of the circular convolution: sum_c K[o, c] Q^[b, c] per bin, (B, C_out, n, L) contiguous."""
@@ -395,3 +407,45 @@ class ConvSpectra:
         imag = p[:, :, :out_per_group, batch:] + p[:, :, out_per_group:, :batch]
         mixed = torch.complex(real, imag)  # (G, nl, O/G, B)
         return mixed.permute(3, 0, 2, 1).reshape(batch, c_out, n, l).contiguous()
+
+
+# Costs per image of the two routes, in nanoseconds on one CPU core, measured on the shapes of ResNet-50,
+# EfficientNet-B0, RegNetY and ConvNeXt ops (benchmarks/bench_measure_imagenet.py): per multiply-add of a
+# stride-1 convolution (dense, grouped with at least 8 input channels per group, thinner groups), the
+# factor a band's convolution costs over a full one (thin shapes), per value of a full-resolution map
+# transformed and measured, per input value whose kept spectrum is taken, per complex multiply-add of the
+# mix (a multiply-add per channel, or matrix products), per value of the small grid measured.
+CONV_COSTS = {"dense": 0.03, "grouped": 0.1, "thin": 0.3}
+BAND_FACTOR = 3.0
+FULL_MAP_COST = 5.0
+INPUT_SPECTRUM_COST = 6.0
+MIX_COSTS = {"elementwise": 1.5, "matrix": 0.2, "pointwise": 0.06}
+SMALL_GRID_COST = 5.0
+ROUTE_MARGIN = 0.7
+"""The spectral route is taken where its estimated cost is below this share of the stride-1 route's (the
+estimates are rough; the two routes give the same values)."""
+
+
+def spectral_route_pays(call: ConvCall, channels: int) -> bool:
+    """Whether measuring ``channels`` output channels of ``call`` from its input's spectra is estimated to
+    cost clearly less than forming their stride-1 output and transforming it."""
+    g = call.geometry
+    _, per_group, kh, kw = call.weight.shape
+    (hf, wf), (hm, wm), (r0, c0), (s, t) = g.full_size, g.grid_size, g.band_start, g.factor
+    shape = "dense" if call.groups == 1 else "grouped" if per_group >= 8 else "thin"
+    conv = CONV_COSTS[shape]
+    taps = per_group * kh * kw
+    stride_one = channels * (taps * hf * wf * conv + hm * wm * FULL_MAP_COST)
+    inputs = call.input.shape[1] if call.groups == 1 else min(call.input.shape[1], channels * per_group)
+    n, m = hm // s, wm // t
+    if per_group <= ELEMENTWISE_MIX_CHANNELS:
+        mix = MIX_COSTS["elementwise"]
+    else:
+        mix = MIX_COSTS["pointwise" if (kh, kw) == (1, 1) and call.groups == 1 else "matrix"]
+    spectral_route = (
+        inputs * hm * wm * INPUT_SPECTRUM_COST
+        + channels * per_group * n * (m // 2 + 1) * mix
+        + channels * taps * (hm * wm - r0 * c0) * conv * BAND_FACTOR
+        + channels * n * m * SMALL_GRID_COST
+    )
+    return spectral_route < ROUTE_MARGIN * stride_one

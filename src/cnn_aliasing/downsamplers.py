@@ -20,33 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnn_aliasing.conv_spectra import ConvCall, ConvGeometry
 from cnn_aliasing.runtime import is_channels_last
 from cnn_aliasing.spectral import MAX_FACTOR
 from cnn_aliasing.validation import is_int_pair
 
 Params = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class PointwiseLinear:
-    """A full-resolution output that is a 1x1 convolution of the op's input: ``weight @ input + bias``.
-
-    Its aliasing follows from the input's spectra by linearity (the bias only touches DC, which every
-    spectrum keeps), so the stride-1 output never has to be formed. ``weight`` is (C_out, C_in/groups).
-    """
-
-    input: torch.Tensor
-    weight: torch.Tensor
-    bias: torch.Tensor | None
-    groups: int
-
-    def select(self, index: torch.Tensor) -> PointwiseLinear | None:
-        """The same map restricted to the output channels ``index`` (their weight rows and biases), or
-        None for a grouped convolution (its rows no longer form equal groups)."""
-        if self.groups != 1:
-            return None
-        bias = None if self.bias is None else self.bias.index_select(0, index)
-        return PointwiseLinear(self.input, self.weight.index_select(0, index), bias, 1)
 
 
 Restrict = Callable[[torch.Tensor], torch.Tensor]
@@ -64,7 +43,8 @@ class StridedCall:
     the (H, W) of the stride-1 output without forming it; ``unmeasurable`` says why the engine cannot
     measure the call (None: it can). ``channels`` (the number of output channels) and ``restrict`` (see
     :data:`Restrict`) are given where the kind can form the full-resolution maps of some channels alone,
-    for channel-sampled measurement.
+    for channel-sampled measurement. ``conv`` is given for a convolution whose aliasing can be measured
+    from its input's spectra and its real output (see :mod:`cnn_aliasing.conv_spectra`).
     """
 
     def __init__(
@@ -77,14 +57,14 @@ class StridedCall:
         full_size: tuple[int, int] | None = None,
         unmeasurable: str | None = None,
         exact_slice: bool = True,
-        pointwise: PointwiseLinear | None = None,
+        conv: ConvCall | None = None,
         channels: int | None = None,
         restrict: Restrict | None = None,
     ) -> None:
         self.kind = kind
         self.factor = factor
         self.unmeasurable = unmeasurable
-        self.pointwise = pointwise
+        self.conv = conv
         self._channels = channels
         self._restrict = restrict
         self._full_resolution = full_resolution
@@ -92,6 +72,7 @@ class StridedCall:
         self._full_size = full_size
         self._exact_slice = exact_slice
         self._full: Any = None
+        self._output: Any = None
 
     def full(self) -> Any:
         """The stride-1 output (computed on the first call only)."""
@@ -105,10 +86,10 @@ class StridedCall:
         return full[0] if isinstance(full, tuple) else full
 
     def full_shape(self) -> tuple[int, ...]:
-        """Shape of the full-resolution tensor, without forming it for a pointwise op."""
-        if self.pointwise is not None and self._full is None:
-            x = self.pointwise.input
-            return (*x.shape[:-3], self.pointwise.weight.shape[0], *x.shape[-2:])
+        """Shape of the full-resolution tensor, without forming it for a convolution."""
+        if self.conv is not None and self._full is None:
+            x, weight = self.conv.input, self.conv.weight
+            return (*x.shape[:-3], weight.shape[0], *self.conv.geometry.full_size)
         return tuple(self.measured().shape)
 
     def channel_count(self) -> int:
@@ -141,12 +122,15 @@ class StridedCall:
         return h < self.factor[0] or w < self.factor[1]
 
     def real_output(self) -> Any:
-        """The op's real output."""
-        if not self._exact_slice or self._full is None:
-            return self._original()
-        if isinstance(self._full, tuple):
-            return tuple(subsample(item, self.factor) for item in self._full)
-        return subsample(self._full, self.factor)
+        """The op's real output (computed once)."""
+        if self._output is None:
+            if not self._exact_slice or self._full is None:
+                self._output = self._original()
+            elif isinstance(self._full, tuple):
+                self._output = tuple(subsample(item, self.factor) for item in self._full)
+            else:
+                self._output = subsample(self._full, self.factor)
+        return self._output
 
 
 def _why_unmeasurable(factor: tuple[int, int], maps: torch.Tensor | None) -> str | None:
@@ -191,11 +175,13 @@ class FunctionalKind:
     params: tuple[str, ...]
     defaults: Params
     kernel_param: str | None = None  # pooling: a missing stride means stride = kernel size
-    pointwise: Callable[[Params], PointwiseLinear | None] | None = None  # see PointwiseLinear
+    conv: Callable[[Params], ConvCall | None] | None = None  # see StridedCall.conv
     restricted: Callable[[FunctionalKind, Params, torch.Tensor], torch.Tensor] | None = None
     """The stride-1 call restricted to some output channels (see :data:`Restrict`), given the kind, the
     stride-1 parameters and the channel indices; None: the kind has no such form."""
     channels: Callable[[Params], int] | None = None  # the number of output channels of a call
+    stride_one: Callable[[Params], torch.Tensor | None] | None = None
+    """A faster stride-1 call giving the same values (None from it: use the function)."""
 
     def bind(self, args: Sequence[Any], kwargs: Params) -> Params:
         """Bind a call's arguments to parameter names (builtins have no inspectable signature)."""
@@ -226,12 +212,12 @@ class FunctionalKind:
         return StridedCall(
             self.name,
             factor,
-            lambda: self.call(full_params),
+            lambda: self.full_resolution(full_params),
             lambda: self.call(params),
             full_size=self._full_size(params, padding),
             unmeasurable=_why_unmeasurable(factor, x),
             exact_slice=not ceil_mode,
-            pointwise=self.pointwise(params) if self.pointwise else None,
+            conv=self.conv(params) if self.conv else None,
             channels=self.channels(params) if self.channels else None,
             restrict=self._restrict(full_params),
         )
@@ -254,6 +240,11 @@ class FunctionalKind:
             h + 2 * padding[0] - dilation[0] * (kernel[0] - 1),
             w + 2 * padding[1] - dilation[1] * (kernel[1] - 1),
         )
+
+    def full_resolution(self, full_params: Params) -> Any:
+        """The stride-1 call: the kind's own faster form where it has one, else the function itself."""
+        faster = self.stride_one(full_params) if self.stride_one else None
+        return self.call(full_params) if faster is None else faster
 
     def call(self, params: Params) -> Any:
         """Call the function with bound parameters, positionally in declared order."""
@@ -347,21 +338,29 @@ class SliceKind:
         )
 
 
-def _pointwise_conv(params: Params) -> PointwiseLinear | None:
-    """A 1x1 convolution without padding is pointwise linear in its input (see PointwiseLinear).
+def _conv_call(params: Params) -> ConvCall | None:
+    """The call as a :class:`~cnn_aliasing.conv_spectra.ConvCall` (its aliasing measurable from its input's
+    spectra), or None where conv_spectra does not cover it (a kernel reaching past the map)."""
+    x, weight = params["input"], params["weight"]
+    padding = _padding(params["padding"])
+    if weight.dim() != 4 or padding is None:
+        return None
+    geometry = ConvGeometry(
+        (x.shape[-2], x.shape[-1]),
+        (weight.shape[-2], weight.shape[-1]),
+        padding,
+        _pair(params["dilation"]),
+        _pair(params["stride"]),
+    )
+    if not geometry.supported():
+        return None
+    return ConvCall(x, weight, params["bias"], geometry, params["groups"])
 
-    With a bias, only when the input needs no zero-padding to a multiple of the factor (the padded
-    full-resolution output would hold zeros there, not the bias).
-    """
-    x, weight, bias = params["input"], params["weight"], params["bias"]
-    if weight.dim() != 4 or weight.shape[-2:] != (1, 1):
-        return None
-    if params["padding"] not in (0, (0, 0), [0, 0], "valid"):
-        return None
-    s, t = _pair(params["stride"])
-    if bias is not None and (x.shape[-2] % s or x.shape[-1] % t):
-        return None
-    return PointwiseLinear(x, weight.flatten(1), bias, params["groups"])
+
+def _is_pointwise(params: Params) -> bool:
+    """A 1x1 convolution without padding."""
+    weight = params["weight"]
+    return weight.dim() == 4 and weight.shape[-2:] == (1, 1) and _padding(params["padding"]) == (0, 0)
 
 
 def _restricted_conv(kind: FunctionalKind, params: Params, index: torch.Tensor) -> torch.Tensor:
@@ -370,7 +369,7 @@ def _restricted_conv(kind: FunctionalKind, params: Params, index: torch.Tensor) 
     with one group per selected channel."""
     x, weight, bias, groups = params["input"], params["weight"], params["bias"], params["groups"]
     index = index.to(weight.device)
-    if groups == 1 and _pointwise_conv(params) is not None:
+    if groups == 1 and _is_pointwise(params):
         return _pointwise_maps(x, weight.index_select(0, index).flatten(1), bias, index)
     selected = {
         **params,
@@ -404,6 +403,34 @@ def _restricted_pool(kind: FunctionalKind, params: Params, index: torch.Tensor) 
     return out[0] if isinstance(out, tuple) else out
 
 
+def _max_pool_stride_one(params: Params) -> torch.Tensor | None:
+    """Max-pooling at stride 1 of (N, C, H, W) maps on the CPU as a running maximum over the window's
+    columns, then its rows, of the map padded with -inf: the values of ``F.max_pool2d`` (NaN propagates
+    alike), several times faster than its CPU kernel for maps in the default layout. None (use the
+    function) for indices, other devices and channels-last maps."""
+    x = params["input"]
+    if params["return_indices"] or x.device.type != "cpu" or not x.is_contiguous() or x.dim() != 4:
+        return None
+    (kh, kw), (ph, pw), (dh, dw) = (_pair(params[n]) for n in ("kernel_size", "padding", "dilation"))
+    n, c, h, w = x.shape
+    out_h, out_w = h + 2 * ph - dh * (kh - 1), w + 2 * pw - dw * (kw - 1)
+    if out_h < 1 or out_w < 1:
+        return None
+    maps = x.reshape(n * c, h, w)
+    out = x.new_empty(n * c, out_h, out_w)
+    step = max(1, (1 << 18) // max(1, (h + 2 * ph) * (w + 2 * pw)))  # chunks that stay in cache
+    for first in range(0, n * c, step):
+        padded = F.pad(maps[first : first + step], (pw, pw, ph, ph), value=float("-inf"))
+        across = padded[..., :out_w]
+        for j in range(1, kw):
+            across = torch.maximum(across, padded[..., j * dw : j * dw + out_w])
+        result = across[..., :out_h, :]
+        for i in range(1, kh):
+            result = torch.maximum(result, across[..., i * dh : i * dh + out_h, :])
+        out[first : first + step] = result
+    return out.reshape(n, c, out_h, out_w)
+
+
 def _conv_channels(params: Params) -> int:
     return params["weight"].shape[0]
 
@@ -417,7 +444,7 @@ CONV2D = FunctionalKind(
     F.conv2d,
     ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
     {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1},
-    pointwise=_pointwise_conv,
+    conv=_conv_call,
     restricted=_restricted_conv,
     channels=_conv_channels,
 )
@@ -429,6 +456,7 @@ MAX_POOL2D = FunctionalKind(
     kernel_param="kernel_size",
     restricted=_restricted_pool,
     channels=_input_channels,
+    stride_one=_max_pool_stride_one,
 )
 AVG_POOL2D = FunctionalKind(
     "avg_pool2d",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -176,12 +176,7 @@ class _Grid:
         return weights
 
 
-Mix = Callable[[torch.Tensor], torch.Tensor]
-"""A linear map over the maps (first) axis of a real tensor, applied to spectra before they are summed:
-how a 1x1 convolution's spectra follow from its input's (see :func:`pointwise_per_map_metrics`)."""
-
-
-def _small_spectra_fft(x: torch.Tensor, grid: _Grid, mix: Mix | None = None) -> _SmallSpectra:
+def _small_spectra_fft(x: torch.Tensor, grid: _Grid) -> _SmallSpectra:
     """Y and Z by FFTs: Y from the rFFT of y = x[..., ::s, ::t]; Z by an rFFT of x along W, the kept
     columns only, an FFT along H of those, and the kept rows. For large maps."""
     s, t = grid.factor
@@ -195,11 +190,9 @@ def _small_spectra_fft(x: torch.Tensor, grid: _Grid, mix: Mix | None = None) -> 
         columns = torch.cat([rows[..., :m0], rows[..., 1 : m - m0 + 1].flip(-1).conj()], dim=-1)
     kept = torch.fft.fft(columns, dim=-2, norm="forward")
     z = torch.cat([kept[..., :n0, :], kept[..., grid.h - n + n0 :, :]], dim=-2)
-    if mix is not None:
-        y, z = (torch.view_as_complex(mix(torch.view_as_real(a))) for a in (y, z))
     if grid.half:
         zero_nyquist(z, grid)
-    return _SmallSpectra(y.real, y.imag, z.real, z.imag, grid.weights(x.device), x if mix is None else None)
+    return _SmallSpectra(y.real, y.imag, z.real, z.imag, grid.weights(x.device), x)
 
 
 def grid_spectrum(y: torch.Tensor, grid: _Grid) -> torch.Tensor:
@@ -210,8 +203,8 @@ def grid_spectrum(y: torch.Tensor, grid: _Grid) -> torch.Tensor:
 
 def zero_nyquist(z: torch.Tensor, grid: _Grid) -> None:
     """Set Z's new Nyquist row and column to zero in place (the zero convention), where they exist."""
-    n, n0, row_nyquist = _kept_bins(grid.h, grid.factor[0])
-    m, m0, col_nyquist = _kept_bins(grid.w, grid.factor[1])
+    _, n0, row_nyquist = _kept_bins(grid.h, grid.factor[0])
+    _, m0, col_nyquist = _kept_bins(grid.w, grid.factor[1])
     if row_nyquist:
         z[..., n0, :] = 0
     if col_nyquist:
@@ -250,7 +243,7 @@ def _dft_matrices(grid: _Grid, dtype: torch.dtype, device: torch.device) -> tupl
     return tuple(a.to(dtype=dtype, device=device) for a in (z_cols, y_cols, z_rows, y_rows))
 
 
-def _small_spectra_dft(x: torch.Tensor, grid: _Grid, mix: Mix | None = None) -> _SmallSpectra:
+def _small_spectra_dft(x: torch.Tensor, grid: _Grid) -> _SmallSpectra:
     """Y and Z by DFT matrix products over only the frequencies needed. For small maps, where two flat
     matrix products beat FFTs: along W, x (B*H, W) times the kept columns (and, for Y, the rows ::s times
     the small-grid columns), then along H, the transposed result times the kept rows."""
@@ -263,8 +256,6 @@ def _small_spectra_dft(x: torch.Tensor, grid: _Grid, mix: Mix | None = None) -> 
     ty = (x[:, ::s].reshape(b * n, w) @ y_cols).view(b, n, width).transpose(1, 2).reshape(b * width, n)
     z = (tz @ z_rows).view(b, width, 2 * n)
     y = (ty @ y_rows).view(b, width, 2 * n)
-    if mix is not None:
-        y, z = mix(y), mix(z)
     parts = []
     for a in (y, z):
         cols = width // 2  # a[:, c, r]: c = (re | im of the W transform), r = (re | im of the H transform)
@@ -272,7 +263,7 @@ def _small_spectra_dft(x: torch.Tensor, grid: _Grid, mix: Mix | None = None) -> 
         imag = a[:, cols:, :n] + a[:, :cols, n:]
         parts += [real.transpose(1, 2), imag.transpose(1, 2)]
     y_re, y_im, z_re, z_im = parts
-    return _SmallSpectra(y_re, y_im, z_re, z_im, grid.weights(x.device), x if mix is None else None)
+    return _SmallSpectra(y_re, y_im, z_re, z_im, grid.weights(x.device), x)
 
 
 DFT_MAX_SIZE = 32
@@ -280,10 +271,10 @@ DFT_MAX_SIZE = 32
 GPU alike: two flat matrix products), larger ones by FFTs."""
 
 
-def _small_spectra(x: torch.Tensor, grid: _Grid, mix: Mix | None = None) -> _SmallSpectra:
+def _small_spectra(x: torch.Tensor, grid: _Grid) -> _SmallSpectra:
     if max(grid.h, grid.w) <= DFT_MAX_SIZE:
-        return _small_spectra_dft(x, grid, mix)
-    return _small_spectra_fft(x, grid, mix)
+        return _small_spectra_dft(x, grid)
+    return _small_spectra_fft(x, grid)
 
 
 def _aliasing(sp: _SmallSpectra) -> torch.Tensor:
@@ -348,61 +339,10 @@ def per_map_metrics(
     return {name: torch.cat(parts).reshape(lead) for name, parts in results.items()}
 
 
-PointwiseMetric = Literal["aliasing", "relative_aliasing"]
-POINTWISE_METRICS: tuple[PointwiseMetric, ...] = get_args(PointwiseMetric)
-"""The metrics :func:`pointwise_per_map_metrics` gives (the energy of X needs the maps themselves)."""
-
-
-def pointwise_per_map_metrics(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    factor: int | Sequence[int] = 2,
-    metrics: Sequence[str] = ("aliasing",),
-    *,
-    groups: int = 1,
-    nyquist: str | Nyquist = "zero",
-) -> dict[str, torch.Tensor]:
-    """Per-map metrics of the maps ``weight @ x + bias`` (a 1x1 convolution at stride 1) without forming them.
-
-    x is (..., C_in, H, W), weight (C_out, C_in / groups); returns tensors of shape (..., C_out). Y and Z
-    are linear in the maps, so they are mixed from the input's spectra; the bias adds to DC, which Z keeps,
-    so it cancels from Y - Z. With a bias, H and W must be multiples of the factor (zero-padding would not
-    pad the biased maps with zeros).
-    """
-    names = check_metric_names(metrics)
-    unsupported = [n for n in names if n not in POINTWISE_METRICS]
-    if unsupported:
-        raise CnnAliasingError(f"pointwise metrics are {', '.join(POINTWISE_METRICS)}; not {unsupported}")
-    f = as_factor(factor)
-    if bias is not None and (x.shape[-2] % f[0] or x.shape[-1] % f[1]):
-        raise CnnAliasingError(f"with a bias the maps {tuple(x.shape[-2:])} must be multiples of {f}")
-    x = pad_to_multiple(_at_least_float32(x), f)
-    c_in, h, w = x.shape[-3:]
-    c_out = weight.shape[0]
-    if weight.shape[1] * groups != c_in or c_out % groups:
-        raise CnnAliasingError(
-            f"weight {tuple(weight.shape)} with {groups} groups does not fit {c_in} channels"
-        )
-    grid = _Grid(h, w, f, as_nyquist(nyquist))
-    blocks = weight.to(x.dtype).reshape(groups, c_out // groups, c_in // groups)
-    images = x.reshape(-1, c_in, h, w)
-    results: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    for chunk in images.split(max(1, _chunk_size(images.reshape(-1, h, w)) // c_in)):
-        batch = chunk.shape[0]
-
-        def mix(spectra: torch.Tensor, batch: int = batch) -> torch.Tensor:
-            grouped = spectra.reshape(batch, groups, c_in // groups, -1)
-            return (blocks @ grouped).reshape(batch * c_out, *spectra.shape[1:])
-
-        spectra = _small_spectra(chunk.reshape(-1, h, w), grid, mix)
-        if bias is not None:
-            dc = bias.to(spectra.y_re.dtype).repeat(batch)
-            spectra.y_re[:, 0, 0] += dc
-            spectra.z_re[:, 0, 0] += dc
-        for name in names:
-            results[name].append(PER_MAP_METRICS[name](spectra))
-    return {name: torch.cat(parts).reshape(*x.shape[:-3], c_out) for name, parts in results.items()}
+SmallGridMetric = Literal["aliasing", "relative_aliasing"]
+SMALL_GRID_METRICS: tuple[SmallGridMetric, ...] = get_args(SmallGridMetric)
+"""The metrics that need only Y and Z (the energy of X needs the maps themselves): those a convolution's
+input spectra give (see :mod:`cnn_aliasing.conv_spectra`)."""
 
 
 CPU_CHUNK_ELEMENTS = 1 << 20
