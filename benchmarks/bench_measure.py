@@ -47,15 +47,22 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_model(name: str, args: argparse.Namespace) -> dict[str, float | str | int]:
-    device = torch.device(args.device)
+def model_and_batches(
+    name: str, args: argparse.Namespace, device: torch.device
+) -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    """The model in eval mode and the random batches on ``device``, channels_last if asked for."""
     torch.manual_seed(0)
     model = create_model(name).to(device).eval()
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack it
     batches = [b.to(device) for b in random_batches(args.batches, args.batch_size)]
     if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack it
         batches = [b.contiguous(memory_format=torch.channels_last) for b in batches]
+    return model, batches
+
+
+def time_model(name: str, args: argparse.Namespace) -> dict[str, float | str | int]:
+    device = torch.device(args.device)
+    model, batches = model_and_batches(name, args, device)
 
     def plain() -> None:
         with torch.no_grad():

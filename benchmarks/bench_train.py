@@ -50,7 +50,7 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -66,9 +66,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, metavar="OUT")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    return parser.parse_args()
+
+
+def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe fields set on the command line: each ``--set FIELD=VALUE``, then --arch, --batch-size."""
     overrides: dict[str, Any] = {}
     for text in args.settings:
         key, _, value = text.partition("=")
@@ -77,7 +79,14 @@ def main() -> None:
         overrides["arch"] = args.arch
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
-    recipe = get_recipe(args.recipe, **overrides)
+    return overrides
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = get_recipe(args.recipe, **recipe_overrides(args))
     device = torch.device(args.device)
     bs = recipe.batch_size
 
