@@ -1,7 +1,9 @@
 """Exceptions raised by cnn-aliasing.
 
 Every error a user can cause derives from :class:`CnnAliasingError`; its message names the offending op,
-file or argument and what would be valid. The command line prints such errors as one line.
+file or argument and what would be valid. The command line prints such errors as one line
+(:func:`one_line`); :func:`first_line` quotes another error inside a message, :func:`error_line` records
+any error as one line (a study's failed model).
 """
 
 
@@ -12,6 +14,26 @@ def first_line(error: BaseException, default: str | None = None) -> str:
     if text:
         return text.splitlines()[0]
     return type(error).__name__ if default is None else default
+
+
+def one_line(message: str) -> str:
+    """A multi-line message joined into one line (``a:\\n  b\\n  c`` -> ``a: b; c``)."""
+    parts = [line.strip() for line in message.splitlines() if line.strip()]
+    if not parts:
+        return ""
+    joined = parts[0]
+    for part in parts[1:]:
+        joined += f" {part}" if joined.endswith(":") else f"; {part}"
+    return joined
+
+
+def error_line(error: BaseException) -> str:
+    """An exception as one line (:func:`one_line`): its message, after its type's name unless it is one of
+    ours (a :class:`CnnAliasingError`); an empty message gives the type's name alone."""
+    text = one_line(str(error))
+    if isinstance(error, CnnAliasingError):
+        return text or type(error).__name__
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class CnnAliasingError(Exception):

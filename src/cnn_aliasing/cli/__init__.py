@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
 
 from cnn_aliasing import __version__
-from cnn_aliasing.cli.options import one_line, parse_model_arg
+from cnn_aliasing.cli.options import parse_model_arg
 from cnn_aliasing.cli.registry import PROG, SUBCOMMANDS, HelpFormatter, Subcommand, register_subcommand
-from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.errors import CnnAliasingError, one_line
 
 SHARED_MODULES = frozenset({"options", "registry"})
 EXIT_ERROR = 2

@@ -344,14 +344,3 @@ def load_inputs(args: argparse.Namespace) -> RunInputs:
 def _config(args: argparse.Namespace) -> dict[str, Any]:
     """All parsed arguments as a JSON-ready dict (paths as strings)."""
     return {k: os.fspath(v) if isinstance(v, Path) else v for k, v in sorted(vars(args).items())}
-
-
-def one_line(message: str) -> str:
-    """A multi-line message joined into one line (``a:\\n  b\\n  c`` -> ``a: b; c``)."""
-    parts = [line.strip() for line in message.splitlines() if line.strip()]
-    if not parts:
-        return ""
-    joined = parts[0]
-    for part in parts[1:]:
-        joined += f" {part}" if joined.endswith(":") else f"; {part}"
-    return joined

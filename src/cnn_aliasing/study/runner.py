@@ -39,7 +39,7 @@ from cnn_aliasing.aliasing_report import AliasingReport
 from cnn_aliasing.attacks import robust_accuracy
 from cnn_aliasing.attacks.cascade_state import flag_string
 from cnn_aliasing.attacks.robust import RobustAccuracy
-from cnn_aliasing.errors import CnnAliasingError, DistributedError
+from cnn_aliasing.errors import CnnAliasingError, DistributedError, error_line
 from cnn_aliasing.evaluation import clean_accuracy
 from cnn_aliasing.identity import data_sha256, model_identity
 from cnn_aliasing.measurement import measure
@@ -156,14 +156,6 @@ def _is_finished(path: Path, wanted: str) -> bool:
     return _status_on_disk(path, wanted) == DONE
 
 
-def one_line_reason(error: BaseException) -> str:
-    """An exception as one line: its message (with the type unless it is one of ours)."""
-    text = " ".join(str(error).split())
-    if isinstance(error, CnnAliasingError):
-        return text or type(error).__name__
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
 @contextlib.contextmanager
 def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
     start = time.perf_counter()
@@ -256,7 +248,7 @@ class _ModelRun:
         except DistributedError:  # a dead peer stops the study: the next model would meet it too
             raise
         except Exception as error:  # one model failing must not stop the study; interrupts do
-            record["error"] = one_line_reason(error)
+            record["error"] = error_line(error)
             record.update(dict.fromkeys(MEASUREMENTS))  # a failed model has no (partial) measurements
         return record
 
