@@ -362,8 +362,13 @@ class ConvSpectra:
         g = self.geometry
         (hin, win), (ph, pw), (hm, wm) = g.in_size, g.padding, g.grid_size
         pads = (pw, wm - win - pw, ph, hm - hin - ph)
-        q = F.pad(x, pads) if any(pads) else x
-        spectra = _kept_spectrum(q, g, self.nyquist)
+        step = max(1, CHUNK_ELEMENTS // max(1, x[0].numel()))  # transforms that stay in cache
+        spectra = torch.cat(
+            [
+                _kept_spectrum(F.pad(part, pads) if any(pads) else part, g, self.nyquist)
+                for part in x.split(step)
+            ]
+        )
         z = self._mix(spectra)
         if self.bias is not None:
             z[:, :, 0, 0] += self.bias
@@ -415,10 +420,10 @@ class ConvSpectra:
 # factor a band's convolution costs over a full one (thin shapes), per value of a full-resolution map
 # transformed and measured, per input value whose kept spectrum is taken, per complex multiply-add of the
 # mix (a multiply-add per channel, or matrix products), per value of the small grid measured.
-CONV_COSTS = {"dense": 0.03, "grouped": 0.1, "thin": 0.3}
+CONV_COSTS = {"dense": 0.03, "grouped": 0.1, "thin": 0.5}
 BAND_FACTOR = 3.0
 FULL_MAP_COST = 5.0
-INPUT_SPECTRUM_COST = 6.0
+INPUT_SPECTRUM_COST = 4.0
 MIX_COSTS = {"elementwise": 1.5, "matrix": 0.2, "pointwise": 0.06}
 SMALL_GRID_COST = 5.0
 ROUTE_MARGIN = 0.7
