@@ -186,9 +186,11 @@ def _band_difference(
     c = torch.arange(columns.start, columns.stop + ew, device=device)
     true_input = _gather(x, _input_index(r, ph, hin), _input_index(c, pw, win))
     wrapped_input = _gather(x, _input_index(r % hm, ph, hin), _input_index(c % wm, pw, win))
-    difference = convolve(true_input - wrapped_input, False)
     hf, wf = geometry.full_size
     outside = (r[: len(rows), None] >= hf) | (c[None, : len(columns)] >= wf)
+    if bool(outside.all()):  # all zero-padding to the multiple (a patch convolution's bands)
+        return -convolve(wrapped_input, True)
+    difference = convolve(true_input - wrapped_input, False)
     if bool(outside.any()):
         difference = torch.where(outside, -convolve(wrapped_input, True), difference)
     return difference
