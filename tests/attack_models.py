@@ -15,11 +15,11 @@ DIM = 3 * 8 * 8
 def linear_model(n_classes: int, seed: int = 0) -> nn.Sequential:
     """logits = W x + b on the flattened image, in eval mode."""
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(DIM, n_classes))
+    linear = nn.Linear(DIM, n_classes)
     with torch.no_grad():
-        model[1].weight.normal_(0.0, 1.0)
-        model[1].bias.zero_()
-    return model.eval()
+        linear.weight.normal_(0.0, 1.0)
+        linear.bias.zero_()
+    return nn.Sequential(nn.Flatten(), linear).eval()
 
 
 def tiny_cnn(seed: int = 0, n_classes: int = 10) -> nn.Sequential:

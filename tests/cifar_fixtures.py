@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import pickle
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -16,8 +17,10 @@ TRAIN_SIZES = (3, 2, 4, 1, 2)
 TEST_SIZE = 5
 
 
-class _Py2Pickler(pickle._Pickler):  # type: ignore[name-defined]
+class _Py2Pickler(pickle._Pickler):
     """Writes str and bytes as Python 2 `str` opcodes, as in the original CIFAR-10 release."""
+
+    write: Callable[[bytes], object]  # set by pickle._Pickler.__init__; typeshed does not declare it
 
     def _save_py2_str(self, obj: str | bytes) -> None:
         raw = obj.encode("latin1") if isinstance(obj, str) else obj
@@ -26,7 +29,7 @@ class _Py2Pickler(pickle._Pickler):  # type: ignore[name-defined]
         else:
             self.write(pickle.BINSTRING + struct.pack("<i", len(raw)) + raw)
 
-    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
+    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)
     dispatch[str] = _save_py2_str
     dispatch[bytes] = _save_py2_str
 
@@ -37,6 +40,7 @@ def _dump(batch: dict, protocol: int | str) -> bytes:
         _Py2Pickler(buf, protocol=2).dump(batch)
         # the original files name numpy 1's module path
         return buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    assert isinstance(protocol, int)
     return pickle.dumps(batch, protocol=protocol)
 
 

@@ -181,9 +181,11 @@ def train_steps(objective: str) -> tuple[list[tuple[float, int]], dict[str, torc
     steps: list[tuple[float, int]] = []
     step = trainer.step
 
-    def recorded(*args: Any) -> Any:
-        loss, correct = step(*args)
-        steps.append((loss.item(), len(distributed.shard_range(args[1].shape[0], trainer.context))))
+    def recorded(
+        images: torch.Tensor, labels: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, correct = step(images, labels, *args, **kwargs)
+        steps.append((loss.item(), len(distributed.shard_range(labels.shape[0], trainer.context))))
         return loss, correct
 
     trainer.step = recorded  # type: ignore[method-assign]

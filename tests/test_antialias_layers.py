@@ -6,6 +6,7 @@ from __future__ import annotations
 import cmath
 import itertools
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -169,7 +170,7 @@ def test_output_sizes(size: tuple[int, int], expected: tuple[int, int]) -> None:
 def test_modules_match_functions_and_their_full_resolution_slice(factor, size) -> None:
     x = maps((2, 3, *size), seed=3)
     s, t = (factor, factor) if isinstance(factor, int) else factor
-    layers = [
+    layers: list[tuple[FLCPool | ASAPPool | BlurPool, Callable[[torch.Tensor], torch.Tensor]]] = [
         (FLCPool(factor), lambda v: flc_pool(v, factor)),
         (ASAPPool(factor), lambda v: asap_pool(v, factor)),
         (ASAPPool(factor, pad_to_odd=True), lambda v: asap_pool(v, factor, pad_to_odd=True)),

@@ -91,12 +91,14 @@ def test_foreign_model_swapped(method: str) -> None:
     assert ops["skip.pool"] == KIND[method]
     assert ops["pool.downsample"] == KIND[method]
     assert sum(kind == KIND[method] for kind in ops.values()) == 3
-    assert isinstance(swapped.body[0], AntialiasedConv2d) and swapped.body[0].stride == (1, 1)
+    conv, skip = swapped.get_submodule("body.0"), swapped.get_submodule("skip")
+    assert isinstance(conv, AntialiasedConv2d) and conv.stride == (1, 1)
     if method == "blurpool":  # after the 3x3 conv, before the 1x1 shortcut
-        assert swapped.body[0].pool is None and isinstance(swapped.body[0].blur, BlurPool)
-        assert isinstance(swapped.skip.pool, BlurPool) and swapped.skip.blur is None
+        assert conv.pool is None and isinstance(conv.blur, BlurPool)
+        assert isinstance(skip, AntialiasedConv2d)
+        assert isinstance(skip.pool, BlurPool) and skip.blur is None
     else:  # before every conv, sized like the strided conv, "same" padding
-        assert isinstance(swapped.body[0].pool, LAYER[method]) and swapped.body[0].padding == (1, 1)
+        assert isinstance(conv.pool, LAYER[method]) and conv.padding == (1, 1)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -115,6 +117,7 @@ def test_weights_copied_give_the_same_stride_one_conv_outputs(method: str) -> No
     z = torch.randn(2, 8, 16, 16)
     for name in ("body.0", "skip"):
         old, new = strided.get_submodule(name), fresh.get_submodule(name)
+        assert isinstance(old, nn.Conv2d) and isinstance(new, AntialiasedConv2d)
         expected = F.conv2d(z, old.weight, old.bias, stride=1, padding=new.padding)
         torch.testing.assert_close(new._conv_forward(z, new.weight, new.bias), expected, rtol=0, atol=0)
         assert new.weight is not old.weight
@@ -225,8 +228,8 @@ def test_custom_forward_conv_is_swapped_keeping_its_forward(method: str) -> None
         stem = model.stem(x)
         down, skip = reference_conv(model.down, method, stem), reference_conv(model.skip, method, stem)
         expected = model.head((F.relu(down) + skip).mean(dim=(-2, -1)))
-        torch.testing.assert_close(swapped.down(stem), down, rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(swapped.skip(stem), skip, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(swapped.get_submodule("down")(stem), down, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(swapped.get_submodule("skip")(stem), skip, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(swapped(x), expected, rtol=1e-6, atol=1e-6)
         assert swapped(image((33, 29))).shape == model(image((33, 29))).shape == (2, 5)
     kinds = [op.kind for op in find_downsamplers(swapped, image())]
@@ -287,5 +290,6 @@ def test_custom_forward_conv_that_ignores_its_stride_is_left_with_a_reason(
     message = str(caught[0].message)
     assert "1:conv2d (conv2d): " in message
     assert re.search(reason, message), message
-    assert type(swapped[1]) is HardStrideConv and swapped[1].stride == (stride, stride)
+    conv = swapped.get_submodule("1")
+    assert type(conv) is HardStrideConv and conv.stride == (stride, stride)
     torch.testing.assert_close(swapped(image()), model(image()), rtol=0, atol=0)

@@ -12,6 +12,7 @@ from torch import nn
 from attack_models import images, linear_model, predicted, single_thread, tiny_cnn
 from cnn_aliasing.attacks import (
     APGD,
+    Attack,
     ThreatModel,
     ZeroGradientWarning,
     create_attack,
@@ -33,7 +34,9 @@ def linf_worst_margin(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, ep
     Per class j the margin is linear, so each coordinate moves by eps (or to the box's edge) against the
     sign of w_y - w_j; the point can be fooled iff some class's minimum is below 0.
     """
-    w, b = model[1].weight.double(), model[1].bias.double()
+    linear = model[1]
+    assert isinstance(linear, nn.Linear)
+    w, b = linear.weight.double(), linear.bias.double()
     xf = x.flatten(1).double()[:, None, :]
     v = w[y][:, None, :] - w[None]
     m = (v * xf).sum(-1) + b[y][:, None] - b[None]
@@ -43,7 +46,9 @@ def linf_worst_margin(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, ep
     return worst.min(dim=1).values
 
 
-def run(attack: APGD, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, seed: int = 0):
+def run(
+    attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, seed: int = 0
+) -> torch.Tensor:
     return attack(model, x, y, threat, torch.Generator().manual_seed(seed))
 
 
@@ -70,7 +75,9 @@ def test_linear_binary_l2_broken_exactly_where_theory_says() -> None:
     model = linear_model(2)
     x = images(100, low=0.3, high=0.7)  # eps <= 0.3: the box never binds
     y = predicted(model, x)
-    w = model[1].weight.double()
+    linear = model[1]
+    assert isinstance(linear, nn.Linear)
+    w = linear.weight.double()
     v = (w[y] - w[1 - y]).norm(dim=1)
     with torch.no_grad():
         m = margin(model(x).double(), y)
@@ -161,9 +168,10 @@ def test_oscillation_check_keeps_the_reference_wrap() -> None:
 
 def test_zero_gradients_warn() -> None:
     """A model whose output ignores its input: the DLR attacks warn, as the reference does."""
-    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 10)).eval()
+    linear = nn.Linear(192, 10)
+    model = nn.Sequential(nn.Flatten(), linear).eval()
     with torch.no_grad():
-        model[1].weight.zero_()
+        linear.weight.zero_()
     x = images(3)
     y = torch.zeros(3, dtype=torch.long)
     with pytest.warns(ZeroGradientWarning, match="3 runs \\(point and target\\) had a zero gradient"):

@@ -11,6 +11,7 @@ from torch import nn
 
 from attack_models import images, linear_model, predicted, single_thread, tiny_cnn
 from cnn_aliasing.attacks import (
+    PGD,
     ThreatModel,
     create_attack,
     fgsm,
@@ -62,7 +63,9 @@ def test_fgsm_is_optimal_on_a_binary_linear_model() -> None:
     x = images(100)
     y = predicted(model, x)
     eps = 0.02
-    w = model[1].weight.double()
+    linear = model[1]
+    assert isinstance(linear, nn.Linear)
+    w = linear.weight.double()
     v = w[y] - w[1 - y]
     xf = x.flatten(1).double()
     room = torch.where(v > 0, xf.clamp(max=eps), (1 - xf).clamp(max=eps))
@@ -77,18 +80,20 @@ def test_fgsm_is_optimal_on_a_binary_linear_model() -> None:
 
 def test_usable_in_a_training_loop() -> None:
     """Train mode stays, batch-norm statistics update as in PGD-AT, parameters get no gradient."""
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
+    conv, norm = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+    model = nn.Sequential(conv, norm, nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
     model.train()
     x = images(8)
     y = torch.arange(8) % 10
-    before = model[1].running_mean.clone()
+    assert norm.running_mean is not None
+    before = norm.running_mean.clone()
     adv = fgsm(model, x, y, ThreatModel("Linf", 8 / 255), random_start=True, generator=torch.Generator())
     adv = pgd_perturb(model, x, y, ThreatModel("L2", 0.5), steps=2, step_size=0.2, loss="dlr")
     assert model.training and all(m.training for m in model.modules())
     assert all(p.grad is None for p in model.parameters())
-    assert not torch.equal(before, model[1].running_mean)
+    assert not torch.equal(before, norm.running_mean)
     model(adv).sum().backward()  # the adversarial batch feeds the training step as usual
-    assert model[0].weight.grad is not None
+    assert conv.weight.grad is not None
 
 
 def test_fgsm_rs_step_and_custom_loss() -> None:
@@ -105,9 +110,12 @@ def test_fgsm_rs_step_and_custom_loss() -> None:
     adv = fgsm(model, x, y, threat, random_start=True, generator=torch.Generator().manual_seed(0), loss=loss)
     assert calls == [(8, 10)]
     assert per_example_norm(adv - x, "Linf").max() <= 0.04 + 1e-6
-    assert create_attack("fgsm", random_start=True).step_for(0.04) == pytest.approx(0.05)
-    assert create_attack("fgsm").step_for(0.04) == pytest.approx(0.04)
-    assert create_attack("pgd", steps=10).step_for(0.04) == pytest.approx(0.01)
+    fgsm_rs = create_attack("fgsm", random_start=True)
+    fgsm_plain, pgd = create_attack("fgsm"), create_attack("pgd", steps=10)
+    assert isinstance(fgsm_rs, PGD) and isinstance(fgsm_plain, PGD) and isinstance(pgd, PGD)
+    assert fgsm_rs.step_for(0.04) == pytest.approx(0.05)
+    assert fgsm_plain.step_for(0.04) == pytest.approx(0.04)
+    assert pgd.step_for(0.04) == pytest.approx(0.01)
 
 
 @pytest.mark.parametrize("name", ["pgd", "fgsm"])

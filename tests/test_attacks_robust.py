@@ -308,11 +308,13 @@ def test_presets_and_custom_lists() -> None:
     assert dict(PRESETS.get("standard").attacks)["square"] == {"n_queries": 5000, "p_init": 0.8}
     assert resolve_attacks("apgd-ce+apgd-t").names == ["apgd-ce", "apgd-t"]
     ce, t = resolve_attacks("apgd-ce+apgd-t").attacks
+    assert isinstance(ce, APGD) and isinstance(t, APGD)
     assert (ce.n_iter, ce.n_restarts, t.n_iter, t.n_restarts, t.n_target_classes) == (100, 1, 100, 1, 9)
     rand = resolve_attacks("rand")
     assert rand.names == ["apgd-ce", "apgd-dlr"] and rand.randomized
-    assert all(a.eot_iter == 20 and a.n_iter == 100 for a in rand.attacks)
-    assert resolve_attacks("pgd+apgd-ce", {"apgd-ce": {"n_iter": 3}}).attacks[1].n_iter == 3
+    assert all(isinstance(a, APGD) and a.eot_iter == 20 and a.n_iter == 100 for a in rand.attacks)
+    apgd = resolve_attacks("pgd+apgd-ce", {"apgd-ce": {"n_iter": 3}}).attacks[1]
+    assert isinstance(apgd, APGD) and apgd.n_iter == 3
     assert resolve_attacks(["pgd", "fgsm"]).names == ["pgd", "fgsm"]
     assert set(PRESETS) == {"standard", "standard-reference", "apgd-ce", "apgd-ce+apgd-t", "rand"}
     reference = resolve_attacks("standard-reference")

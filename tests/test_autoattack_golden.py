@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from attack_models import single_thread
-from cnn_aliasing.attacks import ThreatModel, create_attack, robust_accuracy
+from cnn_aliasing.attacks import Norm, ThreatModel, create_attack, robust_accuracy
 from cnn_aliasing.attacks import apgd as apgd_module
 from cnn_aliasing.attacks import fab as fab_module
 from cnn_aliasing.attacks import robust as robust_module
@@ -287,7 +287,7 @@ def test_targets_are_the_2nd_most_likely_class_first_then_down_the_logits(attack
                 targets.append(t.tolist())
             return targeted(logits, labels, t)
 
-        patches = [
+        patches: list[contextlib.AbstractContextManager[Any]] = [
             mock.patch.object(apgd_module, "_run", recording_run),
             mock.patch.object(apgd_module, "targeted_dlr_loss", recording_loss),
         ]
@@ -341,7 +341,7 @@ def test_square_linf_starts_from_vertical_stripes(case_id: str) -> None:
 
 
 @pytest.mark.parametrize("norm", ["Linf", "L2"])
-def test_square_window_sides_on_32x32_images_equal_the_reference(norm: str) -> None:
+def test_square_window_sides_on_32x32_images_equal_the_reference(norm: Norm) -> None:
     """The side of the window at every iteration (the p schedule) of a 5,000-query run, as the reference's."""
     schedule = GOLDEN["square_schedule"]
     shape = tuple(schedule["shape"])

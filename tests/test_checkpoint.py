@@ -52,7 +52,7 @@ def test_round_trip(tmp_path: Path, suffix: str) -> None:
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_a_channels_last_model_saves_and_loads_back(tmp_path: Path, suffix: str) -> None:
-    source = trained_like().to(memory_format=torch.channels_last)
+    source = trained_like().to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack it
     path = tmp_path / f"weights{suffix}"
     save_checkpoint(source, path)
     assert_same_weights(load_checkpoint(small_model(), path), source)

@@ -21,6 +21,7 @@ import cnn_aliasing
 from cifar_fixtures import make_layout
 from cnn_aliasing import cli, data, find_downsamplers, zoo
 from cnn_aliasing import measure as measure_aliasing
+from cnn_aliasing.cli import measure as measure_command
 from cnn_aliasing.evaluation import clean_accuracy
 from cnn_aliasing.identity import data_sha256, model_identity
 from cnn_aliasing.models import create_model, load_checkpoint, model_descriptions, save_checkpoint
@@ -524,7 +525,7 @@ def test_keyboard_interrupt_exits_130(
     def interrupted(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli.measure, "measure", interrupted)
+    monkeypatch.setattr(measure_command, "measure", interrupted)
     code, _, err = run_cli(capsys, *measure_args(cifar_dir, tmp_path / "r.json"))
     assert (code, err) == (130, "cnn-aliasing: interrupted\n")
 
@@ -536,7 +537,7 @@ def test_warnings_are_shown_as_one_line(
         warnings.warn("first part\n  second part", UserWarning, stacklevel=1)
         return measure_aliasing(*args, **kwargs)
 
-    monkeypatch.setattr(cli.measure, "measure", warning_measure)
+    monkeypatch.setattr(measure_command, "measure", warning_measure)
     code, _, err = run_cli(capsys, *measure_args(cifar_dir, tmp_path / "r.json"))
     assert (code, err) == (0, "cnn-aliasing: warning: first part; second part\n")
 

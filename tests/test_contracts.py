@@ -11,7 +11,14 @@ import torch
 
 from attack_models import images, single_thread, tiny_cnn
 from cnn_aliasing import cli
-from cnn_aliasing.attacks import ThreatModel, attack_options, check_adversarial, create_attack, list_attacks
+from cnn_aliasing.attacks import (
+    Norm,
+    ThreatModel,
+    attack_options,
+    check_adversarial,
+    create_attack,
+    list_attacks,
+)
 from cnn_aliasing.study.specs import SPEC_KINDS
 from cnn_aliasing.training import get_recipe, list_recipes
 
@@ -26,7 +33,7 @@ def _small(name: str) -> dict[str, int]:
 @pytest.mark.parametrize("norm, eps", [("Linf", 8 / 255), ("L2", 0.5)])
 @pytest.mark.parametrize("name", list_attacks())
 def test_every_attack_stays_in_the_threat_model_and_repeats_with_its_seed(
-    name: str, norm: str, eps: float
+    name: str, norm: Norm, eps: float
 ) -> None:
     model, x = tiny_cnn(), images(12)
     with torch.no_grad():

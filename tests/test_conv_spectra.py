@@ -47,12 +47,15 @@ def reference_metrics(full: torch.Tensor, factor: tuple[int, int], nyquist: str)
     return {"aliasing": aliasing, "relative_aliasing": np.where(magnitude > 0, aliasing / magnitude, 0.0)}
 
 
-def as_pair(v: int | tuple[int, int]) -> tuple[int, int]:
+Pair = int | tuple[int, int]
+
+
+def as_pair(v: Pair) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else v
 
 
 # in, out, size (H, W), kernel, stride, padding, dilation, groups, bias
-CASES = {
+CASES: dict[str, tuple[int, int, tuple[int, int], int, Pair, Pair, int, int, bool]] = {
     "stem 7x7": (3, 5, (32, 32), 7, 2, 3, 1, 1, True),
     "3x3 odd size": (3, 5, (17, 15), 3, 2, 1, 1, 1, True),
     "3x3 wide (matrix mix)": (8, 6, (16, 16), 3, 2, 1, 1, 1, True),

@@ -417,7 +417,8 @@ def test_iterate_batches_covers_everything_in_order() -> None:
 
 def test_iterate_batches_moves_to_device() -> None:
     images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
-    devices = ["cpu", torch.device("meta")] + (["cuda"] if torch.cuda.is_available() else [])
+    devices: list[str | torch.device] = ["cpu", torch.device("meta")]
+    devices += ["cuda"] if torch.cuda.is_available() else []
     for device in devices:
         x, y = next(iterate_batches(images, torch.zeros(4, dtype=torch.int64), 4, device=device))
         assert x.device.type == y.device.type == torch.device(device).type
@@ -450,6 +451,7 @@ def _shared_copy() -> Path | None:
 )
 def test_real_shared_copy() -> None:
     root = _shared_copy()
+    assert root is not None
     test_images, test_labels = load_cifar10(root, "test", progress=False)
     assert test_images.shape == (10000, 3, 32, 32) and test_images.dtype == torch.uint8
     assert test_labels.shape == (10000,) and test_labels.dtype == torch.int64

@@ -77,7 +77,8 @@ def test_dm_wrn_other_depth_and_width() -> None:
     model = create_model("dm_wrn_28_10", depth=16, width=4)
     assert list(model.state_dict()) == expected_dm_wrn_keys(2)
     assert n_params(model) == 2_748_890  # as RobustBench's DMWideResNet(depth=16, width=4)
-    assert create_model("dm_wrn_28_10", depth=16, width=4, num_classes=7).logits.weight.shape == (7, 256)
+    logits = create_model("dm_wrn_28_10", depth=16, width=4, num_classes=7).logits
+    assert isinstance(logits, torch.nn.Linear) and logits.weight.shape == (7, 256)
     assert list(create_model("dm_wrn_28_10", depth=10, width=1).state_dict()) == expected_dm_wrn_keys(
         1, False
     )
@@ -159,7 +160,8 @@ def test_forward_equals_functional_reference(name: str) -> None:
 
 def test_dm_relu_activation_and_unknown_activation() -> None:
     relu = create_model("dm_preact_resnet18", width=4, activation="relu")
-    assert isinstance(relu.layer_1[0].relu_0, torch.nn.ReLU) and isinstance(relu.relu, torch.nn.ReLU)
+    assert isinstance(relu.get_submodule("layer_1.0.relu_0"), torch.nn.ReLU)
+    assert isinstance(relu.relu, torch.nn.ReLU)
     with pytest.raises(UnknownNameError, match=r"'swish'.*relu, silu"):
         create_model("dm_wrn_28_10", depth=10, width=1, activation="swish")
 
@@ -218,6 +220,7 @@ def test_dm_downsampling_measured_with_right_factor_and_phase(
     randomize(model)
     model.eval()
     conv = model.get_submodule(op)
+    assert isinstance(conv, torch.nn.Conv2d)
     inputs: list[torch.Tensor] = []
     handle = conv.register_forward_pre_hook(lambda m, args: inputs.append(args[0]))
     images = torch.rand(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(5))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnn_aliasing.attacks import ThreatModel, attack_options, create_attack, list_attacks
+from cnn_aliasing.attacks import Norm, ThreatModel, attack_options, create_attack, list_attacks
 from cnn_aliasing.attacks.fab import FAB, project_onto_hyperplane_box
 from cnn_aliasing.attacks.square import Square, l2_window_pattern, p_schedule
 from cnn_aliasing.errors import CnnAliasingError
@@ -115,7 +115,9 @@ def test_projection_without_active_box_is_the_plain_projection(norm):
 
 def _minimal_distance(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, norm: str) -> torch.Tensor:
     """Exact minimal adversarial distance of a linear model (the box is never reached here)."""
-    weight = model[1].weight.detach()
+    linear = model[1]
+    assert isinstance(linear, nn.Linear)
+    weight = linear.weight.detach()
     with torch.no_grad():
         logits = model(x)
     gaps = logits.gather(1, y.unsqueeze(1)) - logits  # >= 0
@@ -401,7 +403,7 @@ def test_l2_window_pattern(size):
 
 
 @pytest.mark.parametrize("norm", ["Linf", "L2"])
-def test_fab_random_start_is_the_reference_draw_at_half_eps(norm: str) -> None:
+def test_fab_random_start_is_the_reference_draw_at_half_eps(norm: Norm) -> None:
     """Linf: 2u - 1 (u uniform), scaled to Linf norm 1; L2: a normal draw scaled to L2 norm 1; either at
     eps / 2 from the image, clamped to [0, 1]. Reference in float64 from the same generator stream."""
     from cnn_aliasing.attacks.fab import _random_start

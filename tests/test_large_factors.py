@@ -162,7 +162,7 @@ class PatchEmbedNet(nn.Module):
         return self.head(tokens.mean(dim=1))
 
 
-def test_vit_patch_embedding_is_found_and_measured_exactly():
+def test_vit_patch_embedding_is_found_and_measured_exactly() -> None:
     torch.manual_seed(0)
     net = PatchEmbedNet().double().eval()
     images = torch.rand(3, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(5))

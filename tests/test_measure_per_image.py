@@ -55,7 +55,9 @@ def reference(model: Twice, x: torch.Tensor, channels: dict[str, list[int]] | No
             full = [F.conv2d(i, conv.weight, conv.bias, stride=1, padding=1) for i in inputs]
             maps = {
                 "conv": np.concatenate([am_by_hand(f, 2, 2)[0] for f in full]).reshape(2, -1),
-                "pool": am_by_hand(F.max_pool2d(sum(f[..., ::2, ::2] for f in full), 2, stride=1), 2, 2),
+                "pool": am_by_hand(
+                    F.max_pool2d(full[0][..., ::2, ::2] + full[1][..., ::2, ::2], 2, stride=1), 2, 2
+                ),
             }
             for op, values in maps.items():
                 kept = values if channels is None else values[:, channels[op]]

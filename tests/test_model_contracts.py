@@ -11,6 +11,7 @@ import functools
 import inspect
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,8 @@ def images(n: int = 2) -> torch.Tensor:
 
 
 def stride_of(module: nn.Module) -> tuple[int, int]:
-    stride = module.stride if module.stride is not None else module.kernel_size  # type: ignore[union-attr]
-    return (stride, stride) if isinstance(stride, int) else tuple(stride)  # type: ignore[return-value]
+    stride: Any = module.stride if module.stride is not None else module.kernel_size
+    return (stride, stride) if isinstance(stride, int) else (stride[0], stride[1])
 
 
 def strided_modules(model: nn.Module) -> dict[str, tuple[int, int]]:
@@ -209,7 +210,7 @@ def plant(monkeypatch: pytest.MonkeyPatch, breakage: str | None) -> str:
     return "planted_net"
 
 
-ALL_CHECKS = [
+ALL_CHECKS: list[Callable[[str], None]] = [
     check_forward_and_backward,
     check_probe_finds_every_strided_module,
     check_slots_follow_convolutions,

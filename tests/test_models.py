@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from cnn_aliasing.antialias import FLCPool
 from cnn_aliasing.errors import ModelArgumentError, ModelInputError, UnknownNameError
@@ -160,7 +162,8 @@ def test_the_registry_gives_every_factory_downsample() -> None:
         UnknownNameError, match=r"valid arguments: num_classes, width, .*, normalize, downsample$"
     ):
         create_model("preact_resnet18", widht=8)
-    called = preact_resnet18(width=4, downsample="flc")  # the public factory itself takes it too
+    factory: Callable[..., nn.Module] = preact_resnet18  # its type is the undecorated function's
+    called = factory(width=4, downsample="flc")  # the public factory itself takes it too
     assert sum(isinstance(m, FLCPool) for m in called.modules()) == 6  # 3 strided convs, 3 shortcuts
     assert not any(isinstance(m, FLCPool) for m in create_model("resnet18", width=4).modules())
 
@@ -245,7 +248,9 @@ def test_wrn_28_10_sub_block1_keys_and_unused_in_forward() -> None:
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         before = model(x)
-        for p in model.sub_block1.parameters():
+        sub_block1 = model.sub_block1
+        assert isinstance(sub_block1, nn.Module)
+        for p in sub_block1.parameters():
             p.add_(1.0)
         torch.testing.assert_close(model(x), before)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -103,10 +105,12 @@ def make_net(dtype=torch.float64) -> Net:
 def full_outputs(net: Net, images: torch.Tensor) -> dict[str, torch.Tensor]:
     """The stride-1 outputs of every op, recomputed by hand (not via the probe)."""
     b = net.block
+    shortcut = b.shortcut[0]
+    assert isinstance(shortcut, nn.Conv2d)
     x = net.stem(images)
     out = {
         "block.conv": F.conv2d(x, b.conv.weight, b.conv.bias, 1, 2, 2, 2),
-        "block.shortcut.0": F.conv2d(x, b.shortcut[0].weight, None, 1),
+        "block.shortcut.0": F.conv2d(x, shortcut.weight, None, 1),
     }
     x = b(x)
     out["pool"] = F.max_pool2d(x, 2, stride=1)
@@ -363,9 +367,14 @@ def test_traces_are_reused_until_the_structure_changes(monkeypatch: pytest.Monke
     again and finds what changed; the cached trace follows each probe's selection."""
     import cnn_aliasing.probe as probe
 
-    traces = []
+    traces: list[str] = []
     trace_tree = probe._trace_tree
-    monkeypatch.setattr(probe, "_trace_tree", lambda *a: traces.append(a[1]) or trace_tree(*a))
+
+    def recording_trace_tree(*args: Any) -> Any:
+        traces.append(args[1])  # the traced module's path
+        return trace_tree(*args)
+
+    monkeypatch.setattr(probe, "_trace_tree", recording_trace_tree)
     model = _FlaggedPool()
     x = torch.rand(1, 3, 8, 8)
     assert find_downsamplers(model, x) == []

@@ -174,6 +174,7 @@ def make_resnet() -> ResNet:
     net = ResNet().double()
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):  # statistics other than the identity
+            assert m.running_mean is not None and m.running_var is not None
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 1.5)
     return net.eval()

@@ -57,7 +57,8 @@ def test_run_metadata_fields_and_json() -> None:
     assert isinstance(meta["platform"], str) and meta["platform"]
     assert set(meta["git"]) == {"commit", "dirty"}
     stamp = datetime.fromisoformat(meta["timestamp"])
-    assert stamp.utcoffset() is not None and stamp.utcoffset().total_seconds() == 0
+    offset = stamp.utcoffset()
+    assert offset is not None and offset.total_seconds() == 0
     assert abs((datetime.now(timezone.utc) - stamp).total_seconds()) < 60
     assert json.loads(json.dumps(meta)) == meta
 

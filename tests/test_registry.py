@@ -3,6 +3,8 @@ public registry of the package built on it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from cnn_aliasing.cli.registry import SUBCOMMANDS
@@ -38,7 +40,7 @@ def test_register_get_names_describe() -> None:
         registry.get(["x"])  # type: ignore[arg-type]
 
 
-def _public_registries() -> list[tuple[Registry[object], str]]:
+def _public_registries() -> list[tuple[Registry[Any], str]]:
     from cnn_aliasing.antialias.swap import METHODS
     from cnn_aliasing.attacks.autoattack import PRESETS
     from cnn_aliasing.attacks.base import ATTACKS
@@ -67,7 +69,7 @@ def _public_registries() -> list[tuple[Registry[object], str]]:
     "registry, kind", _public_registries(), ids=lambda v: v if isinstance(v, str) else ""
 )
 def test_every_public_registry_lists_sorted_names_and_describes_each(
-    registry: Registry[object], kind: str
+    registry: Registry[Any], kind: str
 ) -> None:
     assert registry.kind == kind and len(registry) > 0
     assert registry.names() == sorted(registry.names())

@@ -39,7 +39,7 @@ def test_load_results_reads_every_model(built: Path) -> None:
     assert [m.name for m in results.models] == [*MODELS, WRN, FAILED]
     assert [m.name for m in results.done_models] == [*MODELS, WRN]
     failed = results.models[-1]
-    assert failed.status == "failed" and "checkpoint not found" in failed.error and failed.ops == []
+    assert failed.status == "failed" and "checkpoint not found" in (failed.error or "") and failed.ops == []
     wrn = results.models[-2]
     assert wrn.robust_accuracy is None and wrn.clean_accuracy == 0.9 and [o.name for o in wrn.ops] == WRN_OPS
     trained = next(m for m in results.models if m.name == TRAINED)
@@ -173,7 +173,7 @@ def test_a_model_without_its_file_is_listed_as_not_finished(tmp_path: Path) -> N
     (root / "models" / "standard-c.json").unlink()
     results = load_results(root)
     missing = next(m for m in results.models if m.name == "standard-c")
-    assert not missing.done and "no result file models/standard-c.json" in missing.error
+    assert not missing.done and "no result file models/standard-c.json" in (missing.error or "")
     assert "standard-c" not in {r["model"] for r in table_rows(results)}
 
 

@@ -22,6 +22,7 @@ pytestmark = [
 
 
 def chromium(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM is not None  # the module is skipped without it
     command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={home}", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
 

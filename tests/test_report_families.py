@@ -164,7 +164,7 @@ def test_default_bias_is_the_measured_one() -> None:
 
 def test_module_imports_neither_torch_nor_numpy() -> None:
     tree = ast.parse(Path(families.__file__).read_text())
-    imported = set()
+    imported: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             imported.update(alias.name.split(".")[0] for alias in node.names)

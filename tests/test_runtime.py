@@ -69,14 +69,15 @@ def test_is_channels_last_and_on_device_give_a_model_its_layout_back() -> None:
     x = torch.rand(2, 3, 4, 4)
     assert not is_channels_last(x) and is_channels_last(x.contiguous(memory_format=torch.channels_last))
     assert not is_channels_last(torch.rand(2, 1, 4, 4).contiguous(memory_format=torch.channels_last))
-    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3))  # the first weight fits both layouts
+    conv = nn.Conv2d(8, 8, 3)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), conv)  # the first weight fits both layouts
     with on_device(model, torch.device("cpu"), channels_last=True):
-        assert is_channels_last(model[1].weight)
-    assert model[1].weight.is_contiguous()
+        assert is_channels_last(conv.weight)
+    assert conv.weight.is_contiguous()
     model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     with on_device(model, torch.device("cpu"), channels_last=True):
         pass
-    assert is_channels_last(model[1].weight)
+    assert is_channels_last(conv.weight)
 
 
 def test_progress_bars_show_on_rank_0_only_and_not_when_silenced() -> None:
@@ -111,12 +112,14 @@ def test_check_unit_range_messages() -> None:
 
 
 def test_check_finite_weights_names_every_bad_tensor() -> None:
-    model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+    linear, norm = nn.Linear(2, 3), nn.BatchNorm1d(3)
+    model = nn.Sequential(linear, norm)
     check_finite_weights(model)  # the integer buffer num_batches_tracked is not looked at
     check_finite_weights(nn.ReLU())
+    assert norm.running_mean is not None
     with torch.no_grad():
-        model[0].bias[1] = float("-inf")
-        model[1].running_mean[:] = float("nan")
+        linear.bias[1] = float("-inf")
+        norm.running_mean[:] = float("nan")
     with pytest.raises(
         CnnAliasingError,
         match=r"^the model's weights hold NaN or Inf: 0\.bias \(0 NaN, 1 Inf of 3 values\), "

@@ -35,8 +35,10 @@ def _checkpoint(path: Path, seed: int, *, nan: bool = False) -> Path:
     torch.manual_seed(seed)
     model = create_model("preact_resnet18", **ARGS)
     if nan:
+        linear = model.linear
+        assert isinstance(linear, torch.nn.Linear)
         with torch.no_grad():
-            model.linear.bias.fill_(float("nan"))
+            linear.bias.fill_(float("nan"))
     save_checkpoint(model, path)
     return path
 
@@ -85,7 +87,7 @@ def _run(raw: dict[str, Any], **kwargs: Any) -> Any:
     )
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _read(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
@@ -195,8 +197,8 @@ def test_a_study_writes_every_file_with_the_measurements_of_direct_calls(study_d
         assert "".join("01"[int(b)] for b in per_image.clean) == record["per_image"]["clean"]
         assert "".join("01"[int(b)] for b in per_image.robust) == record["per_image"]["robust"]
         assert list(per_image.aliasing) == [op["name"] for op in record["aliasing"]["ops"]]
-        for op, values in per_image.aliasing.items():
-            assert values.shape == (N_IMAGES,) and values.tolist() == record["aliasing"]["per_image"][op]
+        for op_name, values in per_image.aliasing.items():
+            assert values.shape == (N_IMAGES,) and values.tolist() == record["aliasing"]["per_image"][op_name]
 
 
 def _check_per_image(

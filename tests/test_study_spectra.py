@@ -15,7 +15,7 @@ from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.study.spectra import capture_full_output, capture_spectrum, map_spectra
 
 
-def _model() -> nn.Module:
+def _model() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Conv2d(3, 5, 3, padding=1),
@@ -80,6 +80,7 @@ def test_the_captured_output_is_the_op_at_stride_one() -> None:
     model(image.unsqueeze(0))  # materialise the lazy layer
     x, op = capture_full_output(model, image, "2")
     conv1, conv2 = model[0], model[2]
+    assert isinstance(conv1, nn.Conv2d) and isinstance(conv2, nn.Conv2d)
     expected = F.conv2d(F.relu(conv1(image.unsqueeze(0))), conv2.weight, conv2.bias, padding=1)[0]
     assert op.factor == (2, 2) and x.shape == (6, 8, 8)
     torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-6)

@@ -387,7 +387,8 @@ def test_resume_after_a_kill_is_bit_identical(cifar_dir: Path, tmp_path: Path, m
 
 def test_resuming_on_other_images_is_refused(cifar_dir: Path, tmp_path: Path, monkeypatch) -> None:
     recipe = tiny_recipe("small-standard", epochs=2, eval_every=0)
-    run_epoch, calls = Trainer.run_epoch, []
+    run_epoch = Trainer.run_epoch
+    calls: list[int] = []
 
     def dying(self: Trainer, *args: Any, **kwargs: Any) -> Any:
         if calls:

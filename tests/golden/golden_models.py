@@ -66,7 +66,7 @@ class Float64Inside(nn.Module):
     """Runs ``body`` (float32 parameters) in float64 on float32 images in [0, 1], normalised inside to
     ``2 x - 1`` (exact), and returns float32 logits."""
 
-    def __init__(self, body: nn.Module) -> None:
+    def __init__(self, body: nn.Sequential) -> None:
         super().__init__()
         self.body = body
 
@@ -110,7 +110,7 @@ def linear_model(shape: tuple[int, ...] = SHAPE, bias_scale: float = 0.25) -> nn
     return Float64Inside(body).eval()
 
 
-def _fill(body: nn.Module, seed: int, bias_scale: float = 0.125) -> None:
+def _fill(body: nn.Sequential, seed: int, bias_scale: float = 0.125) -> None:
     """Overwrite the weights of each layer with ``symmetric`` values in [-2 s, 2 s), ``s`` the power of
     two nearest to ``1 / sqrt(fan_in)``, and its biases with values in [-bias_scale, bias_scale)."""
     with torch.no_grad():
@@ -118,6 +118,7 @@ def _fill(body: nn.Module, seed: int, bias_scale: float = 0.125) -> None:
             fan_in = module.weight[0].numel()
             scale = 2.0 ** -round(0.5 * math.log2(fan_in))
             module.weight.copy_(symmetric(seed + 2 * index, tuple(module.weight.shape), 2 * scale))
+            assert module.bias is not None
             module.bias.copy_(symmetric(seed + 2 * index + 1, tuple(module.bias.shape), bias_scale))
 
 

@@ -204,7 +204,9 @@ class ASAPPool(_SpectralPool):
 
     downsampling_kind = "asap_pool"
 
-    def __init__(self, factor: int | Sequence[int] = 2, *, pad_to_odd: bool = False, **geometry: int) -> None:
+    def __init__(
+        self, factor: int | Sequence[int] = 2, *, pad_to_odd: bool = False, **geometry: int | Sequence[int]
+    ) -> None:
         super().__init__(factor, **geometry)
         if not isinstance(pad_to_odd, bool):
             raise CnnAliasingError(f"ASAPPool: pad_to_odd must be true or false, got {pad_to_odd!r}")
