@@ -41,8 +41,9 @@ from torch import nn
 from cnn_aliasing.attacks import ThreatModel, fgsm, robust_accuracy
 from cnn_aliasing.data import load_cifar10
 from cnn_aliasing.eps import parse_eps
+from cnn_aliasing.files import write_json_atomic
 from cnn_aliasing.models.normalization import make_normalizer
-from cnn_aliasing.provenance import run_metadata, write_json_atomic
+from cnn_aliasing.provenance import run_metadata
 
 
 class _ShortcutA(nn.Module):

@@ -21,8 +21,8 @@ import cnn_aliasing
 from cifar_fixtures import make_layout
 from cnn_aliasing import cli, data, find_downsamplers, zoo
 from cnn_aliasing import measure as measure_aliasing
+from cnn_aliasing.clean_accuracy import clean_accuracy
 from cnn_aliasing.cli import measure as measure_command
-from cnn_aliasing.evaluation import clean_accuracy
 from cnn_aliasing.identity import data_sha256, model_identity
 from cnn_aliasing.models import create_model, load_checkpoint, model_descriptions, save_checkpoint
 

@@ -14,7 +14,7 @@ from torch import nn
 from cnn_aliasing import measure
 from cnn_aliasing.aliasing_report import AliasingReport, ChannelSample, MetricSummary, OpAliasing
 from cnn_aliasing.errors import CnnAliasingError, ReportFormatError
-from cnn_aliasing.provenance import write_json_atomic
+from cnn_aliasing.files import write_json_atomic
 
 
 def small_net() -> nn.Sequential:

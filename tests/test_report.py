@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cnn_aliasing import cli, measure
-from cnn_aliasing.provenance import write_json_atomic
+from cnn_aliasing.files import write_json_atomic
 from cnn_aliasing.report import ResultsError, build_report, load_results
 from cnn_aliasing.report.html import render_html
 from cnn_aliasing.report.results import table_rows

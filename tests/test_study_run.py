@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from cifar_fixtures import make_layout
 from cnn_aliasing import data, measure
 from cnn_aliasing.attacks import RobustAccuracy, robust_accuracy
+from cnn_aliasing.clean_accuracy import clean_accuracy
 from cnn_aliasing.cli import main
-from cnn_aliasing.evaluation import clean_accuracy
 from cnn_aliasing.models import create_model, save_checkpoint
 from cnn_aliasing.plausibility import checkpoint_doubt
 from cnn_aliasing.probe import find_downsamplers

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cnn_aliasing.errors import CnnAliasingError, DataError
+from cnn_aliasing.files import atomic_file
 from cnn_aliasing.validation import is_int, optional
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -234,13 +235,15 @@ def _md5_of(path: Path) -> str:
 
 
 def _fetch(url: str, dest: Path, md5: str, progress: bool) -> None:
-    """Download `url` to `dest` through a temporary file, checking its md5; leaves nothing on failure."""
-    tmp: Path | None = None
+    """Download `url` to `dest` through a temporary file (:func:`cnn_aliasing.files.atomic_file`), checking
+    its md5; leaves nothing on failure."""
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        tmp = Path(tmp_name)
-        digest = hashlib.md5(usedforsecurity=False)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
+        with (
+            atomic_file(dest) as tmp,
+            tmp.open("wb") as out,
+            urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response,
+        ):
+            digest = hashlib.md5(usedforsecurity=False)
             size = response.headers.get("Content-Length")
             with tqdm(
                 total=int(size) if size else None,
@@ -254,22 +257,17 @@ def _fetch(url: str, dest: Path, md5: str, progress: bool) -> None:
                     out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
-        got = digest.hexdigest()
-        if got != md5:
-            raise DataError(
-                f"checksum mismatch for {url}: expected md5 {md5}, got {got}; the download was deleted, "
-                "try again or place the python layout in the data folder yourself"
-            )
-        os.replace(tmp, dest)
-    except BaseException as exc:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise DataError(
-                f"cannot download CIFAR-10 from {url} to {dest.parent}: {exc}; without internet, place "
-                f"{CIFAR10_FOLDER}/ there yourself (e.g. `python shared/data/make_cifar10.py DIR`)"
-            ) from exc
-        raise
+            got = digest.hexdigest()
+            if got != md5:
+                raise DataError(
+                    f"checksum mismatch for {url}: expected md5 {md5}, got {got}; the download was deleted, "
+                    "try again or place the python layout in the data folder yourself"
+                )
+    except OSError as exc:
+        raise DataError(
+            f"cannot download CIFAR-10 from {url} to {dest.parent}: {exc}; without internet, place "
+            f"{CIFAR10_FOLDER}/ there yourself (e.g. `python shared/data/make_cifar10.py DIR`)"
+        ) from exc
 
 
 def _member_path(base: Path, member: tarfile.TarInfo, archive: Path) -> Path:

@@ -25,8 +25,8 @@ from torch import nn
 
 from cnn_aliasing import models, training, zoo
 from cnn_aliasing.errors import CnnAliasingError, ModelArgumentError, UnknownNameError
+from cnn_aliasing.files import sha256_of
 from cnn_aliasing.models.normalization import make_normalizer
-from cnn_aliasing.provenance import sha256_of
 from cnn_aliasing.registry import Registry
 
 SourceMeta = dict[str, Any]

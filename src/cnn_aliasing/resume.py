@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cnn_aliasing.errors import CnnAliasingError
-from cnn_aliasing.provenance import JsonFileError, read_json_object, write_json_atomic
+from cnn_aliasing.files import JsonFileError, read_json_object, write_json_atomic
 
 T = TypeVar("T")
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from cnn_aliasing.provenance import atomic_file
+from cnn_aliasing.files import atomic_file
 from cnn_aliasing.resume import JsonStateFile, check_identity
 
 STATE_FORMAT = "cnn-aliasing robust-accuracy state"

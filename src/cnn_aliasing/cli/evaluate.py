@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from cnn_aliasing import attacks, data, zoo
+from cnn_aliasing.clean_accuracy import AccuracyResult, clean_accuracy
 from cnn_aliasing.cli.options import (
     add_input_arguments,
     load_inputs,
@@ -16,8 +17,7 @@ from cnn_aliasing.cli.options import (
 )
 from cnn_aliasing.cli.registry import Subcommand, register_subcommand
 from cnn_aliasing.eps import parse_eps
-from cnn_aliasing.evaluation import AccuracyResult, clean_accuracy
-from cnn_aliasing.provenance import write_json_atomic
+from cnn_aliasing.files import write_json_atomic
 
 
 @register_subcommand

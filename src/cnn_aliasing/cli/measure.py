@@ -17,9 +17,9 @@ from cnn_aliasing.cli.options import (
 )
 from cnn_aliasing.cli.registry import Subcommand, register_subcommand
 from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.files import write_csv_atomic, write_json_atomic
 from cnn_aliasing.measurement import measure
 from cnn_aliasing.probe import find_downsamplers
-from cnn_aliasing.provenance import write_csv_atomic, write_json_atomic
 
 
 @register_subcommand

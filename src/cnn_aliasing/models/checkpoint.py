@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from cnn_aliasing.errors import CheckpointError, first_line
-from cnn_aliasing.provenance import StrPath, atomic_file
+from cnn_aliasing.files import StrPath, atomic_file
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 _PREFIXES = ("module.", "model.")

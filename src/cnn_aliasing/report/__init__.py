@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnn_aliasing.provenance import atomic_file, code_metadata, write_json_atomic
+from cnn_aliasing.files import atomic_file, write_json_atomic
+from cnn_aliasing.provenance import code_metadata
 from cnn_aliasing.report.figures import make_figures
 from cnn_aliasing.report.html import render_html
 from cnn_aliasing.report.results import ResultsError, StudyResults, load_results, table_rows, write_tables

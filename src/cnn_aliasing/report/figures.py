@@ -24,7 +24,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 from tqdm.auto import tqdm
 
-from cnn_aliasing.provenance import atomic_file
+from cnn_aliasing.files import atomic_file
 from cnn_aliasing.report.results import ModelResult, SpectrumResult, StudyResults
 from cnn_aliasing.report.statistics import (
     permutation_test,

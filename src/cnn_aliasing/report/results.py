@@ -14,7 +14,7 @@ import numpy as np
 
 from cnn_aliasing.aliasing_report import AM, AliasingReport, OpAliasing
 from cnn_aliasing.errors import CnnAliasingError, ReportFormatError
-from cnn_aliasing.provenance import read_json_object, write_csv_atomic, write_json_atomic
+from cnn_aliasing.files import read_json_object, write_csv_atomic, write_json_atomic
 from cnn_aliasing.report_settings import ReportSettings
 from cnn_aliasing.result_status import DONE
 
@@ -432,5 +432,5 @@ def write_tables(results: StudyResults, rows: list[dict[str, Any]]) -> list[Path
     csv_path = results.root / "results.csv"
     json_path = results.root / "results.json"
     write_csv_atomic(csv_path, rows)
-    write_json_atomic(json_path, rows)  # writes NaN as null (provenance.json_safe)
+    write_json_atomic(json_path, rows)  # writes NaN as null (files.json_safe)
     return [csv_path, json_path]

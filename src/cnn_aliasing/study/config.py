@@ -20,7 +20,7 @@ from cnn_aliasing.attacks import NORMS, check_radius, resolve_attacks
 from cnn_aliasing.eps import is_eps
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.fields import check_keys, checked, field_names, read_fields
-from cnn_aliasing.provenance import read_toml
+from cnn_aliasing.files import read_toml
 from cnn_aliasing.report_settings import DEFAULT_RESAMPLES, DEFAULT_SEED
 from cnn_aliasing.study.specs import ModelSpec, parse_model_spec
 from cnn_aliasing.study.toml_fields import is_path, is_str_list, is_table, to_json

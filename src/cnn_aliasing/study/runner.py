@@ -39,12 +39,13 @@ from cnn_aliasing.aliasing_report import AliasingReport
 from cnn_aliasing.attacks import robust_accuracy
 from cnn_aliasing.attacks.cascade_state import flag_string
 from cnn_aliasing.attacks.robust import RobustAccuracy
+from cnn_aliasing.clean_accuracy import clean_accuracy
 from cnn_aliasing.errors import CnnAliasingError, DistributedError, error_line
-from cnn_aliasing.evaluation import clean_accuracy
+from cnn_aliasing.files import JsonFileError, read_json_object, write_json_atomic
 from cnn_aliasing.identity import data_sha256, model_identity
 from cnn_aliasing.measurement import measure
 from cnn_aliasing.plausibility import checkpoint_doubt
-from cnn_aliasing.provenance import JsonFileError, read_json_object, run_metadata, write_json_atomic
+from cnn_aliasing.provenance import run_metadata
 from cnn_aliasing.result_status import DONE, FAILED, PENDING, ResultStatus
 from cnn_aliasing.resume import StateMismatchError
 from cnn_aliasing.runtime import evaluation_mode, resolve_device, run_model

@@ -31,8 +31,8 @@ from torch import nn
 from cnn_aliasing import distributed
 from cnn_aliasing.data import load_cifar10, to_float
 from cnn_aliasing.errors import CnnAliasingError
+from cnn_aliasing.files import StrPath
 from cnn_aliasing.models import create_model
-from cnn_aliasing.provenance import StrPath
 from cnn_aliasing.runtime import progress_bar, resolve_device, safe_on_cpu, use_channels_last
 from cnn_aliasing.training.augment import crop_flip, crop_flip_draws
 from cnn_aliasing.training.objectives import get_objective

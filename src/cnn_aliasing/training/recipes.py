@@ -22,7 +22,7 @@ from typing import Any, Literal, get_args
 from cnn_aliasing.eps import is_eps
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.fields import check_fields, check_keys, checked, field_names
-from cnn_aliasing.provenance import StrPath, read_toml
+from cnn_aliasing.files import StrPath, read_toml
 from cnn_aliasing.registry import Registry
 from cnn_aliasing.validation import (
     Check,

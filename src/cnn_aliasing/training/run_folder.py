@@ -37,17 +37,11 @@ from torch import nn
 
 from cnn_aliasing import distributed
 from cnn_aliasing.errors import CheckpointError, CnnAliasingError
+from cnn_aliasing.files import JsonFileError, StrPath, atomic_file, read_json_object, write_json_atomic
 from cnn_aliasing.identity import data_sha256, weights_sha256
 from cnn_aliasing.models import create_model, load_checkpoint
 from cnn_aliasing.models.checkpoint import cpu_state_dict, save_state_dict
-from cnn_aliasing.provenance import (
-    JsonFileError,
-    StrPath,
-    atomic_file,
-    read_json_object,
-    run_metadata,
-    write_json_atomic,
-)
+from cnn_aliasing.provenance import run_metadata
 from cnn_aliasing.resume import check_identity
 from cnn_aliasing.training.objectives import attack_step, get_objective
 from cnn_aliasing.training.recipes import Recipe

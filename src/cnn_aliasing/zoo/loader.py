@@ -17,8 +17,8 @@ from pathlib import Path
 from torch import nn
 
 from cnn_aliasing.errors import CheckpointError, first_line
+from cnn_aliasing.files import StrPath
 from cnn_aliasing.models import load_checkpoint
-from cnn_aliasing.provenance import StrPath
 from cnn_aliasing.zoo.entry import ZooEntry
 from cnn_aliasing.zoo.registry import zoo_entry
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnn_aliasing.clean_accuracy import AccuracyResult, clean_accuracy
 from cnn_aliasing.errors import CnnAliasingError
-from cnn_aliasing.evaluation import AccuracyResult, clean_accuracy
 
 
 class ReadsLabel(nn.Module):
@@ -51,3 +51,11 @@ def test_progress_bar_and_no_images(capsys: pytest.CaptureFixture[str]) -> None:
     assert "clean accuracy" in capsys.readouterr().err
     with pytest.raises(CnnAliasingError, match="no images"):
         clean_accuracy(ReadsLabel(), [], progress=False)
+
+
+def test_the_former_module_name_still_imports_the_same_objects() -> None:
+    from cnn_aliasing import clean_accuracy as module
+    from cnn_aliasing.evaluation import AccuracyResult as former_result
+    from cnn_aliasing.evaluation import clean_accuracy as former
+
+    assert former is module.clean_accuracy and former_result is module.AccuracyResult
