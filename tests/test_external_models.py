@@ -412,7 +412,7 @@ def test_study_external_entry_expands_and_loads(tmp_path: Path, fake_timm: list[
 @pytest.mark.parametrize(
     ("entry", "needle"),
     [
-        ({"external": "resnet50"}, "s.toml: [[models]] #1: external: 'resnet50' is not a model reference"),
+        ({"external": "resnet50"}, "s.toml: [[models]] #1 key external: 'resnet50' is not a model reference"),
         (
             {"external": "mypkg.nets:make_net", "pretrained": True},
             "pretrained applies to timm: and torchvision:",
