@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cnn_aliasing.errors import ReportFormatError
+from cnn_aliasing.files import required_key
 
 AM = "aliasing"
 
@@ -225,11 +226,8 @@ class AliasingReport:
 
 
 def _key(obj: Any, key: str, where: str) -> Any:
-    """``obj[key]`` of a report read back from JSON; a missing key names its path (``where`` is the
-    parent's path, ending in a dot)."""
-    if not isinstance(obj, dict) or key not in obj:
-        raise ReportFormatError(f"missing key {where + key!r}")
-    return obj[key]
+    """``obj[key]`` of a report read back from JSON (``where``: the parent's path, ending in a dot)."""
+    return required_key(obj, key, where, error=ReportFormatError)
 
 
 def _pair(value: Sequence[int]) -> tuple[int, int]:

@@ -112,6 +112,22 @@ class JsonFileError(CnnAliasingError):
     """A JSON file is missing, unreadable, not JSON, or not an object at the top level."""
 
 
+def required_key(
+    obj: Any,
+    key: str,
+    where: str = "",
+    *,
+    error: type[CnnAliasingError] = JsonFileError,
+    file: StrPath | None = None,
+) -> Any:
+    """``obj[key]`` of data read back from a file: a missing key (or ``obj`` not a mapping) is an ``error``
+    naming the full key path (``where`` is the parent's path, ending in a dot) and ``file`` if given."""
+    if not isinstance(obj, dict) or key not in obj:
+        prefix = "" if file is None else f"{file}: "
+        raise error(f"{prefix}missing key {where + key!r}")
+    return obj[key]
+
+
 def read_json_object(path: StrPath, *, error: type[CnnAliasingError] = JsonFileError) -> dict[str, Any]:
     """The JSON object in ``path``; an ``error`` (by default a :class:`JsonFileError`; a caller's own class
     where it has one) names the file and what is wrong with it."""

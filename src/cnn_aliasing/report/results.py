@@ -14,7 +14,7 @@ import numpy as np
 
 from cnn_aliasing.aliasing_report import AM, AliasingReport, OpAliasing
 from cnn_aliasing.errors import CnnAliasingError, ReportFormatError
-from cnn_aliasing.files import read_json_object, write_csv_atomic, write_json_atomic
+from cnn_aliasing.files import read_json_object, required_key, write_csv_atomic, write_json_atomic
 from cnn_aliasing.report_settings import ReportSettings
 from cnn_aliasing.result_status import DONE
 
@@ -28,9 +28,7 @@ class ResultsError(CnnAliasingError):
 
 def _get(obj: dict[str, Any], key: str, path: Path, where: str = "") -> Any:
     """``obj[key]``; a missing key names the file and the full key (``where`` is the parent's key path)."""
-    if not isinstance(obj, dict) or key not in obj:
-        raise ResultsError(f"{path}: missing key {where + key!r}")
-    return obj[key]
+    return required_key(obj, key, where, error=ResultsError, file=path)
 
 
 @dataclass(frozen=True)
