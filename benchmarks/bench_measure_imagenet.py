@@ -23,7 +23,8 @@ one measurement per down-sampling op selecting that op alone (``include=[name]``
 time over the plain pass (paired median); the op's own time in the plain pass ("strided") and in the
 measurement ("probed", both timed by forward hooks on its module); within the probed call, the time forming
 the stride-1 output (``StridedCall.full``), in the spectral metrics (``spectral.per_map_metrics`` or
-``pointwise_per_map_metrics``: FFTs or DFT matrix products, and the sums), and the rest (slicing the real
+``ConvSpectra.per_map_metrics`` for a convolution measured from its input's spectra: FFTs, DFT matrix
+products or the kernel's mix, and the sums), and the rest (slicing the real
 output, accumulating the moments, the probe's dispatch). Then one profiled run each of the plain pass and
 the exact measurement (``torch.profiler``, CPU self time per aten operator), grouped into convolution, FFT,
 matmul, pooling, copy/layout and other (elementwise and reductions), and the operators whose self time
@@ -47,6 +48,7 @@ from torch import nn
 
 from bench_measure import synchronize
 from cnn_aliasing import find_downsamplers, measure, spectral
+from cnn_aliasing.conv_spectra import ConvSpectra
 from cnn_aliasing.downsamplers import StridedCall
 from imagenet_networks import NETWORKS
 
@@ -278,10 +280,15 @@ class Stopwatch:
             stack.enter_context(
                 mock.patch.object(StridedCall, "full", self.timed("stride-1", StridedCall.full))
             )
-            for name in ("per_map_metrics", "pointwise_per_map_metrics"):
-                stack.enter_context(
-                    mock.patch.object(spectral, name, self.timed("metrics", getattr(spectral, name)))
+            stack.enter_context(
+                mock.patch.object(
+                    spectral, "per_map_metrics", self.timed("metrics", spectral.per_map_metrics)
                 )
+            )
+            metrics = ConvSpectra.per_map_metrics
+            stack.enter_context(
+                mock.patch.object(ConvSpectra, "per_map_metrics", self.timed("metrics", metrics))
+            )
             yield
 
 
