@@ -80,7 +80,7 @@ class ConvGeometry:
 def _kept_frequencies(geometry: ConvGeometry, nyquist: Nyquist) -> tuple[list[int | None], list[int | None]]:
     """For each small row and each small column formed, the frequency of X kept in Z (None: zero)."""
     hm, wm = geometry.grid_size
-    grid = spectral._Grid(hm, wm, geometry.factor, nyquist)
+    grid = spectral.Grid(hm, wm, geometry.factor, nyquist)
     return grid.rows(), grid.columns()
 
 
@@ -263,7 +263,7 @@ class ConvSpectra:
         self.groups = groups
         self.nyquist = nyquist
         hm, wm = geometry.grid_size
-        self.grid = spectral._Grid(hm, wm, geometry.factor, nyquist)
+        self.grid = spectral.Grid(hm, wm, geometry.factor, nyquist)
         self.rows, self.columns = self.grid.rows(), self.grid.columns()
         self._response: torch.Tensor | None = None
         self.input_index: torch.Tensor | None = None  # the input channels read (None: all)
@@ -359,7 +359,7 @@ class ConvSpectra:
                 results[name].append(spectral.PER_MAP_METRICS[name](spectra).reshape(-1, c_out))
         return {name: torch.cat(parts) for name, parts in results.items()}
 
-    def small_spectra(self, x: torch.Tensor, output: torch.Tensor) -> spectral._SmallSpectra:
+    def small_spectra(self, x: torch.Tensor, output: torch.Tensor) -> spectral.SmallSpectra:
         """Y (from the real output) and Z (from the input) of the maps of these images, (B C_out, n, L)."""
         g = self.geometry
         (hin, win), (ph, pw), (hm, wm) = g.in_size, g.padding, g.grid_size
@@ -385,7 +385,7 @@ class ConvSpectra:
         y, z = y.reshape(-1, *y.shape[-2:]), z.reshape(-1, *z.shape[-2:])
         if self.grid.half:
             spectral.zero_nyquist(z, self.grid)
-        return spectral._SmallSpectra(y.real, y.imag, z.real, z.imag, self.grid.weights(x.device), None)
+        return spectral.SmallSpectra(y.real, y.imag, z.real, z.imag, self.grid.weights(x.device), None)
 
     def _convolve(self, inputs: torch.Tensor, with_bias: bool) -> torch.Tensor:
         """This plan's convolution at stride 1 without padding over ``inputs`` (its input channels)."""

@@ -108,7 +108,7 @@ def fold(
 
 
 @dataclass
-class _SmallSpectra:
+class SmallSpectra:
     """Y and Z of each map (real and imaginary parts, shape (B, n, L)) and how to sum over the grid.
 
     With the zero Nyquist convention Y and Z of real maps are Hermitian, so only columns 0..m/2 are
@@ -138,7 +138,7 @@ class _SmallSpectra:
 
 
 @dataclass(frozen=True)
-class _Grid:
+class Grid:
     """Which frequencies of X the small spectra need, for maps (H, W), a factor and a convention."""
 
     h: int
@@ -176,7 +176,7 @@ class _Grid:
         return weights
 
 
-def _small_spectra_fft(x: torch.Tensor, grid: _Grid) -> _SmallSpectra:
+def _small_spectra_fft(x: torch.Tensor, grid: Grid) -> SmallSpectra:
     """Y and Z by FFTs: Y from the rFFT of y = x[..., ::s, ::t]; Z by an rFFT of x along W, the kept
     columns only, an FFT along H of those, and the kept rows. For large maps."""
     s, t = grid.factor
@@ -192,16 +192,16 @@ def _small_spectra_fft(x: torch.Tensor, grid: _Grid) -> _SmallSpectra:
     z = torch.cat([kept[..., :n0, :], kept[..., grid.h - n + n0 :, :]], dim=-2)
     if grid.half:
         zero_nyquist(z, grid)
-    return _SmallSpectra(y.real, y.imag, z.real, z.imag, grid.weights(x.device), x)
+    return SmallSpectra(y.real, y.imag, z.real, z.imag, grid.weights(x.device), x)
 
 
-def grid_spectrum(y: torch.Tensor, grid: _Grid) -> torch.Tensor:
+def grid_spectrum(y: torch.Tensor, grid: Grid) -> torch.Tensor:
     """Y: the spectrum of real maps y on the small grid (..., n, m), normalised by n m, as the columns the
     grid forms (0..m/2 for the half grid, else all m)."""
     return torch.fft.rfft2(y, norm="forward") if grid.half else torch.fft.fft2(y, norm="forward")
 
 
-def zero_nyquist(z: torch.Tensor, grid: _Grid) -> None:
+def zero_nyquist(z: torch.Tensor, grid: Grid) -> None:
     """Set Z's new Nyquist row and column to zero in place (the zero convention), where they exist."""
     _, n0, row_nyquist = _kept_bins(grid.h, grid.factor[0])
     _, m0, col_nyquist = _kept_bins(grid.w, grid.factor[1])
@@ -230,7 +230,7 @@ def _dft_matrix(
 
 
 @functools.lru_cache(maxsize=64)
-def _dft_matrices(grid: _Grid, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+def _dft_matrices(grid: Grid, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
     """The four matrices of :func:`_small_spectra_dft` for this grid, cached per dtype and device."""
     s, t = grid.factor
     n, m = grid.h // s, grid.w // t
@@ -243,7 +243,7 @@ def _dft_matrices(grid: _Grid, dtype: torch.dtype, device: torch.device) -> tupl
     return tuple(a.to(dtype=dtype, device=device) for a in (z_cols, y_cols, z_rows, y_rows))
 
 
-def _small_spectra_dft(x: torch.Tensor, grid: _Grid) -> _SmallSpectra:
+def _small_spectra_dft(x: torch.Tensor, grid: Grid) -> SmallSpectra:
     """Y and Z by DFT matrix products over only the frequencies needed. For small maps, where two flat
     matrix products beat FFTs: along W, x (B*H, W) times the kept columns (and, for Y, the rows ::s times
     the small-grid columns), then along H, the transposed result times the kept rows."""
@@ -263,7 +263,7 @@ def _small_spectra_dft(x: torch.Tensor, grid: _Grid) -> _SmallSpectra:
         imag = a[:, cols:, :n] + a[:, :cols, n:]
         parts += [real.transpose(1, 2), imag.transpose(1, 2)]
     y_re, y_im, z_re, z_im = parts
-    return _SmallSpectra(y_re, y_im, z_re, z_im, grid.weights(x.device), x)
+    return SmallSpectra(y_re, y_im, z_re, z_im, grid.weights(x.device), x)
 
 
 DFT_MAX_SIZE = 32
@@ -271,21 +271,21 @@ DFT_MAX_SIZE = 32
 GPU alike: two flat matrix products), larger ones by FFTs."""
 
 
-def _small_spectra(x: torch.Tensor, grid: _Grid) -> _SmallSpectra:
+def _small_spectra(x: torch.Tensor, grid: Grid) -> SmallSpectra:
     if max(grid.h, grid.w) <= DFT_MAX_SIZE:
         return _small_spectra_dft(x, grid)
     return _small_spectra_fft(x, grid)
 
 
-def _aliasing(sp: _SmallSpectra) -> torch.Tensor:
+def _aliasing(sp: SmallSpectra) -> torch.Tensor:
     return sp.bin_sum(torch.hypot(sp.y_re - sp.z_re, sp.y_im - sp.z_im))
 
 
-def _relative_aliasing(sp: _SmallSpectra) -> torch.Tensor:
+def _relative_aliasing(sp: SmallSpectra) -> torch.Tensor:
     return _ratio(_aliasing(sp), sp.bin_sum(torch.hypot(sp.y_re, sp.y_im)))
 
 
-def _alias_energy_fraction(sp: _SmallSpectra) -> torch.Tensor:
+def _alias_energy_fraction(sp: SmallSpectra) -> torch.Tensor:
     kept = sp.bin_sum(sp.z_re.square() + sp.z_im.square())
     energy = sp.energy()
     return _ratio((energy - kept).clamp(min=0), energy)
@@ -331,7 +331,7 @@ def per_map_metrics(
     lead, (h, w) = x.shape[:-2], x.shape[-2:]
     maps = x.reshape(-1, h, w)
     results: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    grid = _Grid(h, w, f, convention)
+    grid = Grid(h, w, f, convention)
     for chunk in maps.split(_chunk_size(maps)):
         spectra = _small_spectra(chunk, grid)
         for name in names:
