@@ -42,6 +42,16 @@ def random_batches(n_batches: int, batch_size: int, seed: int = 0) -> Iterator[t
         yield torch.rand(batch_size, 3, 32, 32, generator=gen)
 
 
+def add_sample_channels_argument(parser: argparse.ArgumentParser) -> None:
+    """--sample-channels: a fraction (with a point or an exponent) or a count; 0 skips the sampled run."""
+    parser.add_argument(
+        "--sample-channels",
+        type=lambda text: float(text) if "." in text or "e" in text else int(text),
+        default=0.125,
+        help="measure(sample_channels=...) timed beside the exact measurement (default 0.125; 0: skip)",
+    )
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -163,12 +173,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument(
-        "--sample-channels",
-        type=lambda text: float(text) if "." in text or "e" in text else int(text),
-        default=0.125,
-        help="measure(sample_channels=...) timed beside the exact measurement (default 0.125; 0: skip)",
-    )
+    add_sample_channels_argument(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--channels-last", action="store_true", help="model and inputs in channels_last")
     parser.add_argument("--memory", action="store_true", help="peak memory for 1,000 vs 10,000 images")

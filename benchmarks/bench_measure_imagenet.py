@@ -46,7 +46,7 @@ from unittest import mock
 import torch
 from torch import nn
 
-from bench_measure import synchronize
+from bench_measure import add_sample_channels_argument, synchronize
 from cnn_aliasing import find_downsamplers, measure, spectral
 from cnn_aliasing.conv_spectra import ConvSpectra
 from cnn_aliasing.downsamplers import StridedCall
@@ -484,12 +484,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=2)
     parser.add_argument("--size", type=int, default=224, help="image height and width")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--sample-channels",
-        type=lambda text: float(text) if "." in text or "e" in text else int(text),
-        default=0.125,
-        help="measure(sample_channels=...) timed beside the exact measurement (default 0.125; 0: skip)",
-    )
+    add_sample_channels_argument(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--list-ops", action="store_true", help="list each network's down-sampling ops")
     parser.add_argument("--breakdown", choices=list(NETWORKS), help="where one network's extra time goes")

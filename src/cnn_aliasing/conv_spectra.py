@@ -77,13 +77,6 @@ class ConvGeometry:
         )
 
 
-def _kept_frequencies(geometry: ConvGeometry, nyquist: Nyquist) -> tuple[list[int | None], list[int | None]]:
-    """For each small row and each small column formed, the frequency of X kept in Z (None: zero)."""
-    hm, wm = geometry.grid_size
-    grid = spectral.Grid(hm, wm, geometry.factor, nyquist)
-    return grid.rows(), grid.columns()
-
-
 def _twiddles(
     samples: Sequence[int], frequencies: Sequence[int | None], period: int, sign: int
 ) -> torch.Tensor:
@@ -140,10 +133,15 @@ def _take(
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)
 
 
-def _kept_spectrum(q: torch.Tensor, geometry: ConvGeometry, nyquist: Nyquist) -> torch.Tensor:
+Kept = tuple[list[int | None], list[int | None]]
+"""For each small row and each small column formed, the frequency of X kept in Z (None: zero), as
+:class:`~cnn_aliasing.spectral.Grid` gives them."""
+
+
+def _kept_spectrum(q: torch.Tensor, geometry: ConvGeometry, kept: Kept) -> torch.Tensor:
     """Q^ at the kept bins, (..., n, L) complex, normalised by Hm Wm: an rFFT along W, the kept columns,
     an FFT along H of those, the kept rows."""
-    rows, columns = _kept_frequencies(geometry, nyquist)
+    rows, columns = kept
     hm, wm = geometry.grid_size
     along_w = _take(torch.fft.rfft(q, dim=-1, norm="forward"), -1, columns, wm, half=True)
     return _take(torch.fft.fft(along_w, dim=-2, norm="forward"), -2, rows, hm, half=False)
@@ -197,11 +195,11 @@ def _band_difference(
 
 
 def _rows_band_spectrum(
-    band: torch.Tensor, first_row: int, geometry: ConvGeometry, nyquist: Nyquist
+    band: torch.Tensor, first_row: int, geometry: ConvGeometry, kept: Kept
 ) -> torch.Tensor:
     """The kept-bin DFT (normalised by Hm Wm) of a map holding ``band`` (a few whole rows) from row
     ``first_row`` and zeros elsewhere: an rFFT along W, then a twiddle product along H. (..., n, L)."""
-    rows, columns = _kept_frequencies(geometry, nyquist)
+    rows, columns = kept
     hm, wm = geometry.grid_size
     along_w = _take(torch.fft.rfft(band, dim=-1, norm="forward"), -1, columns, wm, half=True)  # (..., h, L)
     twiddle = _twiddles(range(first_row, first_row + band.shape[-2]), rows, hm, -1) / hm
@@ -209,16 +207,16 @@ def _rows_band_spectrum(
 
 
 def _columns_band_spectrum(
-    band: torch.Tensor, first_column: int, geometry: ConvGeometry, nyquist: Nyquist
+    band: torch.Tensor, first_column: int, geometry: ConvGeometry, kept: Kept
 ) -> torch.Tensor:
     """The same for a band of a few columns from ``first_column`` in rows 0 .. r0 - 1: an FFT along H
     (zero-padded to Hm), the kept rows, then a twiddle product along W. (..., n, L)."""
-    rows, columns = _kept_frequencies(geometry, nyquist)
+    rows, columns = kept
     hm, wm = geometry.grid_size
     along_h = torch.fft.fft(band, n=hm, dim=-2, norm="forward")
-    kept = _take(along_h, -2, rows, hm, half=False)
+    on_rows = _take(along_h, -2, rows, hm, half=False)
     twiddle = _twiddles(range(first_column, first_column + band.shape[-1]), columns, wm, -1) / wm
-    return kept @ twiddle.to(dtype=kept.dtype, device=band.device)
+    return on_rows @ twiddle.to(dtype=on_rows.dtype, device=band.device)
 
 
 ELEMENTWISE_MIX_CHANNELS = 4
@@ -364,12 +362,10 @@ class ConvSpectra:
         g = self.geometry
         (hin, win), (ph, pw), (hm, wm) = g.in_size, g.padding, g.grid_size
         pads = (pw, wm - win - pw, ph, hm - hin - ph)
+        kept = (self.rows, self.columns)
         step = max(1, CHUNK_ELEMENTS // max(1, x[0].numel()))  # transforms that stay in cache
         spectra = torch.cat(
-            [
-                _kept_spectrum(F.pad(part, pads) if any(pads) else part, g, self.nyquist)
-                for part in x.split(step)
-            ]
+            [_kept_spectrum(F.pad(part, pads) if any(pads) else part, g, kept) for part in x.split(step)]
         )
         z = self._mix(spectra)
         if self.bias is not None:
@@ -377,10 +373,10 @@ class ConvSpectra:
         r0, c0 = g.band_start
         if r0 < hm:
             band = _band_difference(x, self._convolve, g, range(r0, hm), range(wm))
-            z += _rows_band_spectrum(band, r0, g, self.nyquist)
+            z += _rows_band_spectrum(band, r0, g, kept)
         if c0 < wm and r0 > 0:
             band = _band_difference(x, self._convolve, g, range(r0), range(c0, wm))
-            z += _columns_band_spectrum(band, c0, g, self.nyquist)
+            z += _columns_band_spectrum(band, c0, g, kept)
         y = spectral.grid_spectrum(output, self.grid)
         y, z = y.reshape(-1, *y.shape[-2:]), z.reshape(-1, *z.shape[-2:])
         if self.grid.half:
