@@ -104,6 +104,20 @@ def test_metrics_from_input_spectra_equal_the_formed_full_output(name: str, nyqu
         np.testing.assert_allclose(got[metric].numpy(), want[metric], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["stem 7x7", "3x3 wide (matrix mix)", "grouped wide", "factor (2, 3)"])
+def test_one_image_per_chunk_gives_the_same_values(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images transformed one at a time (each written into its own rows of the spectra; the matrix mixes
+    then measure all four together) and measured one at a time."""
+    monkeypatch.setattr(conv_spectra, "CHUNK_ELEMENTS", 1)
+    x, weight, bias, geometry, groups = make_case(name, seed=2)
+    x = torch.cat([x, 2 * x.flip(0)])  # 4 images, each different
+    plan = ConvSpectra(weight, bias, geometry, groups, Nyquist.ZERO)
+    real = formed(x, weight, bias, geometry, groups, geometry.factor)
+    got = plan.per_map_metrics(ConvCall(x, weight, bias, geometry, groups), real, ["aliasing"])["aliasing"]
+    want = reference_metrics(formed(x, weight, bias, geometry, groups), geometry.factor, "zero")["aliasing"]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-10)
+
+
 @pytest.mark.parametrize("name", ["stem 7x7", "3x3 wide (matrix mix)", "depthwise 3x3", "grouped 5x5", "1x1"])
 def test_selected_output_channels_equal_their_columns(name: str) -> None:
     x, weight, bias, geometry, groups = make_case(name, seed=1)

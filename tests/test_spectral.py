@@ -168,6 +168,18 @@ def test_float32_input_agrees_with_float64_and_returns_float64(backend):
     torch.testing.assert_close(a16, a64, rtol=3e-2, atol=3e-2)
 
 
+def test_float32_maps_too_large_to_square_still_give_finite_exact_sums(backend):
+    """Values of 1e30 (their squares overflow float32): AM scales with the maps, as the float64 reference
+    does, and is finite (the magnitudes fall back to hypot for those maps)."""
+    x = torch.randn(2, 3, 24, 24, dtype=torch.float64)
+    want = 1e30 * spectral.aliasing_per_map(x, 2)
+    got = spectral.aliasing_per_map((1e30 * x).float(), 2)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
+    relative = spectral.relative_aliasing_per_map((1e30 * x).float(), 2)
+    torch.testing.assert_close(relative, spectral.relative_aliasing_per_map(x, 2), rtol=1e-5, atol=0)
+
+
 def test_leading_dims_and_factor_forms(backend):
     x = torch.randn(2, 3, 4, 9, 9, dtype=torch.float64)
     out = spectral.aliasing_per_map(x, 3)

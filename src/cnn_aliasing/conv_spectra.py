@@ -110,26 +110,41 @@ def _runs(items: Sequence[tuple[str, int]]) -> list[tuple[str, int, int]]:
     return runs
 
 
-def _take(
-    spectra: torch.Tensor, dim: int, frequencies: Sequence[int | None], size: int, half: bool
-) -> torch.Tensor:
-    """The DFT bins ``frequencies`` (None: a zero bin) along ``dim`` of ``spectra``, by slices. With
-    ``half``, ``spectra`` is an rFFT along ``dim`` of real maps of length ``size``: a frequency above
-    size / 2 is the conjugate of its mirror."""
+def _pieces(
+    tensor: torch.Tensor, dim: int, indices: Sequence[int | None], size: int, half: bool
+) -> list[torch.Tensor]:
+    """The slices of ``tensor`` along ``dim`` that :func:`_take` joins."""
     items = [
         ("zero", 0) if f is None else ("mirror", size - f) if half and f > size // 2 else ("direct", f)
-        for f in frequencies
+        for f in indices
     ]
     pieces = []
     for kind, first, count in _runs(items):
         if kind == "direct":
-            pieces.append(spectra.narrow(dim, first, count))
+            pieces.append(tensor.narrow(dim, first, count))
         elif kind == "mirror":
-            pieces.append(spectra.narrow(dim, first - count + 1, count).flip(dim).conj())
+            pieces.append(tensor.narrow(dim, first - count + 1, count).flip(dim).conj())
         else:
-            shape = list(spectra.shape)
+            shape = list(tensor.shape)
             shape[dim] = count
-            pieces.append(spectra.new_zeros(shape))
+            pieces.append(tensor.new_zeros(shape))
+    return pieces
+
+
+def _take(
+    tensor: torch.Tensor,
+    dim: int,
+    indices: Sequence[int | None],
+    size: int = 0,
+    half: bool = False,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``tensor``'s entries ``indices`` (None: a zero) along ``dim``, by slices (a view where they are one
+    run), into ``out`` if given. With ``half``, ``tensor`` is an rFFT along ``dim`` of real maps of length
+    ``size``: a frequency above size / 2 is the conjugate of its mirror."""
+    pieces = _pieces(tensor, dim, indices, size, half)
+    if out is not None:
+        return torch.cat(pieces, dim=dim, out=out)
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)
 
 
@@ -138,29 +153,23 @@ Kept = tuple[list[int | None], list[int | None]]
 :class:`~cnn_aliasing.spectral.Grid` gives them."""
 
 
-def _kept_spectrum(q: torch.Tensor, geometry: ConvGeometry, kept: Kept) -> torch.Tensor:
-    """Q^ at the kept bins, (..., n, L) complex, normalised by Hm Wm: an rFFT along W, the kept columns,
-    an FFT along H of those, the kept rows."""
-    rows, columns = kept
-    hm, wm = geometry.grid_size
-    along_w = _take(torch.fft.rfft(q, dim=-1, norm="forward"), -1, columns, wm, half=True)
-    return _take(torch.fft.fft(along_w, dim=-2, norm="forward"), -2, rows, hm, half=False)
+def _any_where_zeroed(frequencies: Sequence[int | None]) -> list[int | None]:
+    """The frequencies with each None (a bin whose Z is set afterwards) replaced by the bin's own index,
+    so that the kept bins form fewer runs (fewer copies)."""
+    return [k if f is None else f for k, f in enumerate(frequencies)]
 
 
-def _gather(x: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """x[..., rows, columns] where an index of -1 gives zeros (the shorter axis is gathered first)."""
-    valid = (rows >= 0)[:, None] & (columns >= 0)[None, :]
-    if rows.numel() <= columns.numel():
-        picked = x.index_select(-2, rows.clamp(min=0)).index_select(-1, columns.clamp(min=0))
-    else:
-        picked = x.index_select(-1, columns.clamp(min=0)).index_select(-2, rows.clamp(min=0))
-    return picked * valid.to(picked.dtype)
+def _input_index(position: int, pad: int, size: int) -> int | None:
+    """For a row (or column) of the zero-padded input, the input's row (None: a zero of the padding)."""
+    source = position - pad
+    return source if 0 <= source < size else None
 
 
-def _input_index(positions: torch.Tensor, pad: int, size: int) -> torch.Tensor:
-    """For rows (or columns) of the zero-padded input, the input's row (-1: a zero of the padding)."""
-    source = positions - pad
-    return torch.where((source >= 0) & (source < size), source, torch.full_like(source, -1))
+def _window(x: torch.Tensor, rows: Sequence[int | None], columns: Sequence[int | None]) -> torch.Tensor:
+    """x[..., rows, columns] where None gives zeros, by slices (the shorter axis taken first)."""
+    if len(rows) <= len(columns):
+        return _take(_take(x, -2, rows), -1, columns)
+    return _take(_take(x, -1, columns), -2, rows)
 
 
 def _band_difference(
@@ -179,44 +188,22 @@ def _band_difference(
         geometry.reach,
         geometry.grid_size,
     )
-    device = x.device
-    r = torch.arange(rows.start, rows.stop + eh, device=device)
-    c = torch.arange(columns.start, columns.stop + ew, device=device)
-    true_input = _gather(x, _input_index(r, ph, hin), _input_index(c, pw, win))
-    wrapped_input = _gather(x, _input_index(r % hm, ph, hin), _input_index(c % wm, pw, win))
+    r = range(rows.start, rows.stop + eh)
+    c = range(columns.start, columns.stop + ew)
+    true_input = _window(x, [_input_index(i, ph, hin) for i in r], [_input_index(j, pw, win) for j in c])
+    wrapped_input = _window(
+        x, [_input_index(i % hm, ph, hin) for i in r], [_input_index(j % wm, pw, win) for j in c]
+    )
     hf, wf = geometry.full_size
-    outside = (r[: len(rows), None] >= hf) | (c[None, : len(columns)] >= wf)
-    if bool(outside.all()):  # all zero-padding to the multiple (a patch convolution's bands)
+    outside_rows = torch.tensor([i >= hf for i in rows], device=x.device)
+    outside_columns = torch.tensor([j >= wf for j in columns], device=x.device)
+    outside = outside_rows[:, None] | outside_columns[None, :]
+    if all(i >= hf for i in rows) or all(j >= wf for j in columns):  # all zero-padding to the multiple
         return -convolve(wrapped_input, True)
     difference = convolve(true_input - wrapped_input, False)
-    if bool(outside.any()):
+    if any(i >= hf for i in rows) or any(j >= wf for j in columns):
         difference = torch.where(outside, -convolve(wrapped_input, True), difference)
     return difference
-
-
-def _rows_band_spectrum(
-    band: torch.Tensor, first_row: int, geometry: ConvGeometry, kept: Kept
-) -> torch.Tensor:
-    """The kept-bin DFT (normalised by Hm Wm) of a map holding ``band`` (a few whole rows) from row
-    ``first_row`` and zeros elsewhere: an rFFT along W, then a twiddle product along H. (..., n, L)."""
-    rows, columns = kept
-    hm, wm = geometry.grid_size
-    along_w = _take(torch.fft.rfft(band, dim=-1, norm="forward"), -1, columns, wm, half=True)  # (..., h, L)
-    twiddle = _twiddles(range(first_row, first_row + band.shape[-2]), rows, hm, -1) / hm
-    return twiddle.to(dtype=along_w.dtype, device=band.device).transpose(0, 1) @ along_w
-
-
-def _columns_band_spectrum(
-    band: torch.Tensor, first_column: int, geometry: ConvGeometry, kept: Kept
-) -> torch.Tensor:
-    """The same for a band of a few columns from ``first_column`` in rows 0 .. r0 - 1: an FFT along H
-    (zero-padded to Hm), the kept rows, then a twiddle product along W. (..., n, L)."""
-    rows, columns = kept
-    hm, wm = geometry.grid_size
-    along_h = torch.fft.fft(band, n=hm, dim=-2, norm="forward")
-    on_rows = _take(along_h, -2, rows, hm, half=False)
-    twiddle = _twiddles(range(first_column, first_column + band.shape[-1]), columns, wm, -1) / wm
-    return on_rows @ twiddle.to(dtype=on_rows.dtype, device=band.device)
 
 
 ELEMENTWISE_MIX_CHANNELS = 4
@@ -263,7 +250,10 @@ class ConvSpectra:
         hm, wm = geometry.grid_size
         self.grid = spectral.Grid(hm, wm, geometry.factor, nyquist)
         self.rows, self.columns = self.grid.rows(), self.grid.columns()
+        # the input's spectra are taken at these (a zeroed Nyquist bin is set from Y at the end)
+        self.input_rows, self.input_columns = _any_where_zeroed(self.rows), _any_where_zeroed(self.columns)
         self._response: torch.Tensor | None = None
+        self._twiddles: tuple[torch.Tensor, torch.Tensor] | None = None
         self.input_index: torch.Tensor | None = None  # the input channels read (None: all)
 
     def fits(self, call: ConvCall) -> bool:
@@ -294,11 +284,6 @@ class ConvSpectra:
             plan.input_index = (first[:, None] + torch.arange(per_group, device=index.device)).reshape(-1)
             plan.groups = index.numel()
         return plan
-
-    def _input_channels(self) -> torch.Tensor:
-        """For each output channel, the first input channel of its group."""
-        c_out, per_group = self.weight.shape[:2]
-        return torch.arange(c_out, device=self.weight.device) // (c_out // self.groups) * per_group
 
     @property
     def _elementwise(self) -> bool:
@@ -358,50 +343,109 @@ class ConvSpectra:
         return {name: torch.cat(parts) for name, parts in results.items()}
 
     def small_spectra(self, x: torch.Tensor, output: torch.Tensor) -> spectral.SmallSpectra:
-        """Y (from the real output) and Z (from the input) of the maps of these images, (B C_out, n, L)."""
+        """Y (from the real output) and Y - Z (Z from the input) of the maps of these images, (B C_out, n,
+        L): Y less the mix K Q^, less the bias at DC, less the bands' spectrum D^; at a zeroed Nyquist bin
+        Z is 0, so Y - Z is Y."""
+        n, l = len(self.rows), len(self.columns)
+        y = spectral.grid_spectrum(output, self.grid)
+        alias = self._subtract_mix(y, self._input_spectra(x))
+        if self.bias is not None:
+            alias[:, :, 0, 0] -= self.bias
+        bands = self._band_factors(x)
+        if bands is not None:
+            alias.view(-1, n, l).baddbmm_(*bands, alpha=-1)
+        y, alias = y.reshape(-1, n, l), alias.view(-1, n, l)
+        if self.grid.half:
+            spectral.copy_nyquist(alias, y, self.grid)
+        return spectral.SmallSpectra(
+            y.real, y.imag, alias.real, alias.imag, self.grid.weights(x.device), None
+        )
+
+    def _input_spectra(self, x: torch.Tensor) -> torch.Tensor:
+        """Q^ at the kept bins, (B, C_in, n, L) complex, normalised by Hm Wm: per few images (transforms that
+        stay in cache) an rFFT along W, the kept columns, an FFT along H of those, the kept rows."""
         g = self.geometry
         (hin, win), (ph, pw), (hm, wm) = g.in_size, g.padding, g.grid_size
         pads = (pw, wm - win - pw, ph, hm - hin - ph)
-        kept = (self.rows, self.columns)
-        step = max(1, CHUNK_ELEMENTS // max(1, x[0].numel()))  # transforms that stay in cache
-        spectra = torch.cat(
-            [_kept_spectrum(F.pad(part, pads) if any(pads) else part, g, kept) for part in x.split(step)]
-        )
-        z = self._mix(spectra)
-        if self.bias is not None:
-            z[:, :, 0, 0] += self.bias
-        r0, c0 = g.band_start
+        n, l = len(self.rows), len(self.columns)
+        spectra = x.new_empty((*x.shape[:2], n, l), dtype=_complex_dtype(x.dtype))
+        step = max(1, CHUNK_ELEMENTS // max(1, x[0].numel()))
+        for first in range(0, x.shape[0], step):
+            part = x[first : first + step]
+            q = F.pad(part, pads) if any(pads) else part
+            along_w = _take(torch.fft.rfft(q, dim=-1, norm="forward"), -1, self.input_columns, wm, half=True)
+            along_h = torch.fft.fft(along_w, dim=-2, norm="forward")
+            _take(along_h, -2, self.input_rows, hm, out=spectra[first : first + step])
+        return spectra
+
+    def _band_factors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """D^ at the kept bins as one batched product left @ right, (B C_out, n, e) and (B C_out, e, L), or
+        None where x and x_c agree everywhere. The band of the last rows (from r0) is an rFFT along W at
+        the kept columns, put in place along H by a twiddle product; the band of the last columns (from
+        c0, rows above r0) an FFT along H at the kept rows, put in place along W by a twiddle product."""
+        g = self.geometry
+        (hm, wm), (r0, c0) = g.grid_size, g.band_start
+        row_twiddle, column_twiddle = self.band_twiddles()
+        maps, n, l = x.shape[0] * self.weight.shape[0], len(self.rows), len(self.columns)
+        lefts, rights = [], []
         if r0 < hm:
-            band = _band_difference(x, self._convolve, g, range(r0, hm), range(wm))
-            z += _rows_band_spectrum(band, r0, g, kept)
+            band = _band_difference(x, self._convolve, g, range(r0, hm), range(wm))  # (B, C_out, e, Wm)
+            along_w = _take(torch.fft.rfft(band, dim=-1, norm="forward"), -1, self.input_columns, wm, True)
+            lefts.append(row_twiddle.expand(maps, n, hm - r0))
+            rights.append(along_w.reshape(maps, hm - r0, l))
         if c0 < wm and r0 > 0:
-            band = _band_difference(x, self._convolve, g, range(r0), range(c0, wm))
-            z += _columns_band_spectrum(band, c0, g, kept)
-        y = spectral.grid_spectrum(output, self.grid)
-        y, z = y.reshape(-1, *y.shape[-2:]), z.reshape(-1, *z.shape[-2:])
-        if self.grid.half:
-            spectral.zero_nyquist(z, self.grid)
-        return spectral.SmallSpectra(y.real, y.imag, z.real, z.imag, self.grid.weights(x.device), None)
+            band = _band_difference(x, self._convolve, g, range(r0), range(c0, wm))  # (B, C_out, r0, e)
+            along_h = _take(torch.fft.fft(band, n=hm, dim=-2, norm="forward"), -2, self.input_rows)
+            lefts.append(along_h.reshape(maps, n, wm - c0))
+            rights.append(column_twiddle.expand(maps, wm - c0, l))
+        if not lefts:
+            return None
+        return torch.cat(lefts, dim=-1), torch.cat(rights, dim=-2)
+
+    def band_twiddles(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bands' twiddle matrices, (n, Hm - r0) and (Wm - c0, L), divided by Hm and Wm."""
+        if self._twiddles is None:
+            (hm, wm), (r0, c0) = self.geometry.grid_size, self.geometry.band_start
+            rows = _twiddles(range(r0, hm), self.input_rows, hm, -1).transpose(0, 1) / hm
+            columns = _twiddles(range(c0, wm), self.input_columns, wm, -1) / wm
+            dtype, device = _complex_dtype(self.weight.dtype), self.weight.device
+            self._twiddles = (rows.to(device, dtype).contiguous(), columns.to(device, dtype))
+        return self._twiddles
 
     def _convolve(self, inputs: torch.Tensor, with_bias: bool) -> torch.Tensor:
         """This plan's convolution at stride 1 without padding over ``inputs`` (its input channels)."""
         bias = self.bias if with_bias else None
         return F.conv2d(inputs, self.weight, bias, 1, 0, self.geometry.dilation, self.groups)
 
-    def _mix(self, spectra: torch.Tensor) -> torch.Tensor:
-        """Z of the circular convolution: sum_c K[o, c] Q^[b, c] per bin, (B, C_out, n, L) contiguous."""
+    def _subtract_mix(self, y: torch.Tensor, spectra: torch.Tensor) -> torch.Tensor:
+        """Y less the spectrum of the circular convolution, sum_c K[o, c] Q^[b, c] per bin: (B, C_out, n,
+        L), a new contiguous tensor."""
         c_out, per_group = self.weight.shape[:2]
         batch, _, n, l = spectra.shape
         if self.geometry.kernel == (1, 1) and not self._elementwise and self.groups == 1:
-            parts = torch.view_as_real(spectra).reshape(batch, per_group, n * l * 2)
-            return torch.view_as_complex((self.weight.flatten(1) @ parts).reshape(batch, c_out, n, l, 2))
+            q = torch.view_as_real(spectra).reshape(batch, per_group, n * l * 2)
+            y_parts = torch.view_as_real(y).reshape(batch, c_out, n * l * 2)
+            weight = self.weight.flatten(1).expand(batch, c_out, per_group)
+            return torch.view_as_complex(
+                torch.baddbmm(y_parts, weight, q, alpha=-1).view(batch, c_out, n, l, 2)
+            )
+        if not self._elementwise:
+            return y - self._matrix_mix(spectra)
+        groups = self.groups
+        response = self.response().view(groups, c_out // groups, per_group, n, l)
+        q = spectra.view(batch, groups, 1, per_group, n, l)
+        alias = torch.addcmul(
+            y.view(batch, groups, c_out // groups, n, l), response[:, :, 0], q[:, :, :, 0], value=-1
+        )
+        for c in range(1, per_group):
+            alias.addcmul_(response[:, :, c], q[:, :, :, c], value=-1)
+        return alias.view(batch, c_out, n, l)
+
+    def _matrix_mix(self, spectra: torch.Tensor) -> torch.Tensor:
+        """sum_c K[o, c] Q^[b, c] per bin by batched real matrix products over the bins, (B, C_out, n, L)."""
+        c_out, per_group = self.weight.shape[:2]
+        batch, _, n, l = spectra.shape
         response = self.response()
-        if self._elementwise:
-            first = self._input_channels()
-            mixed = response[:, 0] * spectra.index_select(1, first)
-            for c in range(1, per_group):
-                mixed += response[:, c] * spectra.index_select(1, first + c)
-            return mixed
         groups, out_per_group = self.groups, c_out // self.groups
         q = torch.view_as_real(spectra).reshape(batch, groups, per_group, n * l, 2)
         q = q.permute(1, 3, 2, 4, 0).reshape(groups, n * l, per_group, 2 * batch)  # (G, nl, I, [re | im] x B)
@@ -409,7 +453,7 @@ class ConvSpectra:
         real = p[:, :, :out_per_group, :batch] - p[:, :, out_per_group:, batch:]
         imag = p[:, :, :out_per_group, batch:] + p[:, :, out_per_group:, :batch]
         mixed = torch.complex(real, imag)  # (G, nl, O/G, B)
-        return mixed.permute(3, 0, 2, 1).reshape(batch, c_out, n, l).contiguous()
+        return mixed.permute(3, 0, 2, 1).reshape(batch, c_out, n, l)
 
 
 # Costs per image of the two routes, in nanoseconds on one CPU core, measured on the shapes of ResNet-50,
