@@ -58,7 +58,7 @@ def as_pair(v: Pair) -> tuple[int, int]:
 CASES: dict[str, tuple[int, int, tuple[int, int], int, Pair, Pair, int, int, bool]] = {
     "stem 7x7": (3, 5, (32, 32), 7, 2, 3, 1, 1, True),
     "3x3 odd size": (3, 5, (17, 15), 3, 2, 1, 1, 1, True),
-    "3x3 wide (matrix mix)": (8, 6, (16, 16), 3, 2, 1, 1, 1, True),
+    "3x3 wide (matrix mix)": (20, 6, (16, 16), 3, 2, 1, 1, 1, True),
     "1x1": (10, 4, (12, 12), 1, 2, 0, 1, 1, True),
     "1x1 grouped, odd height": (4, 6, (15, 16), 1, 2, 0, 1, 2, True),
     "patchify 4x4/4": (3, 4, (32, 32), 4, 4, 0, 1, 1, True),
@@ -66,7 +66,8 @@ CASES: dict[str, tuple[int, int, tuple[int, int], int, Pair, Pair, int, int, boo
     "2x2/2 no padding": (4, 4, (16, 16), 2, 2, 0, 1, 1, False),
     "depthwise 3x3": (6, 6, (16, 16), 3, 2, 1, 1, 6, True),
     "grouped 5x5": (6, 12, (16, 16), 5, 2, 2, 1, 3, True),
-    "grouped wide": (16, 16, (16, 16), 3, 2, 1, 1, 2, False),
+    "grouped wide": (40, 16, (16, 16), 3, 2, 1, 1, 2, False),
+    "grouped 8 per group (multiply-add)": (16, 16, (16, 16), 3, 2, 1, 1, 2, False),
     "dilated": (4, 4, (20, 20), 3, 2, 2, 2, 1, True),
     "factor 3, valid": (4, 4, (13, 13), 3, 3, 0, 1, 1, True),
     "factor (2, 3)": (2, 3, (9, 12), 3, (2, 3), (1, 0), 1, 1, True),

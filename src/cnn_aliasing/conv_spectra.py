@@ -206,7 +206,7 @@ def _band_difference(
     return difference
 
 
-ELEMENTWISE_MIX_CHANNELS = 4
+ELEMENTWISE_MIX_CHANNELS = 16
 """Groups of at most this many input channels are mixed by a multiply-add per input channel; wider ones by
 batched real matrix products over the kept bins."""
 
