@@ -165,11 +165,34 @@ def _input_index(position: int, pad: int, size: int) -> int | None:
     return source if 0 <= source < size else None
 
 
-def _window(x: torch.Tensor, rows: Sequence[int | None], columns: Sequence[int | None]) -> torch.Tensor:
-    """x[..., rows, columns] where None gives zeros, by slices (the shorter axis taken first)."""
-    if len(rows) <= len(columns):
-        return _take(_take(x, -2, rows), -1, columns)
-    return _take(_take(x, -1, columns), -2, rows)
+def _source_runs(indices: Sequence[int | None]) -> list[tuple[int, int, int]]:
+    """(position, first source index, count) of each run of ``indices`` rising by one (None: skipped)."""
+    runs, position = [], 0
+    for kind, first, count in _runs([("zero", 0) if i is None else ("direct", i) for i in indices]):
+        if kind == "direct":
+            runs.append((position, first, count))
+        position += count
+    return runs
+
+
+def _window(
+    x: torch.Tensor,
+    rows: Sequence[int | None],
+    columns: Sequence[int | None],
+    less: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x[..., rows, columns] where None gives zeros, or with ``less``, ``less`` minus it in place: a copy
+    (or subtraction) of one block per pair of runs of consecutive rows and columns."""
+    out = x.new_zeros((*x.shape[:-2], len(rows), len(columns))) if less is None else less
+    for row, first_row, height in _source_runs(rows):
+        for column, first_column, width in _source_runs(columns):
+            block = out[..., row : row + height, column : column + width]
+            source = x[..., first_row : first_row + height, first_column : first_column + width]
+            if less is None:
+                block.copy_(source)
+            else:
+                block.sub_(source)
+    return out
 
 
 def _band_difference(
@@ -190,19 +213,21 @@ def _band_difference(
     )
     r = range(rows.start, rows.stop + eh)
     c = range(columns.start, columns.stop + ew)
-    true_input = _window(x, [_input_index(i, ph, hin) for i in r], [_input_index(j, pw, win) for j in c])
-    wrapped_input = _window(
-        x, [_input_index(i % hm, ph, hin) for i in r], [_input_index(j % wm, pw, win) for j in c]
-    )
+    true_rows, true_columns = [_input_index(i, ph, hin) for i in r], [_input_index(j, pw, win) for j in c]
+    wrapped_rows = [_input_index(i % hm, ph, hin) for i in r]
+    wrapped_columns = [_input_index(j % wm, pw, win) for j in c]
     hf, wf = geometry.full_size
-    outside_rows = torch.tensor([i >= hf for i in rows], device=x.device)
-    outside_columns = torch.tensor([j >= wf for j in columns], device=x.device)
-    outside = outside_rows[:, None] | outside_columns[None, :]
     if all(i >= hf for i in rows) or all(j >= wf for j in columns):  # all zero-padding to the multiple
-        return -convolve(wrapped_input, True)
-    difference = convolve(true_input - wrapped_input, False)
+        return -convolve(_window(x, wrapped_rows, wrapped_columns), True)
+    true_input = _window(x, true_rows, true_columns)
+    difference = convolve(_window(x, wrapped_rows, wrapped_columns, less=true_input), False)
     if any(i >= hf for i in rows) or any(j >= wf for j in columns):
-        difference = torch.where(outside, -convolve(wrapped_input, True), difference)
+        outside_rows = torch.tensor([i >= hf for i in rows], device=x.device)
+        outside_columns = torch.tensor([j >= wf for j in columns], device=x.device)
+        wrapped_output = convolve(_window(x, wrapped_rows, wrapped_columns), True)
+        difference = torch.where(
+            outside_rows[:, None] | outside_columns[None, :], -wrapped_output, difference
+        )
     return difference
 
 
@@ -334,24 +359,27 @@ class ConvSpectra:
         step = max(1, CHUNK_ELEMENTS // max(1, c_out * n * l))
         if not self._elementwise:
             step = x.shape[0]  # the matrix mix reads K once a chunk: all images at once
+        bands = self._band_factors(x)  # thin: all images at once (one call, not one a chunk)
         results: dict[str, list[torch.Tensor]] = {name: [] for name in metrics}
         for first in range(0, x.shape[0], step):
-            chunk = slice(first, first + step)
-            spectra = self.small_spectra(x[chunk], output[chunk])
+            chunk, maps = slice(first, first + step), slice(first * c_out, (first + step) * c_out)
+            chunk_bands = None if bands is None else (bands[0][maps], bands[1][maps])
+            spectra = self._small_spectra(x[chunk], output[chunk], chunk_bands)
             for name in metrics:
                 results[name].append(spectral.PER_MAP_METRICS[name](spectra).reshape(-1, c_out))
         return {name: torch.cat(parts) for name, parts in results.items()}
 
-    def small_spectra(self, x: torch.Tensor, output: torch.Tensor) -> spectral.SmallSpectra:
+    def _small_spectra(
+        self, x: torch.Tensor, output: torch.Tensor, bands: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> spectral.SmallSpectra:
         """Y (from the real output) and Y - Z (Z from the input) of the maps of these images, (B C_out, n,
-        L): Y less the mix K Q^, less the bias at DC, less the bands' spectrum D^; at a zeroed Nyquist bin
-        Z is 0, so Y - Z is Y."""
+        L): Y less the mix K Q^, less the bias at DC, less the bands' spectrum D^ (``bands``, these
+        images' factors from :meth:`_band_factors`); at a zeroed Nyquist bin Z is 0, so Y - Z is Y."""
         n, l = len(self.rows), len(self.columns)
         y = spectral.grid_spectrum(output, self.grid)
         alias = self._subtract_mix(y, self._input_spectra(x))
         if self.bias is not None:
             alias[:, :, 0, 0] -= self.bias
-        bands = self._band_factors(x)
         if bands is not None:
             alias.view(-1, n, l).baddbmm_(*bands, alpha=-1)
         y, alias = y.reshape(-1, n, l), alias.view(-1, n, l)
