@@ -4,6 +4,7 @@ Y and Z folded bin by bin in plain loops."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -103,6 +104,16 @@ def test_metrics_from_input_spectra_equal_the_formed_full_output(name: str, nyqu
     for metric in ("aliasing", "relative_aliasing"):
         assert got[metric].shape == (2, weight.shape[0])
         np.testing.assert_allclose(got[metric].numpy(), want[metric], rtol=1e-10, atol=1e-12)
+
+
+def test_pad_or_crop_equals_torch_pad() -> None:
+    """Every mix of added and cropped rows and columns, each output built in memory just freed from a
+    tensor of NaN (so a zero that was not written shows)."""
+    x = torch.randn(2, 3, 7, 9)
+    for pads in itertools.product([-2, 0, 1, 3], [-1, 0, 2], [-3, 0, 2], [0, -1, 4]):
+        garbage = torch.full((2, 3, 7 + 8, 9 + 8), math.nan)
+        del garbage
+        torch.testing.assert_close(conv_spectra._pad_or_crop(x, pads), F.pad(x, pads), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", ["stem 7x7", "3x3 wide (matrix mix)", "grouped wide", "factor (2, 3)"])

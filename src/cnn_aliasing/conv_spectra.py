@@ -159,6 +159,23 @@ def _any_where_zeroed(frequencies: Sequence[int | None]) -> list[int | None]:
     return [k if f is None else f for k, f in enumerate(frequencies)]
 
 
+def _pad_or_crop(x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tensor:
+    """``F.pad(x, pads)`` (left, right, top, bottom; a negative pad crops) without filling the whole output
+    first: the kept part copied once, zeros written only where rows or columns are added."""
+    left, right, top, bottom = pads
+    h, w = x.shape[-2:]
+    kept = x[..., max(0, -top) : h - max(0, -bottom), max(0, -left) : w - max(0, -right)]
+    out = x.new_empty((*x.shape[:-2], h + top + bottom, w + left + right))
+    row, column = max(0, top), max(0, left)
+    height, width = kept.shape[-2:]
+    out[..., row : row + height, column : column + width] = kept
+    out[..., :row, :] = 0
+    out[..., row + height :, :] = 0
+    out[..., row : row + height, :column] = 0
+    out[..., row : row + height, column + width :] = 0
+    return out
+
+
 def _input_index(position: int, pad: int, size: int) -> int | None:
     """For a row (or column) of the zero-padded input, the input's row (None: a zero of the padding)."""
     source = position - pad
@@ -400,7 +417,7 @@ class ConvSpectra:
         step = max(1, CHUNK_ELEMENTS // max(1, x[0].numel()))
         for first in range(0, x.shape[0], step):
             part = x[first : first + step]
-            q = F.pad(part, pads) if any(pads) else part
+            q = _pad_or_crop(part, pads) if any(pads) else part
             along_w = _take(torch.fft.rfft(q, dim=-1, norm="forward"), -1, self.input_columns, wm, half=True)
             along_h = torch.fft.fft(along_w, dim=-2, norm="forward")
             _take(along_h, -2, self.input_rows, hm, out=spectra[first : first + step])
