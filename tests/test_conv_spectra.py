@@ -220,7 +220,8 @@ def test_measure_takes_the_spectral_route_with_the_same_values_and_outputs(
 
 def test_the_cost_estimate_picks_the_cheaper_route() -> None:
     """From the measured costs: a ResNet stem and a ConvNeXt patchify stem from their 3 input channels, a
-    depthwise 5x5 on a 14x14 map (its bands are half the map) from its stride-1 output."""
+    1x1 shortcut on 112 x 112 maps when all its channels are measured (not when 3 of 24 are), a depthwise
+    5x5 on a 14x14 map (its bands are half the map) from its stride-1 output."""
 
     def call(c_in: int, c_out: int, size: int, k: int, stride: int, padding: int, groups: int) -> ConvCall:
         x = torch.empty(1, c_in, size, size)
@@ -231,6 +232,8 @@ def test_the_cost_estimate_picks_the_cheaper_route() -> None:
     assert spectral_route_pays(call(3, 64, 224, 7, 2, 3, 1), 64)
     assert spectral_route_pays(call(3, 96, 224, 4, 4, 0, 1), 96)
     assert spectral_route_pays(call(256, 512, 56, 1, 2, 0, 1), 512)
+    assert spectral_route_pays(call(24, 24, 112, 1, 2, 0, 1), 24)  # RegNetY's first 1x1 shortcut
+    assert not spectral_route_pays(call(24, 24, 112, 1, 2, 0, 1), 3)  # sampled: its input's FFT dominates
     assert not spectral_route_pays(call(672, 672, 14, 5, 2, 2, 672), 672)
 
 

@@ -502,14 +502,16 @@ class ConvSpectra:
 
 
 # Costs per image of the two routes, in nanoseconds on one CPU core, measured on the shapes of ResNet-50,
-# EfficientNet-B0, RegNetY and ConvNeXt ops (benchmarks/bench_measure_imagenet.py): per multiply-add of a
-# stride-1 convolution (dense, grouped with at least 8 input channels per group, thinner groups), the
-# factor a band's convolution costs over a full one (thin shapes), per value of a full-resolution map
-# transformed and measured, per input value whose kept spectrum is taken, per complex multiply-add of the
-# mix (a multiply-add per channel, or matrix products), per value of the small grid measured.
+# EfficientNet-B0, MobileNetV3, RegNetY and ConvNeXt ops (benchmarks/bench_measure_imagenet.py): per
+# multiply-add of a stride-1 convolution (dense, grouped with at least 8 input channels per group, thinner
+# groups), the factor a band's convolution costs over a full one (thin shapes), per value of a
+# full-resolution map transformed and measured (by DFT matrices up to spectral.DFT_MAX_SIZE, by FFTs
+# above: large maps also cost their allocation), per input value whose kept spectrum is taken, per complex
+# multiply-add of the mix (a multiply-add per channel, or matrix products), per value of the small grid
+# measured.
 CONV_COSTS = {"dense": 0.03, "grouped": 0.1, "thin": 0.5}
 BAND_FACTOR = 3.0
-FULL_MAP_COST = 5.0
+FULL_MAP_COSTS = {"dft": 5.0, "fft": 8.0}
 INPUT_SPECTRUM_COST = 4.0
 MIX_COSTS = {"elementwise": 1.5, "matrix": 0.2, "pointwise": 0.06}
 SMALL_GRID_COST = 5.0
@@ -527,7 +529,8 @@ def spectral_route_pays(call: ConvCall, channels: int) -> bool:
     shape = "dense" if call.groups == 1 else "grouped" if per_group >= 8 else "thin"
     conv = CONV_COSTS[shape]
     taps = per_group * kh * kw
-    stride_one = channels * (taps * hf * wf * conv + hm * wm * FULL_MAP_COST)
+    full_map = FULL_MAP_COSTS["dft" if max(hm, wm) <= spectral.DFT_MAX_SIZE else "fft"]
+    stride_one = channels * (taps * hf * wf * conv + hm * wm * full_map)
     inputs = call.input.shape[1] if call.groups == 1 else min(call.input.shape[1], channels * per_group)
     n, m = hm // s, wm // t
     if per_group <= ELEMENTWISE_MIX_CHANNELS:
