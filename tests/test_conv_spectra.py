@@ -232,8 +232,8 @@ def test_the_cost_estimate_picks_the_cheaper_route() -> None:
     assert spectral_route_pays(call(3, 64, 224, 7, 2, 3, 1), 64)
     assert spectral_route_pays(call(3, 96, 224, 4, 4, 0, 1), 96)
     assert spectral_route_pays(call(256, 512, 56, 1, 2, 0, 1), 512)
-    assert spectral_route_pays(call(24, 24, 112, 1, 2, 0, 1), 24)  # RegNetY's first 1x1 shortcut
-    assert not spectral_route_pays(call(24, 24, 112, 1, 2, 0, 1), 3)  # sampled: its input's FFT dominates
+    assert spectral_route_pays(call(32, 24, 112, 1, 2, 0, 1), 24)  # RegNetY's first 1x1 shortcut
+    assert not spectral_route_pays(call(32, 24, 112, 1, 2, 0, 1), 3)  # sampled: its input's FFT dominates
     assert not spectral_route_pays(call(672, 672, 14, 5, 2, 2, 672), 672)
 
 

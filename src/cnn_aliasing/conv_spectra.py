@@ -511,7 +511,7 @@ class ConvSpectra:
 # measured.
 CONV_COSTS = {"dense": 0.03, "grouped": 0.1, "thin": 0.5}
 BAND_FACTOR = 3.0
-FULL_MAP_COSTS = {"dft": 5.0, "fft": 8.0}
+FULL_MAP_COSTS = {"dft": 5.0, "fft": 10.0}
 INPUT_SPECTRUM_COST = 4.0
 MIX_COSTS = {"elementwise": 1.5, "matrix": 0.2, "pointwise": 0.06}
 SMALL_GRID_COST = 5.0
