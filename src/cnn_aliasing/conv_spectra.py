@@ -24,6 +24,7 @@ stride-1 convolution and the FFT of its many output channels.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -110,16 +111,23 @@ def _runs(items: Sequence[tuple[str, int]]) -> list[tuple[str, int, int]]:
     return runs
 
 
-def _pieces(
-    tensor: torch.Tensor, dim: int, indices: Sequence[int | None], size: int, half: bool
-) -> list[torch.Tensor]:
-    """The slices of ``tensor`` along ``dim`` that :func:`_take` joins."""
+@functools.lru_cache(maxsize=1024)
+def _index_runs(indices: tuple[int | None, ...], size: int, half: bool) -> tuple[tuple[str, int, int], ...]:
+    """The runs of :func:`_runs` for taking ``indices`` (see :func:`_take`), kept for the next call with
+    the same indices (every chunk and batch of an op asks for the same ones)."""
     items = [
         ("zero", 0) if f is None else ("mirror", size - f) if half and f > size // 2 else ("direct", f)
         for f in indices
     ]
+    return tuple(_runs(items))
+
+
+def _pieces(
+    tensor: torch.Tensor, dim: int, indices: Sequence[int | None], size: int, half: bool
+) -> list[torch.Tensor]:
+    """The slices of ``tensor`` along ``dim`` that :func:`_take` joins."""
     pieces = []
-    for kind, first, count in _runs(items):
+    for kind, first, count in _index_runs(tuple(indices), size, half):
         if kind == "direct":
             pieces.append(tensor.narrow(dim, first, count))
         elif kind == "mirror":
@@ -146,11 +154,6 @@ def _take(
     if out is not None:
         return torch.cat(pieces, dim=dim, out=out)
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)
-
-
-Kept = tuple[list[int | None], list[int | None]]
-"""For each small row and each small column formed, the frequency of X kept in Z (None: zero), as
-:class:`~cnn_aliasing.spectral.Grid` gives them."""
 
 
 def _any_where_zeroed(frequencies: Sequence[int | None]) -> list[int | None]:
@@ -185,7 +188,7 @@ def _input_index(position: int, pad: int, size: int) -> int | None:
 def _source_runs(indices: Sequence[int | None]) -> list[tuple[int, int, int]]:
     """(position, first source index, count) of each run of ``indices`` rising by one (None: skipped)."""
     runs, position = [], 0
-    for kind, first, count in _runs([("zero", 0) if i is None else ("direct", i) for i in indices]):
+    for kind, first, count in _index_runs(tuple(indices), 0, False):
         if kind == "direct":
             runs.append((position, first, count))
         position += count
@@ -430,7 +433,7 @@ class ConvSpectra:
         c0, rows above r0) an FFT along H at the kept rows, put in place along W by a twiddle product."""
         g = self.geometry
         (hm, wm), (r0, c0) = g.grid_size, g.band_start
-        row_twiddle, column_twiddle = self.band_twiddles()
+        row_twiddle, column_twiddle = self._band_twiddles()
         maps, n, l = x.shape[0] * self.weight.shape[0], len(self.rows), len(self.columns)
         lefts, rights = [], []
         if r0 < hm:
@@ -447,7 +450,7 @@ class ConvSpectra:
             return None
         return torch.cat(lefts, dim=-1), torch.cat(rights, dim=-2)
 
-    def band_twiddles(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _band_twiddles(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The bands' twiddle matrices, (n, Hm - r0) and (Wm - c0, L), divided by Hm and Wm."""
         if self._twiddles is None:
             (hm, wm), (r0, c0) = self.geometry.grid_size, self.geometry.band_start
