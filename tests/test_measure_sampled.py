@@ -18,7 +18,7 @@ from torch import nn
 
 from cnn_aliasing import conv_spectra, measure
 from cnn_aliasing.aliasing_report import AliasingReport
-from cnn_aliasing.downsamplers import StridedCall
+from cnn_aliasing.downsamplers import CONV2D, StridedCall, _restricted_groups
 from cnn_aliasing.errors import CnnAliasingError
 from cnn_aliasing.models import create_model
 from cnn_aliasing.quantiles import t_critical
@@ -149,6 +149,35 @@ class Wrap(nn.Module):
 
 RESTRICTED = ["conv", "grouped", "depthwise", "reflect", "pointwise", "pointwise_grouped"]
 RESTRICTED += ["max_pool", "avg_pool", "lp_pool"]
+
+
+@pytest.mark.parametrize("whole_groups", [True, False])
+@pytest.mark.parametrize(
+    ("groups", "out_channels", "index"),
+    [(3, 12, [0, 1, 9]), (3, 12, [5]), (4, 8, [1, 2, 3, 6]), (4, 4, [0, 3]), (2, 6, [0, 1, 2, 3, 4, 5])],
+)
+def test_restricted_grouped_convolution_equals_the_selected_channels(
+    groups: int, out_channels: int, index: list[int], whole_groups: bool
+) -> None:
+    """Selected output channels of a grouped stride-1 convolution, computed over whole groups (the CPU form)
+    or one group per channel, equal those channels of the full convolution (selections within one group,
+    across groups, every channel)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 12, 9, 10, dtype=torch.float64, generator=gen)
+    weight = torch.randn(out_channels, 12 // groups, 3, 3, dtype=torch.float64, generator=gen)
+    bias = torch.randn(out_channels, dtype=torch.float64, generator=gen)
+    params = {
+        "input": x,
+        "weight": weight,
+        "bias": bias,
+        "stride": 1,
+        "padding": 1,
+        "dilation": 1,
+        "groups": groups,
+    }
+    got = _restricted_groups(CONV2D, params, torch.tensor(index), whole_groups=whole_groups)
+    want = F.conv2d(x, weight, bias, 1, 1, 1, groups)[:, index]
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("k", [1, 2, 5])
