@@ -392,12 +392,23 @@ def _restricted_groups(
     x, weight, bias, groups = params["input"], params["weight"], params["bias"], params["groups"]
     per_group_in, per_group_out = weight.shape[1], weight.shape[0] // groups
     group = torch.div(index, per_group_out, rounding_mode="floor")
+    taken = None
     if whole_groups and per_group_out > 1:
         used, position = torch.unique(group, return_inverse=True)
         taken = index % per_group_out + position * per_group_out
+        first, count = int(used[0]), used.numel()
+        if int(used[-1]) - first + 1 == count:  # consecutive groups: slices of the input, no copy
+            sliced = {
+                **params,
+                "input": x.narrow(1, first * per_group_in, count * per_group_in),
+                "weight": weight.narrow(0, first * per_group_out, count * per_group_out),
+                "bias": None
+                if bias is None
+                else bias.narrow(0, first * per_group_out, count * per_group_out),
+                "groups": count,
+            }
+            return kind.call(sliced).index_select(1, taken)
         group, index = used, (used[:, None] * per_group_out + torch.arange(per_group_out)).reshape(-1)
-    else:
-        taken = None
     inputs = (group[:, None] * per_group_in + torch.arange(per_group_in, device=index.device)).reshape(-1)
     selected = {
         **params,
