@@ -4,6 +4,7 @@
     python benchmarks/bench_measure_imagenet.py --networks resnet50 regnety_200mf --repeats 5
     python benchmarks/bench_measure_imagenet.py --list-ops                     # each network's strided ops
     python benchmarks/bench_measure_imagenet.py --breakdown resnet50 --threads 2
+    python benchmarks/bench_measure_imagenet.py --breakdown regnety_200mf --breakdown-sampled --threads 2
 
 The networks are the stand-ins of :mod:`imagenet_networks` (the real models' layers and down-sampling ops,
 random weights, eval mode), on uniform random images of ``--size`` x ``--size``.
@@ -18,11 +19,12 @@ target: its plain pass runs one of ViT-B/16's 12 encoder blocks, so only its ext
 over to the real model.
 
 Breakdown (``--breakdown NETWORK``): where the exact measurement's extra time goes. Alternating as above:
-the plain pass, the exact measurement, a measurement selecting no op (``measure``'s own fixed cost), and
-one measurement per down-sampling op selecting that op alone (``include=[name]``). Per op: its extra wall
-time over the plain pass (paired median); the op's own time in the plain pass ("strided") and in the
-measurement ("probed", both timed by forward hooks on its module); within the probed call, the time forming
-the stride-1 output (``StridedCall.full``), in the spectral metrics (``spectral.per_map_metrics`` or
+the plain pass, the exact measurement, and a measurement selecting no op (``measure``'s own fixed cost);
+with ``--breakdown-sampled``, the sampled measurement (``--sample-channels``) in place of the exact one.
+Per op: its extra wall time over the plain pass (paired median); the op's own time in the plain pass
+("strided") and in the measurement ("probed", both timed by forward hooks on its module); within the probed
+call, the time forming the stride-1 output (``StridedCall.full``, or ``measured_channels`` for the sampled
+channels alone), in the spectral metrics (``spectral.per_map_metrics`` or
 ``ConvSpectra.per_map_metrics`` for a convolution measured from its input's spectra: FFTs, DFT matrix
 products or the kernel's mix, and the sums), and the rest (slicing the real
 output, accumulating the moments, the probe's dispatch). Then one profiled run each of the plain pass and
@@ -223,6 +225,7 @@ class Stopwatch:
         self.device = device
         self.label = ""
         self.running: list[str] = []  # the watched modules being called, innermost last
+        self.parts: list[str] = []  # the timed parts running, innermost last
         self.laps: dict[str, list[defaultdict[tuple[str, str], float]]] = defaultdict(list)
 
     def lap(self, label: str, run: Callable[[], None]) -> Callable[[], None]:
@@ -244,14 +247,19 @@ class Stopwatch:
             self.laps[self.label][-1][op, part] += seconds
 
     def timed(self, part: str, function: Callable[..., Any]) -> Callable[..., Any]:
-        """``function``, its wall time added to ``part`` of the watched module being called."""
+        """``function``, its wall time added to ``part`` of the watched module being called (once: a call
+        inside another call timed as the same part is not added again)."""
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if part in self.parts:
+                return function(*args, **kwargs)
+            self.parts.append(part)
             start = self.now()
             try:
                 return function(*args, **kwargs)
             finally:
                 self.add(self.running[-1] if self.running else "", part, self.now() - start)
+                self.parts.pop()
 
         return wrapper
 
@@ -275,11 +283,12 @@ class Stopwatch:
 
     @contextlib.contextmanager
     def engine_parts(self) -> Iterator[None]:
-        """While active: forming stride-1 outputs is timed as "stride-1", spectral metrics as "metrics"."""
+        """While active: forming stride-1 outputs (whole, or of the sampled channels) is timed as
+        "stride-1", spectral metrics as "metrics"."""
         with contextlib.ExitStack() as stack:
-            stack.enter_context(
-                mock.patch.object(StridedCall, "full", self.timed("stride-1", StridedCall.full))
-            )
+            for method in ("full", "measured_channels"):
+                timed = self.timed("stride-1", getattr(StridedCall, method))
+                stack.enter_context(mock.patch.object(StridedCall, method, timed))
             stack.enter_context(
                 mock.patch.object(
                     spectral, "per_map_metrics", self.timed("metrics", spectral.per_map_metrics)
@@ -368,10 +377,11 @@ def breakdown(args: argparse.Namespace) -> dict[str, Any]:
     modules = dict(model.named_modules())
     watch = Stopwatch(device)
     handles = [h for op in ops if op.name in modules for h in watch.watch(modules[op.name], op.name)]
+    options = {"sample_channels": args.sample_channels} if args.breakdown_sampled else {}
     runs = {
         "plain": plain_pass(model, batches),
-        "exact": measurement(model, batches),
-        "no op": measurement(model, batches, include=["<no op has this name>"]),
+        "exact": measurement(model, batches, **options),
+        "no op": measurement(model, batches, include=["<no op has this name>"], **options),
     }
     with watch.engine_parts():
         times = alternate({k: watch.lap(k, run) for k, run in runs.items()}, args.repeats, device)
@@ -405,6 +415,7 @@ def breakdown(args: argparse.Namespace) -> dict[str, Any]:
         )
     result = {
         "network": name,
+        "measured": f"sampled ({args.sample_channels})" if args.breakdown_sampled else "exact",
         "images": args.batches * args.batch_size,
         "threads": torch.get_num_threads(),
         "plain_s": median_wall(times, "plain"),
@@ -431,13 +442,13 @@ COLUMNS = ("strided_s", "probed_s", "added_s", "stride1_s", "metrics_s", "rest_s
 
 def print_breakdown(r: dict[str, Any], args: argparse.Namespace) -> None:
     print(
-        f"where the exact measure() of {r['network']} spends its extra time: {r['images']} images "
+        f"where the {r['measured']} measure() of {r['network']} spends its extra time: {r['images']} images "
         f"{args.size}x{args.size} (batch {args.batch_size}), device {args.device}, threads {r['threads']}, "
         f"{args.repeats} alternating repeats, medians (s)"
     )
     extra = r["exact_extra_s"]
     print(
-        f"plain {r['plain_s']:.3f}; exact measure {r['exact_s']:.3f} "
+        f"plain {r['plain_s']:.3f}; {r['measured']} measure {r['exact_s']:.3f} "
         f"(ratio {r['exact_s'] / r['plain_s']:.2f}), extra {extra:.3f}; measure selecting no op: extra "
         f"{r['no_op_extra_s']:.3f}"
     )
@@ -488,6 +499,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--list-ops", action="store_true", help="list each network's down-sampling ops")
     parser.add_argument("--breakdown", choices=list(NETWORKS), help="where one network's extra time goes")
+    parser.add_argument(
+        "--breakdown-sampled",
+        action="store_true",
+        help="with --breakdown: break down measure(..., sample_channels=--sample-channels) instead of the "
+        "exact measurement (forming the sampled channels counts as stride-1)",
+    )
     parser.add_argument("--json", help="write the results to this JSON file")
     args = parser.parse_args()
     if args.threads:
