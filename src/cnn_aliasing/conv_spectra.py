@@ -78,6 +78,11 @@ class ConvGeometry:
         )
 
 
+def group_channels(groups: torch.Tensor, size: int) -> torch.Tensor:
+    """The channels of ``groups`` (indices of groups of ``size`` consecutive channels), group by group."""
+    return (groups[:, None] * size + torch.arange(size, device=groups.device)).reshape(-1)
+
+
 def _twiddles(
     samples: Sequence[int], frequencies: Sequence[int | None], period: int, sign: int
 ) -> torch.Tensor:
@@ -325,8 +330,7 @@ class ConvSpectra:
         plan.bias = None if self.bias is None else self.bias.index_select(0, index)
         plan._response = None
         if self.groups != 1:
-            first = index // (c_out // self.groups) * per_group
-            plan.input_index = (first[:, None] + torch.arange(per_group, device=index.device)).reshape(-1)
+            plan.input_index = group_channels(index // (c_out // self.groups), per_group)
             plan.groups = index.numel()
         return plan
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnn_aliasing.conv_spectra import ConvCall, ConvGeometry
+from cnn_aliasing.conv_spectra import ConvCall, ConvGeometry, group_channels
 from cnn_aliasing.runtime import is_channels_last
 from cnn_aliasing.spectral import MAX_FACTOR
 from cnn_aliasing.validation import is_int_pair
@@ -408,11 +408,10 @@ def _restricted_groups(
                 "groups": count,
             }
             return kind.call(sliced).index_select(1, taken)
-        group, index = used, (used[:, None] * per_group_out + torch.arange(per_group_out)).reshape(-1)
-    inputs = (group[:, None] * per_group_in + torch.arange(per_group_in, device=index.device)).reshape(-1)
+        group, index = used, group_channels(used, per_group_out)
     selected = {
         **params,
-        "input": x.index_select(1, inputs),
+        "input": x.index_select(1, group_channels(group, per_group_in)),
         "weight": weight.index_select(0, index),
         "bias": None if bias is None else bias.index_select(0, index),
         "groups": group.numel(),
